@@ -1,0 +1,8 @@
+//! Talking to Avala: the client (key, pacing, retries), pagination, endpoints.
+pub mod client;
+pub mod page;
+pub mod pace;
+pub mod v1;
+
+pub use client::Client;
+pub use pace::Priority;

@@ -1,0 +1,144 @@
+//! Cursor and page pagination as one sequence of pages: both styles answer
+//! `{"next": <absolute URL|null>, "results": [...]}` (page style adds `count`),
+//! so following `next` covers both. A `count` that changes mid-listing marks the
+//! listing unstable (records may have shifted between pages).
+
+use std::sync::Arc;
+
+use reqwest::Url;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::client::Client;
+use super::pace::Priority;
+use crate::error::ApiError;
+
+pub struct Page {
+    pub records: Vec<Value>,
+    pub count: Option<u64>,
+}
+
+pub struct Pager {
+    client: Arc<Client>,
+    next: Option<Url>,
+    prio: Priority,
+    first_count: Option<u64>,
+    /// The collection's size changed while we listed it.
+    pub unstable: bool,
+}
+
+impl Pager {
+    pub fn new(client: Arc<Client>, first: Url, prio: Priority) -> Pager {
+        Pager { client, next: Some(first), prio, first_count: None, unstable: false }
+    }
+
+    pub async fn next_page(&mut self) -> Result<Option<Page>, ApiError> {
+        let Some(url) = self.next.take() else { return Ok(None) };
+        let fetched = self.client.fetch(&url, self.prio, parse_page).await?;
+        let (page, next) = fetched.value;
+        if let Some(next) = next {
+            let next = url.join(&next).map_err(|e| ApiError::Malformed {
+                endpoint: super::client::endpoint(&url),
+                message: format!("bad next link: {e}"),
+            })?;
+            if next == url {
+                return Err(ApiError::Malformed {
+                    endpoint: super::client::endpoint(&url),
+                    message: "next link points to the page itself".into(),
+                });
+            }
+            if !self.client.is_api_host(&next) {
+                return Err(ApiError::ForeignHost(super::client::endpoint(&next)));
+            }
+            self.next = Some(next);
+        }
+        match (self.first_count, page.count) {
+            (None, Some(c)) => self.first_count = Some(c),
+            (Some(a), Some(b)) if a != b => self.unstable = true,
+            _ => {}
+        }
+        Ok(Some(page))
+    }
+
+    /// Fetches pages ahead on a task of their own (at most two waiting), so the next
+    /// page is on the wire while this one is written.
+    pub fn prefetch(mut self) -> PageStream {
+        let (tx, rx) = mpsc::channel(2);
+        let task = tokio::spawn(async move {
+            loop {
+                match self.next_page().await {
+                    Ok(Some(page)) => {
+                        if tx.send(Ok(page)).await.is_err() {
+                            return self.unstable;
+                        }
+                    }
+                    Ok(None) => return self.unstable,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return self.unstable;
+                    }
+                }
+            }
+        });
+        PageStream { rx, task }
+    }
+}
+
+pub struct PageStream {
+    rx: mpsc::Receiver<Result<Page, ApiError>>,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+impl PageStream {
+    pub async fn next(&mut self) -> Option<Result<Page, ApiError>> {
+        self.rx.recv().await
+    }
+
+    /// After the last page: whether the listing saw its collection change size.
+    pub async fn finish(mut self) -> bool {
+        (&mut self.task).await.unwrap_or(true)
+    }
+}
+
+impl Drop for PageStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn parse_page(body: &[u8]) -> Result<(Page, Option<String>), String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    match value {
+        Value::Array(records) => Ok((Page { records, count: None }, None)),
+        Value::Object(mut obj) => {
+            let records = match obj.remove("results") {
+                Some(Value::Array(r)) => r,
+                _ => return Err("no `results` array in the page".into()),
+            };
+            let next = match obj.remove("next") {
+                Some(Value::String(s)) if !s.is_empty() => Some(s),
+                Some(Value::Null) | None => None,
+                Some(Value::String(_)) => None,
+                Some(_) => return Err("`next` is neither a URL nor null".into()),
+            };
+            let count = obj.get("count").and_then(Value::as_u64);
+            Ok((Page { records, count }, next))
+        }
+        _ => Err("a page must be an object with `results`".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_styles_parse() {
+        let (p, next) = parse_page(br#"{"count":3,"next":"https://h/x?page=2","previous":null,"results":[{"uid":"a"}]}"#).unwrap();
+        assert_eq!((p.records.len(), p.count, next.as_deref()), (1, Some(3), Some("https://h/x?page=2")));
+        let (p, next) = parse_page(br#"{"next":null,"previous":null,"results":[],"extra":1}"#).unwrap();
+        assert_eq!((p.records.len(), p.count, next), (0, None, None));
+        assert!(parse_page(b"{\"detail\":\"x\"}").is_err());
+        assert!(parse_page(b"<html>").is_err());
+    }
+}

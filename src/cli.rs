@@ -1,0 +1,150 @@
+//! The command line (SPEC §1) and the dispatch to `commands/`. Errors are mapped to
+//! exit codes here and nowhere else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+use crate::config::{self, Config, Resource};
+use crate::error::{self, EXIT_OK};
+
+#[derive(Parser, Debug)]
+#[command(name = "avala-mirror", version, about = "A local SQLite mirror of an Avala account, with change events")]
+pub struct Cli {
+    /// Configuration file (else $AVALA_MIRROR_CONFIG, ./avala-mirror.toml, /etc/avala-mirror/config.toml)
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The daemon: every enabled resource on its schedule until SIGTERM/SIGINT
+    Run,
+    /// One complete cycle of every enabled resource, then exit (cron-friendly)
+    Sync {
+        /// Only this resource: datasets, sequences, items, slices or exports
+        #[arg(long, value_parser = parse_resource)]
+        only: Option<Resource>,
+    },
+    /// Counts, last syncs and failures, from the local database only
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The change log from the database
+    Events {
+        /// After this event id (evt_…) or sequence number
+        #[arg(long)]
+        since: Option<String>,
+        /// Only types matching this glob, e.g. 'sequence.*'
+        #[arg(long = "type", default_value = "*")]
+        kind: String,
+        /// Keep printing new events as they are stored
+        #[arg(long)]
+        follow: bool,
+        /// One JSON document per line (the SPEC §4 event)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and make one API call
+    Check,
+    /// Run the built-in simulator and the mirror against it, in a local folder
+    Demo {
+        /// Where the demo's database goes
+        #[arg(long, default_value = "avala-mirror-demo")]
+        dir: PathBuf,
+        /// How long to watch events after the first sync
+        #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// The built-in Avala API simulator alone
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The key clients must send in X-Avala-Api-Key
+        #[arg(long, default_value = "demo-key")]
+        api_key: String,
+        #[arg(long, default_value_t = 3)]
+        datasets: usize,
+        #[arg(long, default_value_t = 200)]
+        items: u64,
+        /// How often the world changes (0s: never)
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        tick: Duration,
+    },
+}
+
+fn parse_resource(s: &str) -> Result<Resource, String> {
+    Resource::parse(s).ok_or_else(|| format!("unknown resource {s:?}; expected datasets, sequences, items, slices or exports"))
+}
+
+/// Runs the command; returns the process exit code.
+pub fn run(cli: Cli) -> u8 {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    init_logging(&env, matches!(cli.command, Command::Demo { .. }));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return error::EXIT_WORK_FAILED;
+        }
+    };
+    match runtime.block_on(dispatch(cli, env)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            error::exit_code(&e)
+        }
+    }
+}
+
+fn load(cli_config: Option<&std::path::Path>, env: &HashMap<String, String>) -> anyhow::Result<Arc<Config>> {
+    let path = config::find_config_path(cli_config, env)?;
+    Ok(Arc::new(Config::load(&path, env)?))
+}
+
+async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> {
+    let cfg_path = cli.config.as_deref();
+    match cli.command {
+        Command::Run => commands::run::run(load(cfg_path, &env)?).await,
+        Command::Sync { only } => commands::sync::sync(load(cfg_path, &env)?, only).await,
+        Command::Status { json } => commands::status::status(&*load(cfg_path, &env)?, json),
+        Command::Events { since, kind, follow, json } => {
+            commands::events::events(&*load(cfg_path, &env)?, since.as_deref(), &kind, follow, json).await
+        }
+        Command::Check => commands::check::check(load(cfg_path, &env)?).await,
+        Command::Demo { dir, duration, seed } => commands::demo::demo(&dir, duration, seed).await.map(|_| EXIT_OK),
+        Command::Simulate { listen, seed, api_key, datasets, items, tick } => {
+            let cfg = crate::sim::SimConfig {
+                seed,
+                api_key,
+                datasets_per_owner: datasets,
+                items_per_dataset: items,
+                ..Default::default()
+            };
+            commands::simulate::simulate(cfg, listen, tick).await.map(|_| EXIT_OK)
+        }
+    }
+}
+
+/// Human logs on stderr; level from RUST_LOG (default info, warn for the demo whose
+/// screen is its own output).
+fn init_logging(env: &HashMap<String, String>, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = env
+        .get("RUST_LOG")
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

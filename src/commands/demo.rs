@@ -1,0 +1,110 @@
+//! `demo`: the simulator and the mirror together in a local folder — a first sync
+//! with a progress bar, then events as they happen, then a summary and queries.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::watch;
+
+use crate::config::{Config, Resource};
+use crate::sim::{SimConfig, Simulator};
+use crate::store::events;
+
+pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let db = dir.join("mirror.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let sim_cfg = SimConfig { seed, items_per_dataset: 2_000, sequences_per_dataset: 12, ..Default::default() };
+    let sim = Simulator::start(sim_cfg.clone(), "127.0.0.1:0".parse()?, Some(Duration::from_millis(700))).await?;
+    let owners: Vec<&str> = sim_cfg.owners.iter().map(String::as_str).collect();
+    let orgs: Vec<&str> = sim_cfg.organizations.iter().map(String::as_str).collect();
+    let mut cfg = Config::defaults(&sim.base_url(), &sim_cfg.api_key, &owners, &orgs, &db)?;
+    cfg.api.requests_per_second = 40.0;
+    cfg.api.burst = 20;
+    for (res, secs) in [
+        (Resource::Datasets, 10),
+        (Resource::Sequences, 2),
+        (Resource::Items, 15),
+        (Resource::Slices, 10),
+        (Resource::Exports, 2),
+    ] {
+        cfg.schedule.insert(res, Duration::from_secs(secs));
+    }
+    let cfg = Arc::new(cfg);
+
+    println!("avala-mirror demo");
+    println!("  simulated Avala API: {}  (owners {}, organizations {})", sim.base_url(), owners.join(", "), orgs.join(", "));
+    println!("  mirror database:     {}", db.display());
+    println!("  rate limit:          {} requests/s, burst {}", cfg.api.requests_per_second, cfg.api.burst);
+    println!();
+
+    let total = sim.world(|w| {
+        let items: u64 = (0..w.datasets.len()).map(|d| w.item_count(d)).sum();
+        items + (w.datasets.len() + w.sequences.len() + w.slices.len() + w.exports.len()) as u64
+    });
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("first sync {bar:40} {pos}/{len} records  {msg}")
+            .expect("static template"),
+    );
+    let b = bar.clone();
+    let progress: crate::sync::ProgressFn = Arc::new(move |scope: &str, n: u64| {
+        b.inc(n);
+        b.set_message(scope.to_string());
+    });
+    let syncer = super::sync::syncer(cfg.clone(), Some(progress))?;
+    let started = std::time::Instant::now();
+    let reports = super::sync::cycle(&syncer, &cfg.scope.resources).await?;
+    bar.finish_and_clear();
+    let listed: u64 = reports.iter().map(|r| r.listed).sum();
+    println!(
+        "first sync: {listed} records mirrored in {:.1}s with {} API requests (a silent baseline: no events yet)",
+        started.elapsed().as_secs_f64(),
+        syncer.client.stats.requests.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!("watching for changes for {}s (Ctrl-C to stop early)...", duration.as_secs());
+    println!();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let daemon = tokio::spawn(crate::scheduler::run(syncer.clone(), stop_rx));
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut after = 0i64;
+    let mut shown = 0u64;
+    loop {
+        let batch = syncer.store.call(move |c| events::list(c, after, "*", 500)).await?;
+        for e in &batch {
+            after = e.seq;
+            shown += 1;
+            let time = e.created_at.get(11..19).unwrap_or(&e.created_at);
+            println!("  {time}  {:<24} {}", e.kind, events::describe(e));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = daemon.await;
+
+    println!();
+    println!("summary: {shown} events");
+    let status = syncer.store.call(|c| super::status::collect(c)).await?;
+    for res in Resource::ALL {
+        let r = &status["resources"][res.table()];
+        println!("  {:<10} {:>6} present, {:>3} deleted", res.table(), r["present"], r["deleted"]);
+    }
+    let path = db.display();
+    println!();
+    println!("query the mirror (sqlite3 or any SQLite client; it stays readable while a daemon writes):");
+    println!("  sqlite3 {path} \"SELECT dataset_slug, key, status FROM sequences WHERE status = 'customer_review' AND deleted_at IS NULL;\"");
+    println!("  sqlite3 {path} \"SELECT type, uid, old_status, new_status, created_at FROM events ORDER BY seq DESC LIMIT 20;\"");
+    println!("  sqlite3 {path} \"SELECT name, status, download_url FROM exports WHERE deleted_at IS NULL ORDER BY created_at DESC;\"");
+    println!();
+    println!("next: copy config/avala-mirror.toml, set AVALA_API_KEY, and run `avala-mirror sync`.");
+    Ok(())
+}

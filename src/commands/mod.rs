@@ -1,0 +1,8 @@
+//! One module per command; each takes the loaded config and returns an exit code.
+pub mod check;
+pub mod demo;
+pub mod events;
+pub mod run;
+pub mod simulate;
+pub mod status;
+pub mod sync;

@@ -1,0 +1,27 @@
+//! `run`: the daemon, until SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::EXIT_OK;
+
+pub async fn run(cfg: Arc<Config>) -> anyhow::Result<u8> {
+    let syncer = super::sync::syncer(cfg, None)?;
+    let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping");
+        let _ = tx.send(true);
+    });
+    tracing::info!(db = %syncer.store.path().display(), "mirror running");
+    crate::scheduler::run(syncer, rx).await.context("mirror stopped")?;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,17 @@
+//! `simulate`: the built-in API simulator alone, until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::sim::{SimConfig, Simulator};
+
+pub async fn simulate(cfg: SimConfig, listen: SocketAddr, tick: Duration) -> anyhow::Result<()> {
+    let key = cfg.api_key.clone();
+    let sim = Simulator::start(cfg, listen, (!tick.is_zero()).then_some(tick)).await?;
+    println!("Avala API simulator on {}", sim.base_url());
+    println!("  key:   X-Avala-Api-Key: {key}");
+    println!("  try:   curl -H 'X-Avala-Api-Key: {key}' {}/exports/", sim.base_url());
+    println!("  mirror it with: AVALA_API_KEY={key} AVALA_MIRROR__API__BASE_URL={} avala-mirror sync", sim.base_url());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `status`: what the mirror holds, from the local database only.
+
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use crate::config::{Config, Resource};
+use crate::error::{EXIT_OK, EXIT_WORK_FAILED};
+use crate::store::Store;
+
+pub fn status(cfg: &Config, as_json: bool) -> anyhow::Result<u8> {
+    let store = Store::open_existing(&cfg.store_path)?;
+    let report = store.with(|c| collect(c))?;
+    let failing = report["resources"]
+        .as_object()
+        .is_some_and(|m| m.values().any(|r| r["failing_scopes"].as_u64().unwrap_or(0) > 0));
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(if failing { EXIT_WORK_FAILED } else { EXIT_OK })
+}
+
+pub fn collect(c: &Connection) -> rusqlite::Result<Value> {
+    let mut resources = serde_json::Map::new();
+    for res in Resource::ALL {
+        let t = res.table();
+        let mut stmt = c.prepare(&format!(
+            "SELECT COALESCE(status, '(none)'), count(*) FROM {t} WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 1"
+        ))?;
+        let by_status: serde_json::Map<String, Value> =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, json!(r.get::<_, i64>(1)?))))?.collect::<Result<_, _>>()?;
+        let total: i64 = c.query_row(&format!("SELECT count(*) FROM {t} WHERE deleted_at IS NULL"), [], |r| r.get(0))?;
+        let deleted: i64 = c.query_row(&format!("SELECT count(*) FROM {t} WHERE deleted_at IS NOT NULL"), [], |r| r.get(0))?;
+        let (scopes, last_success, oldest_success, failing, skipped): (i64, Option<String>, Option<String>, i64, i64) = c.query_row(
+            "SELECT count(*), max(last_success_at), min(last_success_at),
+                    sum(last_error IS NOT NULL), COALESCE(sum(skipped), 0)
+             FROM sync_state WHERE resource = ?1",
+            [t],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<i64>>(3)?.unwrap_or(0), r.get(4)?)),
+        )?;
+        let mut errs = c.prepare("SELECT scope, last_error FROM sync_state WHERE resource = ?1 AND last_error IS NOT NULL ORDER BY scope LIMIT 10")?;
+        let errors: Vec<Value> = errs
+            .query_map([t], |r| Ok(json!({"scope": r.get::<_, String>(0)?, "error": r.get::<_, String>(1)?})))?
+            .collect::<Result<_, _>>()?;
+        resources.insert(
+            t.into(),
+            json!({
+                "present": total, "deleted": deleted, "by_status": by_status,
+                "scopes": scopes, "last_success_at": last_success, "oldest_scope_success_at": oldest_success,
+                "failing_scopes": failing, "skipped_records": skipped, "errors": errors,
+            }),
+        );
+    }
+    let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
+    Ok(json!({
+        "database": c.path().unwrap_or(""),
+        "resources": resources,
+        "events": {
+            "total": count("SELECT count(*) FROM events")?,
+            "last_id": c.query_row("SELECT max(id) FROM events", [], |r| r.get::<_, Option<String>>(0))?,
+        },
+        "downloads": {
+            "pending": count("SELECT count(*) FROM downloads WHERE status NOT IN ('done', 'failed')")?,
+            "failed": count("SELECT count(*) FROM downloads WHERE status = 'failed'")?,
+        },
+        "deliveries": {
+            "pending": count("SELECT count(*) FROM deliveries WHERE status = 'pending'")?,
+            "failed": count("SELECT count(*) FROM deliveries WHERE status = 'failed'")?,
+        },
+    }))
+}
+
+fn print_human(v: &Value) {
+    println!("mirror: {}", v["database"].as_str().unwrap_or(""));
+    println!("{:<10} {:>9} {:>8}  {:<22} statuses", "resource", "present", "deleted", "last success");
+    if let Some(m) = v["resources"].as_object() {
+        for (name, r) in m {
+            let statuses: Vec<String> = r["by_status"]
+                .as_object()
+                .map(|s| s.iter().map(|(k, n)| format!("{k}={n}")).collect())
+                .unwrap_or_default();
+            println!(
+                "{:<10} {:>9} {:>8}  {:<22} {}",
+                name,
+                r["present"],
+                r["deleted"],
+                r["last_success_at"].as_str().unwrap_or("never"),
+                statuses.join(" ")
+            );
+            if r["skipped_records"].as_i64().unwrap_or(0) > 0 {
+                println!("           skipped malformed records: {}", r["skipped_records"]);
+            }
+            for e in r["errors"].as_array().into_iter().flatten() {
+                println!("           failing {}: {}", e["scope"].as_str().unwrap_or(""), e["error"].as_str().unwrap_or(""));
+            }
+        }
+    }
+    println!(
+        "events: {} (last {})",
+        v["events"]["total"],
+        v["events"]["last_id"].as_str().unwrap_or("-")
+    );
+    println!("downloads: {} pending, {} failed", v["downloads"]["pending"], v["downloads"]["failed"]);
+    println!("deliveries: {} pending, {} failed", v["deliveries"]["pending"], v["deliveries"]["failed"]);
+}

@@ -1,0 +1,68 @@
+//! `sync`: one complete cycle of every enabled resource, then exit.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::api::Client;
+use crate::config::{Config, Resource};
+use crate::error::{ApiError, EXIT_OK, EXIT_WORK_FAILED};
+use crate::store::Store;
+use crate::sync::{CycleReport, ProgressFn, Syncer};
+
+/// Opens the store and the client for a command that syncs.
+pub fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<Syncer> {
+    let store = Store::open(&cfg.store_path)?;
+    let client = Client::new(&cfg.api).context("building the HTTP client")?;
+    if !cfg.sinks.is_empty() {
+        tracing::warn!("[[sinks]] are not delivered by this version; events stay in the database (`avala-mirror events`)");
+    }
+    Ok(Syncer { client, store, cfg, progress })
+}
+
+/// Datasets first (the other listings are built from them), then the rest side by side.
+pub async fn cycle(syncer: &Syncer, resources: &[Resource]) -> Result<Vec<CycleReport>, ApiError> {
+    let mut reports = Vec::new();
+    if resources.contains(&Resource::Datasets) {
+        reports.push(syncer.sync_resource(Resource::Datasets).await?);
+    }
+    let rest = resources.iter().filter(|r| **r != Resource::Datasets).map(|r| syncer.sync_resource(*r));
+    for r in futures_util::future::join_all(rest).await {
+        reports.push(r?);
+    }
+    Ok(reports)
+}
+
+pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8> {
+    let resources = match only {
+        Some(r) => vec![r],
+        None => cfg.scope.resources.clone(),
+    };
+    let syncer = syncer(cfg, None)?;
+    let reports = cycle(&syncer, &resources).await.context("sync stopped")?;
+    let mut failed = false;
+    for r in &reports {
+        println!("{}", summary_line(r));
+        for (scope, why) in &r.failures {
+            failed = true;
+            println!("  failed {scope}: {why}");
+        }
+    }
+    let requests = syncer.client.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{requests} API requests");
+    Ok(if failed { EXIT_WORK_FAILED } else { EXIT_OK })
+}
+
+pub fn summary_line(r: &CycleReport) -> String {
+    format!(
+        "{:<9} listed {} (created {}, updated {}, status changed {}, deleted {}), skipped {}, events {}",
+        r.resource.map(|r| r.table()).unwrap_or("?"),
+        r.listed,
+        r.created,
+        r.updated,
+        r.status_changed,
+        r.deleted,
+        r.skipped,
+        r.events
+    )
+}

@@ -1,0 +1,594 @@
+//! The typed configuration: TOML file + `AVALA_MIRROR__SECTION__KEY` env overrides,
+//! validated in one pass that reports every problem with its key path.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// The v1 resources the mirror keeps, in the order a cycle needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resource {
+    Datasets,
+    Sequences,
+    Items,
+    Slices,
+    Exports,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 5] = [
+        Resource::Datasets,
+        Resource::Sequences,
+        Resource::Items,
+        Resource::Slices,
+        Resource::Exports,
+    ];
+
+    /// Table name, also the config and CLI name.
+    pub fn table(self) -> &'static str {
+        match self {
+            Resource::Datasets => "datasets",
+            Resource::Sequences => "sequences",
+            Resource::Items => "items",
+            Resource::Slices => "slices",
+            Resource::Exports => "exports",
+        }
+    }
+
+    /// Singular name used in event types (`sequence.status_changed`).
+    pub fn singular(self) -> &'static str {
+        match self {
+            Resource::Datasets => "dataset",
+            Resource::Sequences => "sequence",
+            Resource::Items => "item",
+            Resource::Slices => "slice",
+            Resource::Exports => "export",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Resource> {
+        Resource::ALL.into_iter().find(|r| r.table() == s)
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.table())
+    }
+}
+
+/// The API key; its Debug and Display never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(s: impl Into<String>) -> ApiKey {
+        ApiKey(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub scope: ScopeConfig,
+    pub schedule: HashMap<Resource, Duration>,
+    pub store_path: PathBuf,
+    pub downloads: DownloadsConfig,
+    pub emit_initial: bool,
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub base_url: Url,
+    pub key: ApiKey,
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub timeout: Duration,
+    pub page_size: u32,
+    pub max_retries: u32,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ScopeConfig {
+    pub owners: Vec<String>,
+    pub organizations: Vec<String>,
+    pub datasets: Vec<String>,
+    pub resources: Vec<Resource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DownloadsConfig {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    pub concurrency: u32,
+    pub backfill: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub kind: String,
+    pub name: String,
+    pub path: Option<PathBuf>,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub events: Vec<String>,
+}
+
+// ---- the file's shape, before validation ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    api: RawApi,
+    scope: RawScope,
+    schedule: RawSchedule,
+    store: RawStore,
+    downloads: RawDownloads,
+    events: RawEvents,
+    sinks: Vec<RawSink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawApi {
+    base_url: String,
+    api_key_file: Option<PathBuf>,
+    requests_per_second: f64,
+    burst: u32,
+    timeout: String,
+    page_size: u32,
+    max_retries: u32,
+    backoff_min: String,
+    backoff_max: String,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            base_url: "https://api.avala.ai/api/v1".into(),
+            api_key_file: None,
+            requests_per_second: 5.0,
+            burst: 5,
+            timeout: "30s".into(),
+            page_size: 100,
+            max_retries: 6,
+            backoff_min: "500ms".into(),
+            backoff_max: "60s".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawScope {
+    owners: Vec<String>,
+    organizations: Vec<String>,
+    datasets: Vec<String>,
+    resources: Vec<String>,
+}
+
+impl Default for RawScope {
+    fn default() -> Self {
+        RawScope {
+            owners: vec![],
+            organizations: vec![],
+            datasets: vec![],
+            resources: Resource::ALL.iter().map(|r| r.table().to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSchedule {
+    datasets: String,
+    sequences: String,
+    items: String,
+    slices: String,
+    exports: String,
+}
+
+impl Default for RawSchedule {
+    fn default() -> Self {
+        RawSchedule {
+            datasets: "5m".into(),
+            sequences: "60s".into(),
+            items: "1h".into(),
+            slices: "10m".into(),
+            exports: "10s".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    path: PathBuf,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore { path: "mirror.db".into() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDownloads {
+    enabled: bool,
+    dir: PathBuf,
+    concurrency: u32,
+    backfill: bool,
+}
+
+impl Default for RawDownloads {
+    fn default() -> Self {
+        RawDownloads { enabled: true, dir: "exports".into(), concurrency: 2, backfill: false }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawEvents {
+    emit_initial: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    #[serde(rename = "type")]
+    kind: String,
+    name: Option<String>,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    events: Option<Vec<String>>,
+}
+
+/// Where the configuration file is: `--config`, `$AVALA_MIRROR_CONFIG`,
+/// `./avala-mirror.toml`, `/etc/avala-mirror/config.toml`, in that order.
+pub fn find_config_path(
+    flag: Option<&Path>,
+    env: &HashMap<String, String>,
+) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = flag {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = env.get("AVALA_MIRROR_CONFIG") {
+        return Ok(PathBuf::from(p));
+    }
+    for p in ["avala-mirror.toml", "/etc/avala-mirror/config.toml"] {
+        if Path::new(p).exists() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    Err(ConfigError(vec![
+        "no configuration file: pass --config PATH, set AVALA_MIRROR_CONFIG, or create ./avala-mirror.toml (see config/avala-mirror.toml)".into(),
+    ]))
+}
+
+impl Config {
+    /// Loads and validates `path` with overrides from `env` (the process environment,
+    /// passed in so nothing else reads it). No network is touched.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError(vec![format!(
+                "configuration file {} does not exist",
+                path.display()
+            )]));
+        }
+        let env_source = config::Environment::with_prefix("AVALA_MIRROR")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("scope.owners")
+            .with_list_parse_key("scope.organizations")
+            .with_list_parse_key("scope.datasets")
+            .with_list_parse_key("scope.resources")
+            .source(Some(env.clone()));
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(env_source)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
+        raw.validate(env)
+    }
+}
+
+impl Config {
+    /// Every key at its default, for an API, a key, a scope and a database
+    /// (the demo, the tests and the benchmarks start from this).
+    pub fn defaults(
+        base_url: &Url,
+        key: &str,
+        owners: &[&str],
+        organizations: &[&str],
+        store_path: &Path,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::default();
+        raw.api.base_url = base_url.to_string();
+        raw.scope.owners = owners.iter().map(|s| s.to_string()).collect();
+        raw.scope.organizations = organizations.iter().map(|s| s.to_string()).collect();
+        raw.store.path = store_path.to_path_buf();
+        raw.validate(&HashMap::from([("AVALA_API_KEY".to_string(), key.to_string())]))
+    }
+}
+
+fn duration(problems: &mut Vec<String>, key: &str, value: &str) -> Duration {
+    match humantime::parse_duration(value) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            problems.push(format!("{key}: must be longer than zero, got \"{value}\""));
+            Duration::from_secs(1)
+        }
+        Err(e) => {
+            problems.push(format!(
+                "{key}: \"{value}\" is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h\""
+            ));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+/// http:// is allowed only for loopback hosts (as the official SDK does).
+fn check_base_url(problems: &mut Vec<String>, value: &str) -> Url {
+    let fallback = || Url::parse("https://invalid.invalid/").expect("static URL");
+    let url = match Url::parse(value) {
+        Ok(u) => u,
+        Err(e) => {
+            problems.push(format!("api.base_url: \"{value}\" is not a URL ({e})"));
+            return fallback();
+        }
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => problems.push(format!(
+            "api.base_url: plain http:// is only allowed for loopback hosts, got \"{value}\"; use https://"
+        )),
+        other => problems.push(format!(
+            "api.base_url: scheme \"{other}\" is not supported; use https://"
+        )),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        problems.push("api.base_url: must not carry credentials".into());
+    }
+    url
+}
+
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+impl RawConfig {
+    fn validate(self, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut p = Vec::new();
+        let base_url = check_base_url(&mut p, &self.api.base_url);
+
+        let key = match (env.get("AVALA_API_KEY"), &self.api.api_key_file) {
+            (Some(k), _) if !k.trim().is_empty() => Some(ApiKey::new(k.trim())),
+            (_, Some(file)) => match std::fs::read_to_string(file) {
+                Ok(k) if !k.trim().is_empty() => Some(ApiKey::new(k.trim())),
+                Ok(_) => {
+                    p.push(format!("api.api_key_file: {} is empty", file.display()));
+                    None
+                }
+                Err(e) => {
+                    p.push(format!("api.api_key_file: cannot read {}: {e}", file.display()));
+                    None
+                }
+            },
+            _ => {
+                p.push("api key: missing; set AVALA_API_KEY or api.api_key_file".into());
+                None
+            }
+        };
+
+        let rps = self.api.requests_per_second;
+        if !(rps.is_finite() && rps > 0.0) {
+            p.push(format!("api.requests_per_second: must be a positive number, got {rps}"));
+        }
+        if self.api.burst == 0 {
+            p.push("api.burst: must be at least 1".into());
+        }
+        if !(1..=10_000).contains(&self.api.page_size) {
+            p.push(format!("api.page_size: must be 1..=10000, got {}", self.api.page_size));
+        }
+        let timeout = duration(&mut p, "api.timeout", &self.api.timeout);
+        let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);
+        let backoff_max = duration(&mut p, "api.backoff_max", &self.api.backoff_max);
+
+        let mut resources = Vec::new();
+        for r in &self.scope.resources {
+            match Resource::parse(r) {
+                Some(res) if !resources.contains(&res) => resources.push(res),
+                Some(_) => {}
+                None => p.push(format!(
+                    "scope.resources: unknown resource \"{r}\"; expected datasets, sequences, items, slices or exports"
+                )),
+            }
+        }
+        resources.sort();
+        for needs in [Resource::Sequences, Resource::Items] {
+            if resources.contains(&needs) && !resources.contains(&Resource::Datasets) {
+                p.push(format!(
+                    "scope.resources: \"{needs}\" needs \"datasets\" (its list of datasets comes from the datasets mirror)"
+                ));
+            }
+        }
+        let owners_needed = resources.iter().any(|r| *r != Resource::Exports);
+        if owners_needed && self.scope.owners.is_empty() && self.scope.organizations.is_empty() {
+            p.push("scope.owners / scope.organizations: name at least one owner or organization".into());
+        }
+
+        let s = &self.schedule;
+        let schedule = HashMap::from([
+            (Resource::Datasets, duration(&mut p, "schedule.datasets", &s.datasets)),
+            (Resource::Sequences, duration(&mut p, "schedule.sequences", &s.sequences)),
+            (Resource::Items, duration(&mut p, "schedule.items", &s.items)),
+            (Resource::Slices, duration(&mut p, "schedule.slices", &s.slices)),
+            (Resource::Exports, duration(&mut p, "schedule.exports", &s.exports)),
+        ]);
+
+        if self.downloads.concurrency == 0 {
+            p.push("downloads.concurrency: must be at least 1".into());
+        }
+
+        let mut sinks = Vec::new();
+        for (i, s) in self.sinks.into_iter().enumerate() {
+            let key = format!("sinks[{i}]");
+            match s.kind.as_str() {
+                "log" => {}
+                "file" if s.path.is_none() => p.push(format!("{key}.path: required for a file sink")),
+                "webhook" | "slack" if s.url.is_none() => {
+                    p.push(format!("{key}.url: required for a {} sink", s.kind))
+                }
+                "file" | "webhook" | "slack" => {}
+                other => p.push(format!(
+                    "{key}.type: unknown sink type \"{other}\"; expected log, file, webhook or slack"
+                )),
+            }
+            if let Some(secret) = &s.secret
+                && !secret.starts_with("whsec_")
+            {
+                p.push(format!("{key}.secret: must start with whsec_"));
+            }
+            sinks.push(SinkConfig {
+                name: s.name.unwrap_or_else(|| format!("{}-{i}", s.kind)),
+                kind: s.kind,
+                path: s.path,
+                url: s.url,
+                secret: s.secret,
+                secret_file: s.secret_file,
+                events: s.events.unwrap_or_else(|| vec!["*".into()]),
+            });
+        }
+
+        if !p.is_empty() {
+            return Err(ConfigError(p));
+        }
+        Ok(Config {
+            api: ApiConfig {
+                base_url,
+                key: key.expect("checked above"),
+                requests_per_second: rps,
+                burst: self.api.burst,
+                timeout,
+                page_size: self.api.page_size,
+                max_retries: self.api.max_retries,
+                backoff_min,
+                backoff_max,
+            },
+            scope: ScopeConfig {
+                owners: self.scope.owners,
+                organizations: self.scope.organizations,
+                datasets: self.scope.datasets,
+                resources,
+            },
+            schedule,
+            store_path: self.store.path,
+            downloads: DownloadsConfig {
+                enabled: self.downloads.enabled,
+                dir: self.downloads.dir,
+                concurrency: self.downloads.concurrency,
+                backfill: self.downloads.backfill,
+            },
+            emit_initial: self.events.emit_initial,
+            sinks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(&path, &env)
+    }
+
+    const MIN: &str = "[scope]\nowners = [\"johndoe\"]\n";
+
+    #[test]
+    fn defaults_and_env_override() {
+        let c = load(
+            MIN,
+            &[
+                ("AVALA_API_KEY", "k"),
+                ("AVALA_MIRROR__API__PAGE_SIZE", "250"),
+                ("AVALA_MIRROR__SCOPE__ORGANIZATIONS", "acme,beta"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.api.page_size, 250);
+        assert_eq!(c.scope.organizations, vec!["acme", "beta"]);
+        assert_eq!(c.schedule[&Resource::Exports], Duration::from_secs(10));
+        assert_eq!(c.api.base_url.as_str(), "https://api.avala.ai/api/v1");
+    }
+
+    #[test]
+    fn every_problem_named_by_key() {
+        let err = load(
+            "[api]\nbase_url = \"http://example.com/api/v1\"\ntimeout = \"soon\"\n[schedule]\nitems = \"1 fortnight\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in ["api.base_url", "api.timeout", "schedule.items", "AVALA_API_KEY", "scope.owners"] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = load("[api]\nbase_ur = \"x\"\n", &[("AVALA_API_KEY", "k")]).unwrap_err();
+        assert!(err.to_string().contains("base_ur"), "{err}");
+        let err = load(MIN, &[("AVALA_API_KEY", "k"), ("AVALA_MIRROR__STORE__PTH", "x")]).unwrap_err();
+        assert!(err.to_string().contains("pth"), "{err}");
+    }
+
+    #[test]
+    fn loopback_http_is_allowed_and_key_file_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "secret\n").unwrap();
+        let toml = format!(
+            "[api]\nbase_url = \"http://127.0.0.1:9/api/v1\"\napi_key_file = \"{}\"\n{MIN}",
+            key.display()
+        );
+        let c = load(&toml, &[]).unwrap();
+        assert_eq!(c.api.key.expose(), "secret");
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,12 @@
+//! avala-mirror: a local SQLite mirror of an Avala account, with change events.
+//! The data path: config → api → sync → store (events in the same transaction).
+
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod scheduler;
+pub mod sim;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,127 @@
+//! The outbox: events appended in the transaction of the change that caused them,
+//! and read back in detection order.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+
+use crate::config::Resource;
+
+/// One change, as the diff saw it.
+pub struct NewEvent<'a> {
+    pub resource: Resource,
+    /// `created`, `updated`, `status_changed`, `deleted`, …
+    pub action: &'a str,
+    pub uid: &'a str,
+    pub owner: Option<&'a str>,
+    pub dataset_slug: Option<&'a str>,
+    pub old_status: Option<&'a str>,
+    pub new_status: Option<&'a str>,
+    pub object: &'a Value,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub seq: i64,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub uid: String,
+    pub owner: Option<String>,
+    pub dataset_slug: Option<String>,
+    pub old_status: Option<String>,
+    pub new_status: Option<String>,
+    pub created_at: String,
+    /// The SPEC §4 document, as delivered to sinks.
+    #[serde(skip)]
+    pub payload: String,
+}
+
+/// Appends one event; returns its public id (`evt_` + ULID, stable forever).
+pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<String> {
+    let id = format!("evt_{}", ulid::Ulid::new());
+    let kind = format!("{}.{}", ev.resource.singular(), ev.action);
+    let payload = json!({
+        "id": id,
+        "type": kind,
+        "timestamp": now,
+        "data": {
+            "resource": ev.resource.singular(),
+            "uid": ev.uid,
+            "owner": ev.owner,
+            "dataset_slug": ev.dataset_slug,
+            "old_status": ev.old_status,
+            "new_status": ev.new_status,
+            "object": ev.object,
+        }
+    });
+    conn.prepare_cached(
+        "INSERT INTO events (id, type, resource, uid, owner, dataset_slug, old_status, new_status, created_at, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        id,
+        kind,
+        ev.resource.singular(),
+        ev.uid,
+        ev.owner,
+        ev.dataset_slug,
+        ev.old_status,
+        ev.new_status,
+        now,
+        payload.to_string()
+    ])?;
+    Ok(id)
+}
+
+/// Events after `since_seq` whose type matches `glob` (`*` any run of characters).
+pub fn list(conn: &Connection, since_seq: i64, glob: &str, limit: u32) -> rusqlite::Result<Vec<Event>> {
+    let sql_glob = glob.replace('?', "[?]");
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, type, uid, owner, dataset_slug, old_status, new_status, created_at, payload
+         FROM events WHERE seq > ?1 AND type GLOB ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![since_seq, sql_glob, limit], |r| {
+        Ok(Event {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            kind: r.get(2)?,
+            uid: r.get(3)?,
+            owner: r.get(4)?,
+            dataset_slug: r.get(5)?,
+            old_status: r.get(6)?,
+            new_status: r.get(7)?,
+            created_at: r.get(8)?,
+            payload: r.get(9)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Resolves `--since`: an event id (`evt_…`) or a sequence number.
+pub fn seq_of(conn: &Connection, since: &str) -> rusqlite::Result<Option<i64>> {
+    if let Ok(n) = since.parse::<i64>() {
+        return Ok(Some(n));
+    }
+    conn.query_row("SELECT seq FROM events WHERE id = ?1", [since], |r| r.get(0))
+        .optional()
+}
+
+/// A human line for an event: `sequence johndoe/batch-001/<uid>: labeling_2d → customer_review`.
+pub fn describe(e: &Event) -> String {
+    let mut place = String::new();
+    for part in [e.owner.as_deref(), e.dataset_slug.as_deref()].into_iter().flatten() {
+        place.push_str(part);
+        place.push('/');
+    }
+    let (resource, action) = e.kind.split_once('.').unwrap_or((&e.kind, ""));
+    let what = match action {
+        "status_changed" => format!(
+            "{} → {}",
+            e.old_status.as_deref().unwrap_or("(none)"),
+            e.new_status.as_deref().unwrap_or("(none)")
+        ),
+        other => other.replace('_', " "),
+    };
+    format!("{resource} {place}{}: {what}", e.uid)
+}

@@ -1,0 +1,250 @@
+//! Applying decisions to the resource tables: one page in one transaction, the
+//! scan for rows a complete listing missed, and tombstones. All resource tables
+//! share their core columns, so one set of statements serves every resource.
+
+use roaring::RoaringTreemap;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use serde_json::Value;
+
+use super::events::{self, NewEvent};
+use crate::config::Resource;
+use crate::sync::diff::{self, Decision, Incoming, Stored};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PageOutcome {
+    pub created: u64,
+    pub updated: u64,
+    pub status_changed: u64,
+    pub unchanged: u64,
+    /// uids this listing had already returned (the collection shifted under it).
+    pub duplicates: u64,
+    pub events: u64,
+}
+
+/// Applies one page of records in one transaction; events go in the same one.
+/// `seen` collects the rowids of every record present in the listing.
+pub fn apply_page(
+    conn: &mut Connection,
+    res: Resource,
+    records: &[Incoming],
+    emit: bool,
+    now: &str,
+    seen: &mut RoaringTreemap,
+) -> rusqlite::Result<PageOutcome> {
+    let t = res.table();
+    let tx = conn.transaction()?;
+    let mut out = PageOutcome::default();
+    {
+        let mut select = tx.prepare_cached(&format!(
+            "SELECT rowid, hash, status, deleted_at IS NOT NULL FROM {t} WHERE uid = ?1"
+        ))?;
+        let mut insert = tx.prepare_cached(&format!(
+            "INSERT INTO {t} (uid, owner_name, dataset_slug, status, hash, raw, first_seen_at, last_seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
+        ))?;
+        let mut update = tx.prepare_cached(&format!(
+            "UPDATE {t} SET owner_name = ?2, dataset_slug = ?3, status = ?4, hash = ?5, raw = ?6,
+             last_seen_at = ?7, deleted_at = NULL WHERE rowid = ?1"
+        ))?;
+        for rec in records {
+            let stored = select
+                .query_row([&rec.uid], |r| {
+                    Ok(Stored { rowid: r.get(0)?, hash: r.get(1)?, status: r.get(2)?, deleted: r.get(3)? })
+                })
+                .optional()?;
+            let decision = diff::decide(stored.as_ref(), rec);
+            let rowid = match (&decision, &stored) {
+                (Decision::Unchanged, Some(s)) => {
+                    out.unchanged += 1;
+                    s.rowid
+                }
+                (_, Some(s)) => {
+                    update.execute(params![
+                        s.rowid, rec.owner, rec.dataset_slug, rec.status, &rec.hash[..], rec.raw, now
+                    ])?;
+                    s.rowid
+                }
+                (_, None) => {
+                    insert.execute(params![
+                        rec.uid, rec.owner, rec.dataset_slug, rec.status, &rec.hash[..], rec.raw, now
+                    ])?;
+                    tx.last_insert_rowid()
+                }
+            };
+            if !seen.insert(rowid as u64) {
+                out.duplicates += 1;
+            }
+            match &decision {
+                Decision::Unchanged => continue,
+                Decision::Created => out.created += 1,
+                Decision::Updated => out.updated += 1,
+                Decision::StatusChanged { .. } => out.status_changed += 1,
+            }
+            if emit && let Some(action) = diff::event_suffix(&decision) {
+                let old_status = match &decision {
+                    Decision::StatusChanged { old, .. } => old.as_deref(),
+                    _ => None,
+                };
+                events::append(
+                    &tx,
+                    &NewEvent {
+                        resource: res,
+                        action,
+                        uid: &rec.uid,
+                        owner: rec.owner.as_deref(),
+                        dataset_slug: rec.dataset_slug.as_deref(),
+                        old_status,
+                        new_status: rec.status.as_deref(),
+                        object: &rec.value,
+                    },
+                    now,
+                )?;
+                out.events += 1;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Which rows a listing covers: all of a table, one owner's, or some datasets of one owner.
+#[derive(Debug, Clone)]
+pub struct ScopeFilter {
+    pub owner: Option<String>,
+    pub dataset_slugs: Option<Vec<String>>,
+}
+
+/// A present row that a complete listing did not return.
+#[derive(Debug, Clone)]
+pub struct Missing {
+    pub uid: String,
+    pub owner: Option<String>,
+    pub dataset_slug: Option<String>,
+    pub raw: String,
+}
+
+/// Rows in `filter` that are present in the mirror but not in `seen`.
+pub fn missing(
+    conn: &Connection,
+    res: Resource,
+    filter: &ScopeFilter,
+    seen: &RoaringTreemap,
+) -> rusqlite::Result<Vec<Missing>> {
+    let mut sql = format!(
+        "SELECT rowid, uid, owner_name, dataset_slug, raw FROM {} WHERE deleted_at IS NULL",
+        res.table()
+    );
+    let mut args: Vec<&str> = Vec::new();
+    if let Some(owner) = &filter.owner {
+        sql.push_str(" AND owner_name = ?");
+        args.push(owner);
+    }
+    if let Some(slugs) = &filter.dataset_slugs {
+        sql.push_str(" AND dataset_slug IN (");
+        sql.push_str(&vec!["?"; slugs.len()].join(","));
+        sql.push(')');
+        args.extend(slugs.iter().map(String::as_str));
+    }
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let rowid: i64 = r.get(0)?;
+        if !seen.contains(rowid as u64) {
+            out.push(Missing { uid: r.get(1)?, owner: r.get(2)?, dataset_slug: r.get(3)?, raw: r.get(4)? });
+        }
+    }
+    Ok(out)
+}
+
+/// Marks a row deleted (with a `deleted` event when `emit`). False when it was not present.
+pub fn tombstone(conn: &mut Connection, res: Resource, uid: &str, emit: bool, now: &str) -> rusqlite::Result<bool> {
+    let tx = conn.transaction()?;
+    let row: Option<(Option<String>, Option<String>, Option<String>, String)> = tx
+        .query_row(
+            &format!(
+                "SELECT owner_name, dataset_slug, status, raw FROM {} WHERE uid = ?1 AND deleted_at IS NULL",
+                res.table()
+            ),
+            [uid],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let Some((owner, slug, status, raw)) = row else { return Ok(false) };
+    tx.execute(
+        &format!("UPDATE {} SET deleted_at = ?2 WHERE uid = ?1", res.table()),
+        params![uid, now],
+    )?;
+    let object: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
+    // A deleted dataset takes its items and sequences with it (its event stands for theirs).
+    if res == Resource::Datasets
+        && let Some(slug) = object.get("slug").and_then(Value::as_str)
+    {
+        for t in ["items", "sequences"] {
+            tx.execute(
+                &format!(
+                    "UPDATE {t} SET deleted_at = ?3 WHERE owner_name = ?1 AND dataset_slug = ?2 AND deleted_at IS NULL"
+                ),
+                params![owner, slug, now],
+            )?;
+        }
+    }
+    if emit {
+        events::append(
+            &tx,
+            &NewEvent {
+                resource: res,
+                action: "deleted",
+                uid,
+                owner: owner.as_deref(),
+                dataset_slug: slug.as_deref(),
+                old_status: status.as_deref(),
+                new_status: None,
+                object: &object,
+            },
+            now,
+        )?;
+    }
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Present datasets as (owner, slug, uid, is_sequence), optionally narrowed to `slugs`.
+pub fn datasets_in_scope(conn: &Connection, slugs: &[String]) -> rusqlite::Result<Vec<(String, String, String, Option<bool>)>> {
+    let mut stmt = conn.prepare(
+        "SELECT owner_name, slug, uid, is_sequence FROM datasets
+         WHERE deleted_at IS NULL AND owner_name IS NOT NULL AND slug IS NOT NULL ORDER BY owner_name, slug",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<bool>>(3)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let row = row?;
+        if slugs.is_empty() || slugs.contains(&row.1) {
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// Records one page of a slice's membership under `generation`.
+pub fn put_slice_items(conn: &mut Connection, slice_uid: &str, item_uids: &[String], generation: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO slice_items (slice_uid, item_uid, generation) VALUES (?1, ?2, ?3)
+             ON CONFLICT(slice_uid, item_uid) DO UPDATE SET generation = excluded.generation",
+        )?;
+        for item in item_uids {
+            stmt.execute(params![slice_uid, item, generation])?;
+        }
+    }
+    tx.commit()
+}
+
+/// After a complete listing of a slice: drop members it no longer returned.
+pub fn finish_slice_items(conn: &Connection, slice_uid: &str, generation: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM slice_items WHERE slice_uid = ?1 AND generation < ?2",
+        params![slice_uid, generation],
+    )
+}

@@ -1,0 +1,480 @@
+//! One listing → one diff per page → one transaction per page; after a complete,
+//! stable listing, rows it missed are checked with a direct GET and only a 404
+//! deletes them. Each resource is a set of listings built from the config and the
+//! mirror (datasets feed the item and sequence listings).
+
+pub mod diff;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use reqwest::Url;
+use roaring::RoaringTreemap;
+use serde_json::Value;
+
+use crate::api::{Client, Priority, page::Pager, v1};
+use crate::config::{Config, Resource};
+use crate::error::ApiError;
+use crate::store::records::{self, Missing, ScopeFilter};
+use crate::store::{Store, now_rfc3339, state};
+use diff::{Incoming, Rejected};
+
+/// How many dataset slugs go in one `dataset__slug__in` listing.
+const SLUGS_PER_BATCH: usize = 20;
+
+/// What one resource's cycle did.
+#[derive(Debug, Default, Clone)]
+pub struct CycleReport {
+    pub resource: Option<Resource>,
+    pub listed: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub status_changed: u64,
+    pub deleted: u64,
+    pub skipped: u64,
+    pub events: u64,
+    /// Scopes that failed or were skipped, with the reason.
+    pub failures: Vec<(String, String)>,
+}
+
+impl CycleReport {
+    fn add(&mut self, o: &records::PageOutcome) {
+        self.listed += o.created + o.updated + o.status_changed + o.unchanged;
+        self.created += o.created;
+        self.updated += o.updated;
+        self.status_changed += o.status_changed;
+        self.events += o.events;
+    }
+
+    pub fn merge(&mut self, other: CycleReport) {
+        self.listed += other.listed;
+        self.created += other.created;
+        self.updated += other.updated;
+        self.status_changed += other.status_changed;
+        self.deleted += other.deleted;
+        self.skipped += other.skipped;
+        self.events += other.events;
+        self.failures.extend(other.failures);
+    }
+}
+
+/// Called after each applied page with (scope, records in the page).
+pub type ProgressFn = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Syncer {
+    pub client: Arc<Client>,
+    pub store: Store,
+    pub cfg: Arc<Config>,
+    pub progress: Option<ProgressFn>,
+}
+
+/// How a listing fills the scoping columns of its records (from the listing, SPEC §3).
+enum Attribution {
+    Fixed(Option<String>),
+    /// Cross-dataset listing: a record's `dataset_uid` names its dataset among these.
+    ByDatasetUid(HashMap<String, String>),
+}
+
+struct Listing {
+    resource: Resource,
+    url: Url,
+    prio: Priority,
+    owner: Option<String>,
+    /// The dataset slugs this listing covers; each is its own sync_state scope.
+    slugs: Vec<String>,
+    attribution: Attribution,
+}
+
+enum ListingEnd {
+    Done,
+    /// A record could not be attributed to one dataset: list them one by one.
+    NeedsSplit,
+}
+
+impl Listing {
+    fn scopes(&self) -> Vec<String> {
+        let r = self.resource.table();
+        match (&self.owner, self.slugs.is_empty()) {
+            (None, _) => vec![r.to_string()],
+            (Some(o), true) => vec![format!("{r}:{o}")],
+            (Some(o), false) => self.slugs.iter().map(|s| format!("{r}:{o}/{s}")).collect(),
+        }
+    }
+
+    fn filter(&self) -> ScopeFilter {
+        ScopeFilter {
+            owner: self.owner.clone(),
+            dataset_slugs: (!self.slugs.is_empty()).then(|| self.slugs.clone()),
+        }
+    }
+}
+
+impl Syncer {
+    /// One complete cycle of one resource. Errors only for what stops everything
+    /// (a rejected key); per-scope failures are in the report.
+    pub async fn sync_resource(&self, res: Resource) -> Result<CycleReport, ApiError> {
+        let mut report = CycleReport { resource: Some(res), ..Default::default() };
+        match res {
+            Resource::Datasets => {
+                let mut listings = Vec::new();
+                for owner in &self.cfg.scope.owners {
+                    listings.push(self.simple(res, v1::datasets_of_user(&self.client, owner), Some(owner)));
+                }
+                for org in &self.cfg.scope.organizations {
+                    listings.push(self.simple(res, v1::datasets_of_org(&self.client, org), Some(org)));
+                }
+                for l in listings {
+                    self.run_reported(&l, &mut report).await?;
+                }
+            }
+            Resource::Exports => {
+                let l = self.simple(res, v1::exports(&self.client), None);
+                self.run_reported(&l, &mut report).await?;
+            }
+            Resource::Items => {
+                for (owner, slug, _, _) in self.datasets().await? {
+                    let mut l = self.simple(res, v1::items_of(&self.client, &owner, &slug), Some(&owner));
+                    l.prio = Priority::Low;
+                    l.attribution = Attribution::Fixed(Some(slug.clone()));
+                    l.slugs = vec![slug];
+                    self.run_reported(&l, &mut report).await?;
+                }
+            }
+            Resource::Sequences => self.sync_sequences(&mut report).await?,
+            Resource::Slices => self.sync_slices(&mut report).await?,
+        }
+        Ok(report)
+    }
+
+    fn simple(&self, res: Resource, url: Url, owner: Option<&String>) -> Listing {
+        Listing {
+            resource: res,
+            url,
+            prio: Priority::High,
+            owner: owner.cloned(),
+            slugs: vec![],
+            attribution: Attribution::Fixed(None),
+        }
+    }
+
+    async fn datasets(&self) -> Result<Vec<(String, String, String, Option<bool>)>, ApiError> {
+        let slugs = self.cfg.scope.datasets.clone();
+        self.store
+            .call(move |c| records::datasets_in_scope(c, &slugs))
+            .await
+            .map_err(db_error)
+    }
+
+    /// Sequences through the cross-dataset endpoint, `SLUGS_PER_BATCH` datasets a call;
+    /// a batch whose records cannot be told apart falls back to one listing per dataset.
+    async fn sync_sequences(&self, report: &mut CycleReport) -> Result<(), ApiError> {
+        let mut by_owner: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        for (owner, slug, uid, is_sequence) in self.datasets().await? {
+            if is_sequence == Some(false) {
+                continue;
+            }
+            match by_owner.last_mut() {
+                Some((o, list)) if *o == owner => list.push((slug, uid)),
+                _ => by_owner.push((owner, vec![(slug, uid)])),
+            }
+        }
+        for (owner, datasets) in by_owner {
+            for batch in datasets.chunks(SLUGS_PER_BATCH) {
+                let slugs: Vec<String> = batch.iter().map(|(s, _)| s.clone()).collect();
+                let split = if batch.len() > 1 {
+                    let l = Listing {
+                        resource: Resource::Sequences,
+                        url: v1::sequences_across(&self.client, &owner, &slugs),
+                        prio: Priority::High,
+                        owner: Some(owner.clone()),
+                        slugs: slugs.clone(),
+                        attribution: Attribution::ByDatasetUid(
+                            batch.iter().map(|(s, u)| (u.clone(), s.clone())).collect(),
+                        ),
+                    };
+                    matches!(self.run_reported(&l, report).await?, Some(ListingEnd::NeedsSplit))
+                } else {
+                    true
+                };
+                if split {
+                    for slug in slugs {
+                        let l = Listing {
+                            resource: Resource::Sequences,
+                            url: v1::sequences_of(&self.client, &owner, &slug),
+                            prio: Priority::High,
+                            owner: Some(owner.clone()),
+                            slugs: vec![slug.clone()],
+                            attribution: Attribution::Fixed(Some(slug)),
+                        };
+                        self.run_reported(&l, report).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Slices of every owner and organization, then the membership of each slice
+    /// that changed since its membership was last listed.
+    async fn sync_slices(&self, report: &mut CycleReport) -> Result<(), ApiError> {
+        let owners: Vec<String> =
+            self.cfg.scope.owners.iter().chain(&self.cfg.scope.organizations).cloned().collect();
+        for owner in &owners {
+            let l = self.simple(Resource::Slices, v1::slices_of(&self.client, owner), Some(owner));
+            self.run_reported(&l, report).await?;
+        }
+        let stale: Vec<(String, String, String)> = self
+            .store
+            .call(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT s.uid, s.owner_name, s.slug FROM slices s
+                     LEFT JOIN sync_state st ON st.scope = 'slice_items:' || s.uid
+                     WHERE s.deleted_at IS NULL AND s.owner_name IS NOT NULL AND s.slug IS NOT NULL
+                       AND (st.last_success_at IS NULL OR s.last_seen_at >= st.last_success_at)",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .map_err(db_error)?;
+        for (uid, owner, slug) in stale {
+            let scope = format!("slice_items:{uid}");
+            match self.sync_slice_items(&uid, &owner, &slug, &scope).await {
+                Ok(()) => {}
+                Err(e @ ApiError::Unauthorized(_)) => return Err(e),
+                Err(e) => self.record_failure(report, &[scope], &e).await,
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_slice_items(&self, uid: &str, owner: &str, slug: &str, scope: &str) -> Result<(), ApiError> {
+        let now = now_rfc3339();
+        let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let s = scope.to_string();
+        let n = now.clone();
+        self.store.call(move |c| state::attempt(c, &s, Resource::Slices, &n)).await.map_err(db_error)?;
+        let url = v1::slice_items(&self.client, owner, slug);
+        let mut pages = Pager::new(self.client.clone(), url, Priority::Low).prefetch();
+        let mut total = 0u64;
+        while let Some(page) = pages.next().await {
+            let uids: Vec<String> = page?
+                .records
+                .iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_owned))
+                .collect();
+            total += uids.len() as u64;
+            let slice = uid.to_string();
+            self.store
+                .call(move |c| records::put_slice_items(c, &slice, &uids, generation))
+                .await
+                .map_err(db_error)?;
+        }
+        let (slice, s) = (uid.to_string(), scope.to_string());
+        self.store
+            .call(move |c| {
+                records::finish_slice_items(c, &slice, generation)?;
+                state::success(c, &s, &now, total, 0)
+            })
+            .await
+            .map_err(db_error)
+    }
+
+    /// Runs a listing, folding its result into the report; a failed scope is recorded
+    /// and the cycle goes on. Only a rejected key stops it.
+    async fn run_reported(&self, l: &Listing, report: &mut CycleReport) -> Result<Option<ListingEnd>, ApiError> {
+        match self.run_listing(l, report).await {
+            Ok(end) => Ok(Some(end)),
+            Err(e @ ApiError::Unauthorized(_)) => Err(e),
+            Err(e) => {
+                self.record_failure(report, &l.scopes(), &e).await;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn record_failure(&self, report: &mut CycleReport, scopes: &[String], e: &ApiError) {
+        let msg = e.to_string();
+        if e.is_scope_missing() {
+            tracing::warn!(scopes = ?scopes, "skipping scope: {msg}");
+        } else {
+            tracing::error!(scopes = ?scopes, "listing failed, nothing deleted: {msg}");
+        }
+        let skipped = report.skipped;
+        let scopes_owned = scopes.to_vec();
+        let m = msg.clone();
+        let res = self
+            .store
+            .call(move |c| scopes_owned.iter().try_for_each(|s| state::failure(c, s, &m, skipped)))
+            .await;
+        if let Err(db) = res {
+            tracing::error!("recording the failure: {db}");
+        }
+        for s in scopes {
+            report.failures.push((s.clone(), msg.clone()));
+        }
+    }
+
+    async fn run_listing(&self, l: &Listing, report: &mut CycleReport) -> Result<ListingEnd, ApiError> {
+        let scopes = l.scopes();
+        let now = now_rfc3339();
+        let (res, emit_initial) = (l.resource, self.cfg.emit_initial);
+        let (sc, n) = (scopes.clone(), now.clone());
+        // Which scopes emit events: those past their silent baseline (SPEC §2 events.emit_initial).
+        let emit_by_slug: HashMap<Option<String>, bool> = self
+            .store
+            .call(move |c| {
+                let mut m = HashMap::new();
+                for s in &sc {
+                    state::attempt(c, s, res, &n)?;
+                    let slug = s.split_once('/').map(|(_, slug)| slug.to_string());
+                    m.insert(slug, emit_initial || state::baseline_done(c, s)?);
+                }
+                Ok::<_, rusqlite::Error>(m)
+            })
+            .await
+            .map_err(db_error)?;
+
+        let mut pages = Pager::new(self.client.clone(), l.url.clone(), l.prio).prefetch();
+        let mut seen = RoaringTreemap::new();
+        let (mut listed, mut skipped, mut duplicates) = (0u64, 0u64, 0u64);
+        while let Some(page) = pages.next().await {
+            let page = page?;
+            let mut batch = Vec::with_capacity(page.records.len());
+            for (i, value) in page.records.into_iter().enumerate() {
+                let slug = match &l.attribution {
+                    Attribution::Fixed(slug) => slug.clone(),
+                    Attribution::ByDatasetUid(map) => {
+                        match value.get("dataset_uid").and_then(Value::as_str).and_then(|u| map.get(u)) {
+                            Some(slug) => Some(slug.clone()),
+                            None if value.get("uid").is_some() => return Ok(ListingEnd::NeedsSplit),
+                            None => None,
+                        }
+                    }
+                };
+                match Incoming::new(value, l.owner.as_deref(), slug.as_deref()) {
+                    Ok(rec) => batch.push(rec),
+                    Err(why) => {
+                        skipped += 1;
+                        let why = match why {
+                            Rejected::NoUid => "it has no uid",
+                            Rejected::NotAnObject => "it is not a JSON object",
+                        };
+                        tracing::warn!(scope = %scopes[0], index = i, "skipping a record: {why}");
+                    }
+                }
+            }
+            let count = batch.len() as u64;
+            let emit = emit_by_slug.clone();
+            let n = now.clone();
+            let (outcome, s) = self
+                .store
+                .call(move |c| {
+                    let mut seen = seen;
+                    // Records of one page share a scope except in cross-dataset listings.
+                    let mut out = records::PageOutcome::default();
+                    let mut start = 0;
+                    while start < batch.len() {
+                        let slug = batch[start].dataset_slug.clone();
+                        let end = batch[start..]
+                            .iter()
+                            .position(|r| r.dataset_slug != slug)
+                            .map_or(batch.len(), |p| start + p);
+                        let on = emit.get(&slug).copied().unwrap_or(emit_initial);
+                        let o = records::apply_page(c, res, &batch[start..end], on, &n, &mut seen);
+                        match o {
+                            Ok(o) => {
+                                out.created += o.created;
+                                out.updated += o.updated;
+                                out.status_changed += o.status_changed;
+                                out.unchanged += o.unchanged;
+                                out.duplicates += o.duplicates;
+                                out.events += o.events;
+                            }
+                            Err(e) => return (Err(e), seen),
+                        }
+                        start = end;
+                    }
+                    (Ok(out), seen)
+                })
+                .await;
+            seen = s;
+            let outcome = outcome.map_err(db_error)?;
+            report.add(&outcome);
+            duplicates += outcome.duplicates;
+            listed += count;
+            if let Some(p) = &self.progress {
+                p(&scopes[0], count);
+            }
+        }
+        report.skipped += skipped;
+        let unstable = pages.finish().await || duplicates > 0;
+
+        if unstable {
+            tracing::warn!(scope = %scopes[0], "the collection changed during the listing; deletions wait for a stable one");
+        } else {
+            let (filter, s) = (l.filter(), seen);
+            let missing = self
+                .store
+                .call(move |c| records::missing(c, res, &filter, &s))
+                .await
+                .map_err(db_error)?;
+            for m in missing {
+                if self.confirm_gone(res, &m).await? {
+                    let emit = emit_by_slug.get(&m.dataset_slug).copied().unwrap_or(emit_initial);
+                    let n = now.clone();
+                    let deleted = self
+                        .store
+                        .call(move |c| records::tombstone(c, res, &m.uid, emit, &n))
+                        .await
+                        .map_err(db_error)?;
+                    if deleted {
+                        report.deleted += 1;
+                        report.events += emit as u64;
+                    }
+                }
+            }
+        }
+        let n = now.clone();
+        self.store
+            .call(move |c| scopes.iter().try_for_each(|s| state::success(c, s, &n, listed, skipped)))
+            .await
+            .map_err(db_error)?;
+        Ok(ListingEnd::Done)
+    }
+
+    /// A row missing from a complete listing is gone only if a direct GET says 404.
+    async fn confirm_gone(&self, res: Resource, m: &Missing) -> Result<bool, ApiError> {
+        let c = &self.client;
+        let raw: Value = serde_json::from_str(&m.raw).unwrap_or(Value::Null);
+        let slug_of_raw = raw.get("slug").and_then(Value::as_str);
+        let owner = m.owner.as_deref().unwrap_or_default();
+        let url = match (res, m.dataset_slug.as_deref(), slug_of_raw) {
+            (Resource::Exports, _, _) => v1::export(c, &m.uid),
+            (Resource::Items, Some(ds), _) => v1::item(c, owner, ds, &m.uid),
+            (Resource::Sequences, Some(ds), _) => v1::sequence(c, owner, ds, &m.uid),
+            (Resource::Datasets, _, Some(slug)) => v1::dataset_probe(c, owner, slug),
+            (Resource::Slices, _, Some(slug)) => v1::slice(c, owner, slug),
+            _ => return Ok(false),
+        };
+        match c.fetch(&url, Priority::High, |_| Ok(())).await {
+            Err(ApiError::NotFound(_)) => Ok(true),
+            Ok(_) => {
+                tracing::debug!(uid = %m.uid, "missing from the listing but still there; kept");
+                Ok(false)
+            }
+            Err(e @ ApiError::Unauthorized(_)) => Err(e),
+            Err(e) => {
+                tracing::warn!(uid = %m.uid, "could not confirm a deletion, kept: {e}");
+                Ok(false)
+            }
+        }
+    }
+}
+
+fn db_error(e: rusqlite::Error) -> ApiError {
+    // Ends the listing; the page's transaction was rolled back, nothing half-applied.
+    ApiError::Store(e.to_string())
+}
