@@ -14,7 +14,11 @@ use crate::config::{self, Config, Resource};
 use crate::error::{self, EXIT_OK};
 
 #[derive(Parser, Debug)]
-#[command(name = "avala-mirror", version, about = "A local SQLite mirror of an Avala account, with change events")]
+#[command(
+    name = "avala-mirror",
+    version,
+    about = "A local SQLite mirror of an Avala account, with change events"
+)]
 pub struct Cli {
     /// Configuration file (else $AVALA_MIRROR_CONFIG, ./avala-mirror.toml, /etc/avala-mirror/config.toml)
     #[arg(long, global = true)]
@@ -86,7 +90,9 @@ pub enum Command {
 }
 
 fn parse_resource(s: &str) -> Result<Resource, String> {
-    Resource::parse(s).ok_or_else(|| format!("unknown resource {s:?}; expected datasets, sequences, items, slices or exports"))
+    Resource::parse(s).ok_or_else(|| {
+        format!("unknown resource {s:?}; expected datasets, sequences, items, slices or exports")
+    })
 }
 
 /// Runs the command; returns the process exit code.
@@ -109,7 +115,10 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
-fn load(cli_config: Option<&std::path::Path>, env: &HashMap<String, String>) -> anyhow::Result<Arc<Config>> {
+fn load(
+    cli_config: Option<&std::path::Path>,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<Arc<Config>> {
     let path = config::find_config_path(cli_config, env)?;
     Ok(Arc::new(Config::load(&path, env)?))
 }
@@ -120,12 +129,37 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
         Command::Run => commands::run::run(load(cfg_path, &env)?).await,
         Command::Sync { only } => commands::sync::sync(load(cfg_path, &env)?, only).await,
         Command::Status { json } => commands::status::status(&*load(cfg_path, &env)?, json),
-        Command::Events { since, kind, follow, json } => {
-            commands::events::events(&*load(cfg_path, &env)?, since.as_deref(), &kind, follow, json).await
+        Command::Events {
+            since,
+            kind,
+            follow,
+            json,
+        } => {
+            commands::events::events(
+                &*load(cfg_path, &env)?,
+                since.as_deref(),
+                &kind,
+                follow,
+                json,
+            )
+            .await
         }
         Command::Check => commands::check::check(load(cfg_path, &env)?).await,
-        Command::Demo { dir, duration, seed } => commands::demo::demo(&dir, duration, seed).await.map(|_| EXIT_OK),
-        Command::Simulate { listen, seed, api_key, datasets, items, tick } => {
+        Command::Demo {
+            dir,
+            duration,
+            seed,
+        } => commands::demo::demo(&dir, duration, seed)
+            .await
+            .map(|_| EXIT_OK),
+        Command::Simulate {
+            listen,
+            seed,
+            api_key,
+            datasets,
+            items,
+            tick,
+        } => {
             let cfg = crate::sim::SimConfig {
                 seed,
                 api_key,
@@ -133,7 +167,9 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
                 items_per_dataset: items,
                 ..Default::default()
             };
-            commands::simulate::simulate(cfg, listen, tick).await.map(|_| EXIT_OK)
+            commands::simulate::simulate(cfg, listen, tick)
+                .await
+                .map(|_| EXIT_OK)
         }
     }
 }
@@ -146,5 +182,8 @@ fn init_logging(env: &HashMap<String, String>, quiet: bool) {
         .get("RUST_LOG")
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -192,7 +192,10 @@ impl Default for RawScope {
             owners: vec![],
             organizations: vec![],
             datasets: vec![],
-            resources: Resource::ALL.iter().map(|r| r.table().to_string()).collect(),
+            resources: Resource::ALL
+                .iter()
+                .map(|r| r.table().to_string())
+                .collect(),
         }
     }
 }
@@ -227,7 +230,9 @@ struct RawStore {
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore { path: "mirror.db".into() }
+        RawStore {
+            path: "mirror.db".into(),
+        }
     }
 }
 
@@ -242,7 +247,12 @@ struct RawDownloads {
 
 impl Default for RawDownloads {
     fn default() -> Self {
-        RawDownloads { enabled: true, dir: "exports".into(), concurrency: 2, backfill: false }
+        RawDownloads {
+            enabled: true,
+            dir: "exports".into(),
+            concurrency: 2,
+            backfill: false,
+        }
     }
 }
 
@@ -332,7 +342,10 @@ impl Config {
         raw.scope.owners = owners.iter().map(|s| s.to_string()).collect();
         raw.scope.organizations = organizations.iter().map(|s| s.to_string()).collect();
         raw.store.path = store_path.to_path_buf();
-        raw.validate(&HashMap::from([("AVALA_API_KEY".to_string(), key.to_string())]))
+        raw.validate(&HashMap::from([(
+            "AVALA_API_KEY".to_string(),
+            key.to_string(),
+        )]))
     }
 }
 
@@ -401,7 +414,10 @@ impl RawConfig {
                     None
                 }
                 Err(e) => {
-                    p.push(format!("api.api_key_file: cannot read {}: {e}", file.display()));
+                    p.push(format!(
+                        "api.api_key_file: cannot read {}: {e}",
+                        file.display()
+                    ));
                     None
                 }
             },
@@ -413,13 +429,18 @@ impl RawConfig {
 
         let rps = self.api.requests_per_second;
         if !(rps.is_finite() && rps > 0.0) {
-            p.push(format!("api.requests_per_second: must be a positive number, got {rps}"));
+            p.push(format!(
+                "api.requests_per_second: must be a positive number, got {rps}"
+            ));
         }
         if self.api.burst == 0 {
             p.push("api.burst: must be at least 1".into());
         }
         if !(1..=10_000).contains(&self.api.page_size) {
-            p.push(format!("api.page_size: must be 1..=10000, got {}", self.api.page_size));
+            p.push(format!(
+                "api.page_size: must be 1..=10000, got {}",
+                self.api.page_size
+            ));
         }
         let timeout = duration(&mut p, "api.timeout", &self.api.timeout);
         let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);
@@ -445,16 +466,34 @@ impl RawConfig {
         }
         let owners_needed = resources.iter().any(|r| *r != Resource::Exports);
         if owners_needed && self.scope.owners.is_empty() && self.scope.organizations.is_empty() {
-            p.push("scope.owners / scope.organizations: name at least one owner or organization".into());
+            p.push(
+                "scope.owners / scope.organizations: name at least one owner or organization"
+                    .into(),
+            );
         }
 
         let s = &self.schedule;
         let schedule = HashMap::from([
-            (Resource::Datasets, duration(&mut p, "schedule.datasets", &s.datasets)),
-            (Resource::Sequences, duration(&mut p, "schedule.sequences", &s.sequences)),
-            (Resource::Items, duration(&mut p, "schedule.items", &s.items)),
-            (Resource::Slices, duration(&mut p, "schedule.slices", &s.slices)),
-            (Resource::Exports, duration(&mut p, "schedule.exports", &s.exports)),
+            (
+                Resource::Datasets,
+                duration(&mut p, "schedule.datasets", &s.datasets),
+            ),
+            (
+                Resource::Sequences,
+                duration(&mut p, "schedule.sequences", &s.sequences),
+            ),
+            (
+                Resource::Items,
+                duration(&mut p, "schedule.items", &s.items),
+            ),
+            (
+                Resource::Slices,
+                duration(&mut p, "schedule.slices", &s.slices),
+            ),
+            (
+                Resource::Exports,
+                duration(&mut p, "schedule.exports", &s.exports),
+            ),
         ]);
 
         if self.downloads.concurrency == 0 {
@@ -534,7 +573,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, toml).unwrap();
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load(&path, &env)
     }
 
@@ -565,7 +607,13 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        for needle in ["api.base_url", "api.timeout", "schedule.items", "AVALA_API_KEY", "scope.owners"] {
+        for needle in [
+            "api.base_url",
+            "api.timeout",
+            "schedule.items",
+            "AVALA_API_KEY",
+            "scope.owners",
+        ] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
     }
@@ -574,7 +622,11 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = load("[api]\nbase_ur = \"x\"\n", &[("AVALA_API_KEY", "k")]).unwrap_err();
         assert!(err.to_string().contains("base_ur"), "{err}");
-        let err = load(MIN, &[("AVALA_API_KEY", "k"), ("AVALA_MIRROR__STORE__PTH", "x")]).unwrap_err();
+        let err = load(
+            MIN,
+            &[("AVALA_API_KEY", "k"), ("AVALA_MIRROR__STORE__PTH", "x")],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("pth"), "{err}");
     }
 

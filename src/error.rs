@@ -34,7 +34,11 @@ pub enum ApiError {
     #[error("not found (404) at {0}")]
     NotFound(String),
     #[error("HTTP {status} at {endpoint}: {body}")]
-    Status { status: u16, endpoint: String, body: String },
+    Status {
+        status: u16,
+        endpoint: String,
+        body: String,
+    },
     #[error("network error at {endpoint}: {message}")]
     Transport { endpoint: String, message: String },
     #[error("malformed response at {endpoint}: {message}")]
@@ -44,7 +48,11 @@ pub enum ApiError {
     #[error("redirect ({status}) at {endpoint} not followed: the API key would go with it")]
     Redirect { status: u16, endpoint: String },
     #[error("gave up at {endpoint} after {attempts} attempts: {last}")]
-    RetriesExhausted { endpoint: String, attempts: u32, last: String },
+    RetriesExhausted {
+        endpoint: String,
+        attempts: u32,
+        last: String,
+    },
     #[error("local database error: {0}")]
     Store(String),
 }

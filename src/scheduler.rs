@@ -74,7 +74,11 @@ fn log_cycle(r: Result<crate::sync::CycleReport, ApiError>) -> Result<(), ApiErr
     if report.failures.is_empty() {
         tracing::info!("{}", summary_line(&report));
     } else {
-        tracing::warn!("{} ({} scopes failed)", summary_line(&report), report.failures.len());
+        tracing::warn!(
+            "{} ({} scopes failed)",
+            summary_line(&report),
+            report.failures.len()
+        );
     }
     Ok(())
 }

@@ -173,31 +173,53 @@ impl Client {
             return Err(Attempt::RateLimited(retry_after(&headers)));
         }
         if status.is_redirection() {
-            return Err(Attempt::Failed(ApiError::Redirect { status: status.as_u16(), endpoint: ep() }));
+            return Err(Attempt::Failed(ApiError::Redirect {
+                status: status.as_u16(),
+                endpoint: ep(),
+            }));
         }
-        let body = resp.bytes().await.map_err(|e| Attempt::Failed(transport(ep(), e)))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Attempt::Failed(transport(ep(), e)))?;
         let err = match status.as_u16() {
             200..=299 => {
                 return parse(&body)
                     .map(|value| Fetched { value, headers })
-                    .map_err(|message| Attempt::Failed(ApiError::Malformed { endpoint: ep(), message }));
+                    .map_err(|message| {
+                        Attempt::Failed(ApiError::Malformed {
+                            endpoint: ep(),
+                            message,
+                        })
+                    });
             }
             401 => ApiError::Unauthorized(ep()),
             403 => ApiError::Forbidden(ep()),
             404 => ApiError::NotFound(ep()),
-            s => ApiError::Status { status: s, endpoint: ep(), body: snippet(&body) },
+            s => ApiError::Status {
+                status: s,
+                endpoint: ep(),
+                body: snippet(&body),
+            },
         };
         Err(Attempt::Failed(err))
     }
 
     fn observe_rate_headers(&self, h: &HeaderMap) {
         let num = |name: &str| h.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let reset = h
             .get("x-ratelimit-reset")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_reset(v, now));
-        self.pacer.on_headers(num("x-ratelimit-limit"), num("x-ratelimit-remaining"), reset);
+        self.pacer.on_headers(
+            num("x-ratelimit-limit"),
+            num("x-ratelimit-remaining"),
+            reset,
+        );
     }
 }
 
@@ -212,16 +234,22 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
     let at = httpdate(v)?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn httpdate(v: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(v).ok().or_else(|| {
         // IMF-fixdate, e.g. "Wed, 21 Oct 2015 07:28:00 GMT"
         let parts: Vec<&str> = v.split_whitespace().collect();
-        let [_, day, mon, year, time, "GMT"] = parts.as_slice() else { return None };
-        const MONTHS: [&str; 12] =
-            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let [_, day, mon, year, time, "GMT"] = parts.as_slice() else {
+            return None;
+        };
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
         let m = MONTHS.iter().position(|x| x == mon)? + 1;
         humantime::parse_rfc3339_weak(&format!("{year}-{m:02}-{day:0>2} {time}")).ok()
     })
@@ -229,7 +257,12 @@ fn httpdate(v: &str) -> Option<SystemTime> {
 
 /// Scheme, host and path of a URL: enough to name an endpoint, nothing that could be a secret.
 pub fn endpoint(url: &Url) -> String {
-    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or("?"), url.path())
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or("?"),
+        url.path()
+    )
 }
 
 fn transport(endpoint: String, e: reqwest::Error) -> ApiError {
@@ -266,7 +299,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, "3".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
     }
 

@@ -1,7 +1,7 @@
 //! Talking to Avala: the client (key, pacing, retries), pagination, endpoints.
 pub mod client;
-pub mod page;
 pub mod pace;
+pub mod page;
 pub mod v1;
 
 pub use client::Client;

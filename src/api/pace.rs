@@ -88,7 +88,11 @@ impl Pacer {
         let slot = {
             let mut s = self.state.lock().expect("pacer lock");
             let now = Instant::now();
-            let gap = if now < s.header_until { s.slowdown.max(s.header_gap) } else { s.slowdown };
+            let gap = if now < s.header_until {
+                s.slowdown.max(s.header_gap)
+            } else {
+                s.slowdown
+            };
             let slot = now.max(s.paused_until).max(s.next_slot);
             s.next_slot = slot + gap;
             slot
@@ -102,9 +106,13 @@ impl Pacer {
     /// A 429: pause everyone for `retry_after`, then send at most half as fast as before.
     pub fn on_rate_limited(&self, retry_after: Option<Duration>) {
         let mut s = self.state.lock().expect("pacer lock");
-        let pause = retry_after.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(600));
+        let pause = retry_after
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(600));
         s.paused_until = s.paused_until.max(Instant::now() + pause);
-        s.slowdown = (s.slowdown * 2).max(self.period).min(Duration::from_secs(60));
+        s.slowdown = (s.slowdown * 2)
+            .max(self.period)
+            .min(Duration::from_secs(60));
     }
 
     /// A success: let the 429 slowdown decay back towards the configured rate.
@@ -120,8 +128,15 @@ impl Pacer {
 
     /// Rate-limit headers: when few requests remain in the window, spread them up to
     /// its reset instead of running into a 429.
-    pub fn on_headers(&self, limit: Option<u64>, remaining: Option<u64>, reset_in: Option<Duration>) {
-        let (Some(remaining), Some(reset_in)) = (remaining, reset_in) else { return };
+    pub fn on_headers(
+        &self,
+        limit: Option<u64>,
+        remaining: Option<u64>,
+        reset_in: Option<Duration>,
+    ) {
+        let (Some(remaining), Some(reset_in)) = (remaining, reset_in) else {
+            return;
+        };
         let low_mark = limit.map(|l| (l / 5).max(2)).unwrap_or(5);
         let mut s = self.state.lock().expect("pacer lock");
         if remaining <= low_mark {
@@ -160,7 +175,11 @@ pub fn parse_reset(value: &str, now_unix: u64) -> Option<Duration> {
     if !v.is_finite() || v < 0.0 {
         return None;
     }
-    let secs = if v > 1_000_000_000.0 { (v - now_unix as f64).max(0.0) } else { v };
+    let secs = if v > 1_000_000_000.0 {
+        (v - now_unix as f64).max(0.0)
+    } else {
+        v
+    };
     Some(Duration::from_secs_f64(secs.min(3600.0)))
 }
 
@@ -171,7 +190,10 @@ mod tests {
     #[test]
     fn reset_header_forms() {
         assert_eq!(parse_reset("30", 0), Some(Duration::from_secs(30)));
-        assert_eq!(parse_reset("1700000010", 1_700_000_000), Some(Duration::from_secs(10)));
+        assert_eq!(
+            parse_reset("1700000010", 1_700_000_000),
+            Some(Duration::from_secs(10))
+        );
         assert_eq!(parse_reset("soon", 0), None);
     }
 
@@ -186,7 +208,11 @@ mod tests {
         let t = Instant::now();
         p.acquire(Priority::High).await;
         // slowed to at most half the configured rate (0.1 s period)
-        assert!(t.elapsed() >= Duration::from_millis(100), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,11 +29,19 @@ pub struct Pager {
 
 impl Pager {
     pub fn new(client: Arc<Client>, first: Url, prio: Priority) -> Pager {
-        Pager { client, next: Some(first), prio, first_count: None, unstable: false }
+        Pager {
+            client,
+            next: Some(first),
+            prio,
+            first_count: None,
+            unstable: false,
+        }
     }
 
     pub async fn next_page(&mut self) -> Result<Option<Page>, ApiError> {
-        let Some(url) = self.next.take() else { return Ok(None) };
+        let Some(url) = self.next.take() else {
+            return Ok(None);
+        };
         let fetched = self.client.fetch(&url, self.prio, parse_page).await?;
         let (page, next) = fetched.value;
         if let Some(next) = next {
@@ -109,7 +117,13 @@ impl Drop for PageStream {
 fn parse_page(body: &[u8]) -> Result<(Page, Option<String>), String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     match value {
-        Value::Array(records) => Ok((Page { records, count: None }, None)),
+        Value::Array(records) => Ok((
+            Page {
+                records,
+                count: None,
+            },
+            None,
+        )),
         Value::Object(mut obj) => {
             let records = match obj.remove("results") {
                 Some(Value::Array(r)) => r,
@@ -134,9 +148,16 @@ mod tests {
 
     #[test]
     fn both_styles_parse() {
-        let (p, next) = parse_page(br#"{"count":3,"next":"https://h/x?page=2","previous":null,"results":[{"uid":"a"}]}"#).unwrap();
-        assert_eq!((p.records.len(), p.count, next.as_deref()), (1, Some(3), Some("https://h/x?page=2")));
-        let (p, next) = parse_page(br#"{"next":null,"previous":null,"results":[],"extra":1}"#).unwrap();
+        let (p, next) = parse_page(
+            br#"{"count":3,"next":"https://h/x?page=2","previous":null,"results":[{"uid":"a"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.records.len(), p.count, next.as_deref()),
+            (1, Some(3), Some("https://h/x?page=2"))
+        );
+        let (p, next) =
+            parse_page(br#"{"next":null,"previous":null,"results":[],"extra":1}"#).unwrap();
         assert_eq!((p.records.len(), p.count, next), (0, None, None));
         assert!(parse_page(b"{\"detail\":\"x\"}").is_err());
         assert!(parse_page(b"<html>").is_err());

@@ -24,7 +24,11 @@ pub fn datasets_of_org(c: &Client, org: &str) -> Url {
 
 /// Sequences across several datasets of one owner in one listing (page style).
 pub fn sequences_across(c: &Client, owner: &str, slugs: &[String]) -> Url {
-    list(c, &["datasets", owner, "sequences"], &[("dataset__slug__in", &slugs.join(","))])
+    list(
+        c,
+        &["datasets", owner, "sequences"],
+        &[("dataset__slug__in", &slugs.join(","))],
+    )
 }
 
 /// Sequences of one dataset (cursor style).

@@ -19,8 +19,18 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
-    let sim_cfg = SimConfig { seed, items_per_dataset: 2_000, sequences_per_dataset: 12, ..Default::default() };
-    let sim = Simulator::start(sim_cfg.clone(), "127.0.0.1:0".parse()?, Some(Duration::from_millis(700))).await?;
+    let sim_cfg = SimConfig {
+        seed,
+        items_per_dataset: 2_000,
+        sequences_per_dataset: 12,
+        ..Default::default()
+    };
+    let sim = Simulator::start(
+        sim_cfg.clone(),
+        "127.0.0.1:0".parse()?,
+        Some(Duration::from_millis(700)),
+    )
+    .await?;
     let owners: Vec<&str> = sim_cfg.owners.iter().map(String::as_str).collect();
     let orgs: Vec<&str> = sim_cfg.organizations.iter().map(String::as_str).collect();
     let mut cfg = Config::defaults(&sim.base_url(), &sim_cfg.api_key, &owners, &orgs, &db)?;
@@ -38,9 +48,17 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     let cfg = Arc::new(cfg);
 
     println!("avala-mirror demo");
-    println!("  simulated Avala API: {}  (owners {}, organizations {})", sim.base_url(), owners.join(", "), orgs.join(", "));
+    println!(
+        "  simulated Avala API: {}  (owners {}, organizations {})",
+        sim.base_url(),
+        owners.join(", "),
+        orgs.join(", ")
+    );
     println!("  mirror database:     {}", db.display());
-    println!("  rate limit:          {} requests/s, burst {}", cfg.api.requests_per_second, cfg.api.burst);
+    println!(
+        "  rate limit:          {} requests/s, burst {}",
+        cfg.api.requests_per_second, cfg.api.burst
+    );
     println!();
 
     let total = sim.world(|w| {
@@ -64,9 +82,16 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     println!(
         "first sync: {listed} records mirrored in {:.1}s with {} API requests (a silent baseline: no events yet)",
         started.elapsed().as_secs_f64(),
-        syncer.client.stats.requests.load(std::sync::atomic::Ordering::Relaxed)
+        syncer
+            .client
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     );
-    println!("watching for changes for {}s (Ctrl-C to stop early)...", duration.as_secs());
+    println!(
+        "watching for changes for {}s (Ctrl-C to stop early)...",
+        duration.as_secs()
+    );
     println!();
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -75,7 +100,10 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     let mut after = 0i64;
     let mut shown = 0u64;
     loop {
-        let batch = syncer.store.call(move |c| events::list(c, after, "*", 500)).await?;
+        let batch = syncer
+            .store
+            .call(move |c| events::list(c, after, "*", 500))
+            .await?;
         for e in &batch {
             after = e.seq;
             shown += 1;
@@ -96,15 +124,30 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     let status = syncer.store.call(|c| super::status::collect(c)).await?;
     for res in Resource::ALL {
         let r = &status["resources"][res.table()];
-        println!("  {:<10} {:>6} present, {:>3} deleted", res.table(), r["present"], r["deleted"]);
+        println!(
+            "  {:<10} {:>6} present, {:>3} deleted",
+            res.table(),
+            r["present"],
+            r["deleted"]
+        );
     }
     let path = db.display();
     println!();
-    println!("query the mirror (sqlite3 or any SQLite client; it stays readable while a daemon writes):");
-    println!("  sqlite3 {path} \"SELECT dataset_slug, key, status FROM sequences WHERE status = 'customer_review' AND deleted_at IS NULL;\"");
-    println!("  sqlite3 {path} \"SELECT type, uid, old_status, new_status, created_at FROM events ORDER BY seq DESC LIMIT 20;\"");
-    println!("  sqlite3 {path} \"SELECT name, status, download_url FROM exports WHERE deleted_at IS NULL ORDER BY created_at DESC;\"");
+    println!(
+        "query the mirror (sqlite3 or any SQLite client; it stays readable while a daemon writes):"
+    );
+    println!(
+        "  sqlite3 {path} \"SELECT dataset_slug, key, status FROM sequences WHERE status = 'customer_review' AND deleted_at IS NULL;\""
+    );
+    println!(
+        "  sqlite3 {path} \"SELECT type, uid, old_status, new_status, created_at FROM events ORDER BY seq DESC LIMIT 20;\""
+    );
+    println!(
+        "  sqlite3 {path} \"SELECT name, status, download_url FROM exports WHERE deleted_at IS NULL ORDER BY created_at DESC;\""
+    );
     println!();
-    println!("next: copy config/avala-mirror.toml, set AVALA_API_KEY, and run `avala-mirror sync`.");
+    println!(
+        "next: copy config/avala-mirror.toml, set AVALA_API_KEY, and run `avala-mirror sync`."
+    );
     Ok(())
 }

@@ -6,7 +6,13 @@ use crate::config::Config;
 use crate::error::EXIT_OK;
 use crate::store::{Store, events};
 
-pub async fn events(cfg: &Config, since: Option<&str>, glob: &str, follow: bool, json: bool) -> anyhow::Result<u8> {
+pub async fn events(
+    cfg: &Config,
+    since: Option<&str>,
+    glob: &str,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
     let store = Store::open_existing(&cfg.store_path)?;
     let mut after = match since {
         None => 0,
@@ -20,7 +26,13 @@ pub async fn events(cfg: &Config, since: Option<&str>, glob: &str, follow: bool,
             if json {
                 println!("{}", e.payload);
             } else {
-                println!("{:>6} {} {} {}", e.seq, e.created_at, e.id, events::describe(e));
+                println!(
+                    "{:>6} {} {} {}",
+                    e.seq,
+                    e.created_at,
+                    e.id,
+                    events::describe(e)
+                );
             }
             after = e.seq;
         }

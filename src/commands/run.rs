@@ -22,6 +22,8 @@ pub async fn run(cfg: Arc<Config>) -> anyhow::Result<u8> {
         let _ = tx.send(true);
     });
     tracing::info!(db = %syncer.store.path().display(), "mirror running");
-    crate::scheduler::run(syncer, rx).await.context("mirror stopped")?;
+    crate::scheduler::run(syncer, rx)
+        .await
+        .context("mirror stopped")?;
     Ok(EXIT_OK)
 }

@@ -10,8 +10,14 @@ pub async fn simulate(cfg: SimConfig, listen: SocketAddr, tick: Duration) -> any
     let sim = Simulator::start(cfg, listen, (!tick.is_zero()).then_some(tick)).await?;
     println!("Avala API simulator on {}", sim.base_url());
     println!("  key:   X-Avala-Api-Key: {key}");
-    println!("  try:   curl -H 'X-Avala-Api-Key: {key}' {}/exports/", sim.base_url());
-    println!("  mirror it with: AVALA_API_KEY={key} AVALA_MIRROR__API__BASE_URL={} avala-mirror sync", sim.base_url());
+    println!(
+        "  try:   curl -H 'X-Avala-Api-Key: {key}' {}/exports/",
+        sim.base_url()
+    );
+    println!(
+        "  mirror it with: AVALA_API_KEY={key} AVALA_MIRROR__API__BASE_URL={} avala-mirror sync",
+        sim.base_url()
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

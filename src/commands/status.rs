@@ -10,9 +10,10 @@ use crate::store::Store;
 pub fn status(cfg: &Config, as_json: bool) -> anyhow::Result<u8> {
     let store = Store::open_existing(&cfg.store_path)?;
     let report = store.with(|c| collect(c))?;
-    let failing = report["resources"]
-        .as_object()
-        .is_some_and(|m| m.values().any(|r| r["failing_scopes"].as_u64().unwrap_or(0) > 0));
+    let failing = report["resources"].as_object().is_some_and(|m| {
+        m.values()
+            .any(|r| r["failing_scopes"].as_u64().unwrap_or(0) > 0)
+    });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -28,20 +29,47 @@ pub fn collect(c: &Connection) -> rusqlite::Result<Value> {
         let mut stmt = c.prepare(&format!(
             "SELECT COALESCE(status, '(none)'), count(*) FROM {t} WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 1"
         ))?;
-        let by_status: serde_json::Map<String, Value> =
-            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, json!(r.get::<_, i64>(1)?))))?.collect::<Result<_, _>>()?;
-        let total: i64 = c.query_row(&format!("SELECT count(*) FROM {t} WHERE deleted_at IS NULL"), [], |r| r.get(0))?;
-        let deleted: i64 = c.query_row(&format!("SELECT count(*) FROM {t} WHERE deleted_at IS NOT NULL"), [], |r| r.get(0))?;
-        let (scopes, last_success, oldest_success, failing, skipped): (i64, Option<String>, Option<String>, i64, i64) = c.query_row(
+        let by_status: serde_json::Map<String, Value> = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, json!(r.get::<_, i64>(1)?)))
+            })?
+            .collect::<Result<_, _>>()?;
+        let total: i64 = c.query_row(
+            &format!("SELECT count(*) FROM {t} WHERE deleted_at IS NULL"),
+            [],
+            |r| r.get(0),
+        )?;
+        let deleted: i64 = c.query_row(
+            &format!("SELECT count(*) FROM {t} WHERE deleted_at IS NOT NULL"),
+            [],
+            |r| r.get(0),
+        )?;
+        let (scopes, last_success, oldest_success, failing, skipped): (
+            i64,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+        ) = c.query_row(
             "SELECT count(*), max(last_success_at), min(last_success_at),
                     sum(last_error IS NOT NULL), COALESCE(sum(skipped), 0)
              FROM sync_state WHERE resource = ?1",
             [t],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<i64>>(3)?.unwrap_or(0), r.get(4)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                    r.get(4)?,
+                ))
+            },
         )?;
         let mut errs = c.prepare("SELECT scope, last_error FROM sync_state WHERE resource = ?1 AND last_error IS NOT NULL ORDER BY scope LIMIT 10")?;
         let errors: Vec<Value> = errs
-            .query_map([t], |r| Ok(json!({"scope": r.get::<_, String>(0)?, "error": r.get::<_, String>(1)?})))?
+            .query_map([t], |r| {
+                Ok(json!({"scope": r.get::<_, String>(0)?, "error": r.get::<_, String>(1)?}))
+            })?
             .collect::<Result<_, _>>()?;
         resources.insert(
             t.into(),
@@ -73,7 +101,10 @@ pub fn collect(c: &Connection) -> rusqlite::Result<Value> {
 
 fn print_human(v: &Value) {
     println!("mirror: {}", v["database"].as_str().unwrap_or(""));
-    println!("{:<10} {:>9} {:>8}  {:<22} statuses", "resource", "present", "deleted", "last success");
+    println!(
+        "{:<10} {:>9} {:>8}  {:<22} statuses",
+        "resource", "present", "deleted", "last success"
+    );
     if let Some(m) = v["resources"].as_object() {
         for (name, r) in m {
             let statuses: Vec<String> = r["by_status"]
@@ -89,10 +120,17 @@ fn print_human(v: &Value) {
                 statuses.join(" ")
             );
             if r["skipped_records"].as_i64().unwrap_or(0) > 0 {
-                println!("           skipped malformed records: {}", r["skipped_records"]);
+                println!(
+                    "           skipped malformed records: {}",
+                    r["skipped_records"]
+                );
             }
             for e in r["errors"].as_array().into_iter().flatten() {
-                println!("           failing {}: {}", e["scope"].as_str().unwrap_or(""), e["error"].as_str().unwrap_or(""));
+                println!(
+                    "           failing {}: {}",
+                    e["scope"].as_str().unwrap_or(""),
+                    e["error"].as_str().unwrap_or("")
+                );
             }
         }
     }
@@ -101,6 +139,12 @@ fn print_human(v: &Value) {
         v["events"]["total"],
         v["events"]["last_id"].as_str().unwrap_or("-")
     );
-    println!("downloads: {} pending, {} failed", v["downloads"]["pending"], v["downloads"]["failed"]);
-    println!("deliveries: {} pending, {} failed", v["deliveries"]["pending"], v["deliveries"]["failed"]);
+    println!(
+        "downloads: {} pending, {} failed",
+        v["downloads"]["pending"], v["downloads"]["failed"]
+    );
+    println!(
+        "deliveries: {} pending, {} failed",
+        v["deliveries"]["pending"], v["deliveries"]["failed"]
+    );
 }

@@ -15,9 +15,16 @@ pub fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<
     let store = Store::open(&cfg.store_path)?;
     let client = Client::new(&cfg.api).context("building the HTTP client")?;
     if !cfg.sinks.is_empty() {
-        tracing::warn!("[[sinks]] are not delivered by this version; events stay in the database (`avala-mirror events`)");
+        tracing::warn!(
+            "[[sinks]] are not delivered by this version; events stay in the database (`avala-mirror events`)"
+        );
     }
-    Ok(Syncer { client, store, cfg, progress })
+    Ok(Syncer {
+        client,
+        store,
+        cfg,
+        progress,
+    })
 }
 
 /// Datasets first (the other listings are built from them), then the rest side by side.
@@ -26,7 +33,10 @@ pub async fn cycle(syncer: &Syncer, resources: &[Resource]) -> Result<Vec<CycleR
     if resources.contains(&Resource::Datasets) {
         reports.push(syncer.sync_resource(Resource::Datasets).await?);
     }
-    let rest = resources.iter().filter(|r| **r != Resource::Datasets).map(|r| syncer.sync_resource(*r));
+    let rest = resources
+        .iter()
+        .filter(|r| **r != Resource::Datasets)
+        .map(|r| syncer.sync_resource(*r));
     for r in futures_util::future::join_all(rest).await {
         reports.push(r?);
     }
@@ -48,7 +58,11 @@ pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8
             println!("  failed {scope}: {why}");
         }
     }
-    let requests = syncer.client.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let requests = syncer
+        .client
+        .stats
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
     println!("{requests} API requests");
     Ok(if failed { EXIT_WORK_FAILED } else { EXIT_OK })
 }

@@ -79,7 +79,13 @@ impl Faults {
     }
 
     /// Scripts `times` failures with `status` for matching requests.
-    pub fn fail(&mut self, path_contains: &str, query_contains: Option<&str>, status: u16, times: u32) {
+    pub fn fail(
+        &mut self,
+        path_contains: &str,
+        query_contains: Option<&str>,
+        status: u16,
+        times: u32,
+    ) {
         self.rules.push(FailRule {
             path_contains: path_contains.into(),
             query_contains: query_contains.map(Into::into),
@@ -103,7 +109,10 @@ impl Faults {
         for rule in &mut self.rules {
             let hit = rule.times > 0
                 && path.contains(&rule.path_contains)
-                && rule.query_contains.as_deref().is_none_or(|q| query.contains(q));
+                && rule
+                    .query_contains
+                    .as_deref()
+                    .is_none_or(|q| query.contains(q));
             if hit {
                 if rule.times != u32::MAX {
                     rule.times -= 1;

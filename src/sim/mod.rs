@@ -36,7 +36,11 @@ pub struct Simulator {
 
 impl Simulator {
     /// Binds `listen` (port 0 for any) and serves; with `tick`, the world steps on its own.
-    pub async fn start(cfg: SimConfig, listen: SocketAddr, tick: Option<Duration>) -> std::io::Result<Simulator> {
+    pub async fn start(
+        cfg: SimConfig,
+        listen: SocketAddr,
+        tick: Option<Duration>,
+    ) -> std::io::Result<Simulator> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(SimState {
@@ -46,7 +50,9 @@ impl Simulator {
             api_base: format!("http://{addr}/api/v1"),
             cfg,
         });
-        let app = Router::new().route("/api/v1/{*rest}", any(routes::api)).with_state(state.clone());
+        let app = Router::new()
+            .route("/api/v1/{*rest}", any(routes::api))
+            .with_state(state.clone());
         let mut tasks = vec![tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("simulator stopped: {e}");

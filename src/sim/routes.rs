@@ -25,10 +25,15 @@ pub async fn api(
 ) -> Response {
     let path = uri.path().trim_start_matches("/api/v1").to_string();
     let query_str = uri.query().unwrap_or("").to_string();
-    let authorized = headers.get("x-avala-api-key").and_then(|v| v.to_str().ok()) == Some(&st.api_key);
+    let authorized =
+        headers.get("x-avala-api-key").and_then(|v| v.to_str().ok()) == Some(&st.api_key);
     let (verdict, slow, rate) = {
         let mut f = st.faults.lock().expect("faults lock");
-        let verdict = if authorized { f.judge(&path, &query_str) } else { Verdict::Fail(401) };
+        let verdict = if authorized {
+            f.judge(&path, &query_str)
+        } else {
+            Verdict::Fail(401)
+        };
         let status = match verdict {
             Verdict::Fail(s) => s,
             Verdict::RateLimited => 429,
@@ -45,24 +50,37 @@ pub async fn api(
     };
     let mut resp = match verdict {
         Verdict::Fail(401) => error(StatusCode::UNAUTHORIZED, "Invalid API key."),
-        Verdict::Fail(s) => error(StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "Simulated failure."),
+        Verdict::Fail(s) => error(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "Simulated failure.",
+        ),
         Verdict::RateLimited => {
             let secs = st.faults.lock().expect("faults lock").retry_after_secs;
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "Request was throttled.");
-            r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
             r
         }
         Verdict::Serve | Verdict::Reset | Verdict::Malformed => {
             if !slow.is_zero() {
                 tokio::time::sleep(slow).await;
             }
-            let query: Query = url::form_urlencoded::parse(query_str.as_bytes()).into_owned().collect();
+            let query: Query = url::form_urlencoded::parse(query_str.as_bytes())
+                .into_owned()
+                .collect();
             let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
             let (status, bytes) = route(&st, &method, &segs, &path, &query, &body);
             match verdict {
                 Verdict::Reset => cut(status, bytes),
-                Verdict::Malformed => (status, Bytes::from(bytes[..bytes.len() / 2].to_vec())).into_response(),
-                _ => (status, [("content-type", "application/json")], Bytes::from(bytes)).into_response(),
+                Verdict::Malformed => {
+                    (status, Bytes::from(bytes[..bytes.len() / 2].to_vec())).into_response()
+                }
+                _ => (
+                    status,
+                    [("content-type", "application/json")],
+                    Bytes::from(bytes),
+                )
+                    .into_response(),
             }
         }
     };
@@ -84,11 +102,15 @@ fn cut(status: StatusCode, bytes: Vec<u8>) -> Response {
     let half = Bytes::from(bytes[..bytes.len() / 2].to_vec());
     let stream = futures_util::stream::iter(vec![
         Ok::<_, std::io::Error>(half),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated reset")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated reset",
+        )),
     ]);
     let mut r = Response::new(Body::from_stream(stream));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-length", HeaderValue::from(bytes.len()));
+    r.headers_mut()
+        .insert("content-length", HeaderValue::from(bytes.len()));
     r
 }
 
@@ -97,17 +119,33 @@ fn json_bytes(v: &Value) -> Vec<u8> {
 }
 
 fn not_found() -> (StatusCode, Vec<u8>) {
-    (StatusCode::NOT_FOUND, json_bytes(&json!({"detail": "Not found."})))
+    (
+        StatusCode::NOT_FOUND,
+        json_bytes(&json!({"detail": "Not found."})),
+    )
 }
 
-fn route(st: &SimState, method: &Method, segs: &[&str], path: &str, q: &Query, body: &[u8]) -> (StatusCode, Vec<u8>) {
+fn route(
+    st: &SimState,
+    method: &Method,
+    segs: &[&str],
+    path: &str,
+    q: &Query,
+    body: &[u8],
+) -> (StatusCode, Vec<u8>) {
     let mut w = st.world.lock().expect("world lock");
     let limit = q
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(st.cfg.default_page_size)
         .clamp(1, st.cfg.max_page_size);
-    let ctx = PageCtx { base: &st.api_base, path, q, limit, bad_records: st.faults.lock().expect("faults lock").bad_records };
+    let ctx = PageCtx {
+        base: &st.api_base,
+        path,
+        q,
+        limit,
+        bad_records: st.faults.lock().expect("faults lock").bad_records,
+    };
     let one = |v: Option<Value>| match v {
         Some(v) => (StatusCode::OK, json_bytes(&v)),
         None => not_found(),
@@ -115,18 +153,30 @@ fn route(st: &SimState, method: &Method, segs: &[&str], path: &str, q: &Query, b
     match (method, segs) {
         (&Method::GET, ["datasets", owner, "list"]) => {
             let mut ds: Vec<usize> = (0..w.datasets.len())
-                .filter(|&i| !w.datasets[i].deleted && !w.datasets[i].is_org && w.datasets[i].owner == *owner)
+                .filter(|&i| {
+                    !w.datasets[i].deleted && !w.datasets[i].is_org && w.datasets[i].owner == *owner
+                })
                 .collect();
             ds.sort_by_key(|&i| w.datasets[i].order);
-            let recs = ds.iter().map(|&i| w.dataset_json(i)).filter(|v| matches_filters(v, q)).collect();
+            let recs = ds
+                .iter()
+                .map(|&i| w.dataset_json(i))
+                .filter(|v| matches_filters(v, q))
+                .collect();
             ctx.page_style(recs)
         }
         (&Method::GET, ["organizations", org, "datasets"]) => {
             let mut ds: Vec<usize> = (0..w.datasets.len())
-                .filter(|&i| !w.datasets[i].deleted && w.datasets[i].is_org && w.datasets[i].owner == *org)
+                .filter(|&i| {
+                    !w.datasets[i].deleted && w.datasets[i].is_org && w.datasets[i].owner == *org
+                })
                 .collect();
             ds.sort_by_key(|&i| w.datasets[i].order);
-            let recs = ds.iter().map(|&i| w.dataset_json(i)).filter(|v| matches_filters(v, q)).collect();
+            let recs = ds
+                .iter()
+                .map(|&i| w.dataset_json(i))
+                .filter(|v| matches_filters(v, q))
+                .collect();
             ctx.page_style(recs)
         }
         (&Method::GET, ["datasets", owner, "sequences"]) => {
@@ -138,11 +188,18 @@ fn route(st: &SimState, method: &Method, segs: &[&str], path: &str, q: &Query, b
                 .filter(|&i| {
                     let s = &w.sequences[i];
                     let d = &w.datasets[s.dataset];
-                    !s.deleted && !d.deleted && d.owner == *owner && slugs.as_ref().is_none_or(|l| l.contains(&d.slug.as_str()))
+                    !s.deleted
+                        && !d.deleted
+                        && d.owner == *owner
+                        && slugs.as_ref().is_none_or(|l| l.contains(&d.slug.as_str()))
                 })
                 .collect();
             seqs.sort_by_key(|&i| w.sequences[i].order);
-            let recs: Vec<Value> = seqs.iter().map(|&i| w.sequence_json(i)).filter(|v| matches_filters(v, q)).collect();
+            let recs: Vec<Value> = seqs
+                .iter()
+                .map(|&i| w.sequence_json(i))
+                .filter(|v| matches_filters(v, q))
+                .collect();
             let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
             let out = ctx.page_style(recs);
             let mut f = st.faults.lock().expect("faults lock");
@@ -154,38 +211,62 @@ fn route(st: &SimState, method: &Method, segs: &[&str], path: &str, q: &Query, b
             }
             out
         }
-        (&Method::GET, ["datasets", owner, slug, "sequences"]) => match w.dataset_index(owner, slug) {
-            Some(ds) => {
-                let recs = w.sequences_of(ds).into_iter().map(|i| (i as u64, w.sequence_json(i))).collect();
-                ctx.cursor_style(recs)
+        (&Method::GET, ["datasets", owner, slug, "sequences"]) => {
+            match w.dataset_index(owner, slug) {
+                Some(ds) => {
+                    let recs = w
+                        .sequences_of(ds)
+                        .into_iter()
+                        .map(|i| (i as u64, w.sequence_json(i)))
+                        .collect();
+                    ctx.cursor_style(recs)
+                }
+                None => not_found(),
             }
-            None => not_found(),
-        },
-        (&Method::GET, ["datasets", owner, slug, "sequences", uid]) => one(w.dataset_index(owner, slug).and_then(|ds| {
-            w.sequences_of(ds).into_iter().find(|&i| w.sequences[i].uid == *uid).map(|i| w.sequence_json(i))
-        })),
+        }
+        (&Method::GET, ["datasets", owner, slug, "sequences", uid]) => {
+            one(w.dataset_index(owner, slug).and_then(|ds| {
+                w.sequences_of(ds)
+                    .into_iter()
+                    .find(|&i| w.sequences[i].uid == *uid)
+                    .map(|i| w.sequence_json(i))
+            }))
+        }
         (&Method::GET, ["datasets", owner, slug, "items"]) => match w.dataset_index(owner, slug) {
             Some(ds) => ctx.items_page(&w, ds),
             None => not_found(),
         },
-        (&Method::GET, ["datasets", owner, slug, "items", uid]) => one(w.dataset_index(owner, slug).and_then(|ds| {
-            (0..w.items[ds].count).find(|&i| w.item_present(ds, i) && w.item_uid(ds, i) == *uid).map(|i| w.item_json(ds, i))
-        })),
+        (&Method::GET, ["datasets", owner, slug, "items", uid]) => {
+            one(w.dataset_index(owner, slug).and_then(|ds| {
+                (0..w.items[ds].count)
+                    .find(|&i| w.item_present(ds, i) && w.item_uid(ds, i) == *uid)
+                    .map(|i| w.item_json(ds, i))
+            }))
+        }
         (&Method::GET, ["slices", owner, "list"]) => {
-            let mut sl: Vec<usize> =
-                (0..w.slices.len()).filter(|&i| !w.slices[i].deleted && w.slices[i].owner == *owner).collect();
+            let mut sl: Vec<usize> = (0..w.slices.len())
+                .filter(|&i| !w.slices[i].deleted && w.slices[i].owner == *owner)
+                .collect();
             sl.sort_by_key(|&i| w.slices[i].order);
             ctx.page_style(sl.iter().map(|&i| w.slice_json(i)).collect())
         }
-        (&Method::GET, ["slices", owner, slug]) => one(find_slice(&w, owner, slug).map(|i| w.slice_json(i))),
-        (&Method::GET, ["slices", owner, slug, "items", "list"]) => match find_slice(&w, owner, slug) {
-            Some(s) => {
-                let ds = w.slices[s].dataset;
-                let recs = w.slice_members(s).into_iter().map(|i| (i, w.item_json(ds, i))).collect();
-                ctx.cursor_style(recs)
+        (&Method::GET, ["slices", owner, slug]) => {
+            one(find_slice(&w, owner, slug).map(|i| w.slice_json(i)))
+        }
+        (&Method::GET, ["slices", owner, slug, "items", "list"]) => {
+            match find_slice(&w, owner, slug) {
+                Some(s) => {
+                    let ds = w.slices[s].dataset;
+                    let recs = w
+                        .slice_members(s)
+                        .into_iter()
+                        .map(|i| (i, w.item_json(ds, i)))
+                        .collect();
+                    ctx.cursor_style(recs)
+                }
+                None => not_found(),
             }
-            None => not_found(),
-        },
+        }
         (&Method::GET, ["exports"]) => {
             // most recent first: keys descend, so the cursor keeps working as exports are added
             let n = w.exports.len() as u64;
@@ -197,20 +278,27 @@ fn route(st: &SimState, method: &Method, segs: &[&str], path: &str, q: &Query, b
             ctx.cursor_style(recs)
         }
         (&Method::POST, ["exports"]) => create_export(&mut w, body),
-        (&Method::GET, ["exports", uid]) => {
-            one(w.exports.iter().position(|x| !x.deleted && x.uid == *uid).map(|i| w.export_json(i)))
-        }
+        (&Method::GET, ["exports", uid]) => one(w
+            .exports
+            .iter()
+            .position(|x| !x.deleted && x.uid == *uid)
+            .map(|i| w.export_json(i))),
         _ => not_found(),
     }
 }
 
 fn find_slice(w: &World, owner: &str, slug: &str) -> Option<usize> {
-    w.slices.iter().position(|s| !s.deleted && s.owner == owner && s.slug == slug)
+    w.slices
+        .iter()
+        .position(|s| !s.deleted && s.owner == owner && s.slug == slug)
 }
 
 fn create_export(w: &mut World, body: &[u8]) -> (StatusCode, Vec<u8>) {
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
-        return (StatusCode::BAD_REQUEST, json_bytes(&json!({"detail": "JSON parse error."})));
+        return (
+            StatusCode::BAD_REQUEST,
+            json_bytes(&json!({"detail": "JSON parse error."})),
+        );
     };
     let mut problems = serde_json::Map::new();
     for f in ["name", "format"] {
@@ -220,17 +308,30 @@ fn create_export(w: &mut World, body: &[u8]) -> (StatusCode, Vec<u8>) {
     }
     let format = req.get("format").and_then(Value::as_str).unwrap_or("");
     if !format.is_empty() && format != "avala-json-external" && format != "YOLO" {
-        problems.insert("format".into(), json!([format!("\"{format}\" is not a valid choice.")]));
+        problems.insert(
+            "format".into(),
+            json!([format!("\"{format}\" is not a valid choice.")]),
+        );
     }
     if !problems.is_empty() {
-        return (StatusCode::BAD_REQUEST, json_bytes(&Value::Object(problems)));
+        return (
+            StatusCode::BAD_REQUEST,
+            json_bytes(&Value::Object(problems)),
+        );
     }
     let e = w.add_export();
     let x = &mut w.exports[e];
     x.name = req["name"].as_str().unwrap_or_default().into();
-    x.format = if format == "YOLO" { "YOLO" } else { "avala-json-external" };
+    x.format = if format == "YOLO" {
+        "YOLO"
+    } else {
+        "avala-json-external"
+    };
     if let Some(ds) = req.get("datasets").and_then(Value::as_array) {
-        x.datasets = ds.iter().filter_map(|d| d.as_str().map(str::to_owned)).collect();
+        x.datasets = ds
+            .iter()
+            .filter_map(|d| d.as_str().map(str::to_owned))
+            .collect();
     }
     (StatusCode::CREATED, json_bytes(&w.export_json(e)))
 }
@@ -239,7 +340,8 @@ fn create_export(w: &mut World, body: &[u8]) -> (StatusCode, Vec<u8>) {
 fn matches_filters(v: &Value, q: &Query) -> bool {
     let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
     q.get("status").is_none_or(|s| field("status") == s)
-        && q.get("status__in").is_none_or(|s| s.split(',').any(|x| x == field("status")))
+        && q.get("status__in")
+            .is_none_or(|s| s.split(',').any(|x| x == field("status")))
         && q.get("data_type").is_none_or(|s| field("data_type") == s)
 }
 
@@ -255,7 +357,11 @@ impl PageCtx<'_> {
     /// An absolute link to this listing with `key` set to `value`.
     fn link(&self, key: &str, value: &str) -> String {
         let mut ser = url::form_urlencoded::Serializer::new(String::new());
-        let mut keys: Vec<_> = self.q.iter().filter(|(k, _)| *k != "page" && *k != "cursor").collect();
+        let mut keys: Vec<_> = self
+            .q
+            .iter()
+            .filter(|(k, _)| *k != "page" && *k != "cursor")
+            .collect();
         keys.sort();
         for (k, v) in keys {
             ser.append_pair(k, v);
@@ -265,22 +371,32 @@ impl PageCtx<'_> {
     }
 
     fn bad(&self, first: bool) -> Option<Value> {
-        (self.bad_records && first).then(|| json!({"key": "record-without-uid", "status": "pending"}))
+        (self.bad_records && first)
+            .then(|| json!({"key": "record-without-uid", "status": "pending"}))
     }
 
     /// Page-number pagination with `count`, as the page-style lists answer.
     fn page_style(&self, recs: Vec<Value>) -> (StatusCode, Vec<u8>) {
-        let page: usize = self.q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
+        let page: usize = self
+            .q
+            .get("page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1)
+            .max(1);
         let start = (page - 1) * self.limit;
         if start > recs.len() || (start == recs.len() && page > 1) {
-            return (StatusCode::NOT_FOUND, json_bytes(&json!({"detail": "Invalid page."})));
+            return (
+                StatusCode::NOT_FOUND,
+                json_bytes(&json!({"detail": "Invalid page."})),
+            );
         }
         let end = (start + self.limit).min(recs.len());
         let next = (end < recs.len()).then(|| self.link("page", &(page + 1).to_string()));
         let previous = (page > 1).then(|| self.link("page", &(page - 1).to_string()));
         let mut results: Vec<Value> = recs[start..end].to_vec();
         results.extend(self.bad(page == 1));
-        let v = json!({"count": recs.len(), "next": next, "previous": previous, "results": results});
+        let v =
+            json!({"count": recs.len(), "next": next, "previous": previous, "results": results});
         (StatusCode::OK, json_bytes(&v))
     }
 
@@ -288,7 +404,9 @@ impl PageCtx<'_> {
     /// last key served, so removals and additions never shift a listing.
     fn cursor_style(&self, recs: Vec<(u64, Value)>) -> (StatusCode, Vec<u8>) {
         let after: Option<u64> = self.q.get("cursor").and_then(|c| c.parse().ok());
-        let mut rest = recs.into_iter().filter(|(k, _)| after.is_none_or(|a| *k > a));
+        let mut rest = recs
+            .into_iter()
+            .filter(|(k, _)| after.is_none_or(|a| *k > a));
         let page: Vec<(u64, Value)> = rest.by_ref().take(self.limit).collect();
         let more = rest.next().is_some();
         let next = match (more, page.last()) {

@@ -211,17 +211,35 @@ impl World {
             rng: StdRng::seed_from_u64(cfg.seed),
             serial: 0,
         };
-        let owners = cfg.owners.iter().map(|o| (o, false)).chain(cfg.organizations.iter().map(|o| (o, true)));
+        let owners = cfg
+            .owners
+            .iter()
+            .map(|o| (o, false))
+            .chain(cfg.organizations.iter().map(|o| (o, true)));
         for (owner, is_org) in owners {
             for d in 0..cfg.datasets_per_owner {
-                let idx = w.add_dataset(owner, is_org, &format!("batch-{:03}", d + 1), cfg.items_per_dataset);
+                let idx = w.add_dataset(
+                    owner,
+                    is_org,
+                    &format!("batch-{:03}", d + 1),
+                    cfg.items_per_dataset,
+                );
                 for _ in 0..cfg.sequences_per_dataset {
                     w.add_sequence(idx);
                 }
             }
             for s in 0..cfg.slices_per_owner {
-                let ds = w.datasets.iter().rposition(|d| d.owner == *owner).unwrap_or(0);
-                w.add_slice(owner, &format!("slice-{}", s + 1), ds, (cfg.items_per_dataset / 2).max(1));
+                let ds = w
+                    .datasets
+                    .iter()
+                    .rposition(|d| d.owner == *owner)
+                    .unwrap_or(0);
+                w.add_slice(
+                    owner,
+                    &format!("slice-{}", s + 1),
+                    ds,
+                    (cfg.items_per_dataset / 2).max(1),
+                );
             }
         }
         for _ in 0..cfg.exports {
@@ -235,7 +253,10 @@ impl World {
 
     fn next_uid(&mut self) -> String {
         self.serial += 1;
-        uuid(mix(self.seed ^ mix(self.serial)), mix(self.serial.wrapping_mul(31) ^ self.seed))
+        uuid(
+            mix(self.seed ^ mix(self.serial)),
+            mix(self.serial.wrapping_mul(31) ^ self.seed),
+        )
     }
 
     pub fn add_dataset(&mut self, owner: &str, is_org: bool, slug: &str, items: u64) -> usize {
@@ -253,13 +274,20 @@ impl World {
             order: self.serial as i64,
             deleted: false,
         });
-        self.items.push(ItemSpace { count: items, ..Default::default() });
+        self.items.push(ItemSpace {
+            count: items,
+            ..Default::default()
+        });
         self.datasets.len() - 1
     }
 
     pub fn add_sequence(&mut self, dataset: usize) -> usize {
         let uid = self.next_uid();
-        let n = self.sequences.iter().filter(|s| s.dataset == dataset).count();
+        let n = self
+            .sequences
+            .iter()
+            .filter(|s| s.dataset == dataset)
+            .count();
         let status = SEQUENCE_FLOW[(mix(self.serial) % 7) as usize].to_string();
         self.sequences.push(Sequence {
             uid,
@@ -291,11 +319,19 @@ impl World {
 
     pub fn add_export(&mut self) -> usize {
         let uid = self.next_uid();
-        let datasets = self.datasets.first().map(|d| vec![d.uid.clone()]).unwrap_or_default();
+        let datasets = self
+            .datasets
+            .first()
+            .map(|d| vec![d.uid.clone()])
+            .unwrap_or_default();
         self.exports.push(Export {
             name: format!("Export {}", self.serial),
             uid,
-            format: if self.serial % 2 == 0 { "avala-json-external" } else { "YOLO" },
+            format: if self.serial.is_multiple_of(2) {
+                "avala-json-external"
+            } else {
+                "YOLO"
+            },
             status: "requested".into(),
             total: None,
             exported: None,
@@ -333,11 +369,20 @@ impl World {
         let item = ItemOut {
             uid: uuid(h, mix(h)),
             data_url: format!("https://storage.invalid/datasets/{}/{key}", d.slug),
-            thumbnail_url: format!("https://storage.invalid/datasets/{}/thumbnails/{key}", d.slug),
+            thumbnail_url: format!(
+                "https://storage.invalid/datasets/{}/thumbnails/{key}",
+                d.slug
+            ),
             key,
             status,
-            metadata: ItemMeta { width: 1920, height: 1080, format: "jpeg" },
-            annotations_count: o.and_then(|o| o.annotations).unwrap_or((h >> 8) as u32 % 20),
+            metadata: ItemMeta {
+                width: 1920,
+                height: 1080,
+                format: "jpeg",
+            },
+            annotations_count: o
+                .and_then(|o| o.annotations)
+                .unwrap_or((h >> 8) as u32 % 20),
             created_at: timestamp(i),
             dataset: &d.uid,
             dataset_owner_name: &d.owner,
@@ -370,7 +415,10 @@ impl World {
 
     /// Every present item of a dataset (for tests comparing the mirror).
     pub fn all_items(&self, ds: usize) -> Vec<Value> {
-        (0..self.items[ds].count).filter(|&i| self.item_present(ds, i)).map(|i| self.item_json(ds, i)).collect()
+        (0..self.items[ds].count)
+            .filter(|&i| self.item_present(ds, i))
+            .map(|i| self.item_json(ds, i))
+            .collect()
     }
 
     // ---- JSON of the small resources ----
@@ -412,12 +460,15 @@ impl World {
 
     pub fn slice_members(&self, s: usize) -> Vec<u64> {
         let sl = &self.slices[s];
-        (0..sl.members).filter(|&i| self.item_present(sl.dataset, i)).collect()
+        (0..sl.members)
+            .filter(|&i| self.item_present(sl.dataset, i))
+            .collect()
     }
 
     pub fn export_json(&self, e: usize) -> Value {
         let x = &self.exports[e];
-        let url = (x.status == "exported").then(|| format!("{}/exports/{}.zip", self.storage_base, x.uid));
+        let url = (x.status == "exported")
+            .then(|| format!("{}/exports/{}.zip", self.storage_base, x.uid));
         json!({
             "uid": x.uid, "name": x.name, "format": x.format, "status": x.status,
             "total_task_count": x.total, "exported_task_count": x.exported,
@@ -427,11 +478,18 @@ impl World {
     }
 
     pub fn dataset_index(&self, owner: &str, slug: &str) -> Option<usize> {
-        self.datasets.iter().position(|d| !d.deleted && d.owner == owner && d.slug == slug)
+        self.datasets
+            .iter()
+            .position(|d| !d.deleted && d.owner == owner && d.slug == slug)
     }
 
     pub fn sequences_of(&self, ds: usize) -> Vec<usize> {
-        self.sequences.iter().enumerate().filter(|(_, s)| !s.deleted && s.dataset == ds).map(|(i, _)| i).collect()
+        self.sequences
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.deleted && s.dataset == ds)
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Moves a sequence one step along the workflow (with an occasional rework).
@@ -502,7 +560,12 @@ impl World {
                     let done = x.exported.unwrap_or(0) + 50;
                     x.exported = Some(done.min(100));
                     if done >= 100 {
-                        x.status = if self.rng.random_bool(0.9) { "exported" } else { "failed" }.into();
+                        x.status = if self.rng.random_bool(0.9) {
+                            "exported"
+                        } else {
+                            "failed"
+                        }
+                        .into();
                     }
                 }
                 _ => {}

@@ -75,7 +75,12 @@ pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<S
 }
 
 /// Events after `since_seq` whose type matches `glob` (`*` any run of characters).
-pub fn list(conn: &Connection, since_seq: i64, glob: &str, limit: u32) -> rusqlite::Result<Vec<Event>> {
+pub fn list(
+    conn: &Connection,
+    since_seq: i64,
+    glob: &str,
+    limit: u32,
+) -> rusqlite::Result<Vec<Event>> {
     let sql_glob = glob.replace('?', "[?]");
     let mut stmt = conn.prepare_cached(
         "SELECT seq, id, type, uid, owner, dataset_slug, old_status, new_status, created_at, payload
@@ -103,14 +108,19 @@ pub fn seq_of(conn: &Connection, since: &str) -> rusqlite::Result<Option<i64>> {
     if let Ok(n) = since.parse::<i64>() {
         return Ok(Some(n));
     }
-    conn.query_row("SELECT seq FROM events WHERE id = ?1", [since], |r| r.get(0))
-        .optional()
+    conn.query_row("SELECT seq FROM events WHERE id = ?1", [since], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 /// A human line for an event: `sequence johndoe/batch-001/<uid>: labeling_2d → customer_review`.
 pub fn describe(e: &Event) -> String {
     let mut place = String::new();
-    for part in [e.owner.as_deref(), e.dataset_slug.as_deref()].into_iter().flatten() {
+    for part in [e.owner.as_deref(), e.dataset_slug.as_deref()]
+        .into_iter()
+        .flatten()
+    {
         place.push_str(part);
         place.push('/');
     }

@@ -36,13 +36,19 @@ impl Store {
         MIGRATIONS
             .to_latest(&mut conn)
             .with_context(|| format!("migrating {}", path.display()))?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
     }
 
     /// Opens an existing database for reading (status, events): no migration, no creation.
     pub fn open_existing(path: &Path) -> anyhow::Result<Store> {
         if !path.exists() {
-            anyhow::bail!("no mirror database at {} (run `avala-mirror sync` first)", path.display());
+            anyhow::bail!(
+                "no mirror database at {} (run `avala-mirror sync` first)",
+                path.display()
+            );
         }
         Store::open(path)
     }

@@ -49,7 +49,12 @@ pub fn apply_page(
         for rec in records {
             let stored = select
                 .query_row([&rec.uid], |r| {
-                    Ok(Stored { rowid: r.get(0)?, hash: r.get(1)?, status: r.get(2)?, deleted: r.get(3)? })
+                    Ok(Stored {
+                        rowid: r.get(0)?,
+                        hash: r.get(1)?,
+                        status: r.get(2)?,
+                        deleted: r.get(3)?,
+                    })
                 })
                 .optional()?;
             let decision = diff::decide(stored.as_ref(), rec);
@@ -60,13 +65,25 @@ pub fn apply_page(
                 }
                 (_, Some(s)) => {
                     update.execute(params![
-                        s.rowid, rec.owner, rec.dataset_slug, rec.status, &rec.hash[..], rec.raw, now
+                        s.rowid,
+                        rec.owner,
+                        rec.dataset_slug,
+                        rec.status,
+                        &rec.hash[..],
+                        rec.raw,
+                        now
                     ])?;
                     s.rowid
                 }
                 (_, None) => {
                     insert.execute(params![
-                        rec.uid, rec.owner, rec.dataset_slug, rec.status, &rec.hash[..], rec.raw, now
+                        rec.uid,
+                        rec.owner,
+                        rec.dataset_slug,
+                        rec.status,
+                        &rec.hash[..],
+                        rec.raw,
+                        now
                     ])?;
                     tx.last_insert_rowid()
                 }
@@ -151,16 +168,28 @@ pub fn missing(
     while let Some(r) = rows.next()? {
         let rowid: i64 = r.get(0)?;
         if !seen.contains(rowid as u64) {
-            out.push(Missing { uid: r.get(1)?, owner: r.get(2)?, dataset_slug: r.get(3)?, raw: r.get(4)? });
+            out.push(Missing {
+                uid: r.get(1)?,
+                owner: r.get(2)?,
+                dataset_slug: r.get(3)?,
+                raw: r.get(4)?,
+            });
         }
     }
     Ok(out)
 }
 
 /// Marks a row deleted (with a `deleted` event when `emit`). False when it was not present.
-pub fn tombstone(conn: &mut Connection, res: Resource, uid: &str, emit: bool, now: &str) -> rusqlite::Result<bool> {
+pub fn tombstone(
+    conn: &mut Connection,
+    res: Resource,
+    uid: &str,
+    emit: bool,
+    now: &str,
+) -> rusqlite::Result<bool> {
     let tx = conn.transaction()?;
-    let row: Option<(Option<String>, Option<String>, Option<String>, String)> = tx
+    type Row = (Option<String>, Option<String>, Option<String>, String);
+    let row: Option<Row> = tx
         .query_row(
             &format!(
                 "SELECT owner_name, dataset_slug, status, raw FROM {} WHERE uid = ?1 AND deleted_at IS NULL",
@@ -170,7 +199,9 @@ pub fn tombstone(conn: &mut Connection, res: Resource, uid: &str, emit: bool, no
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let Some((owner, slug, status, raw)) = row else { return Ok(false) };
+    let Some((owner, slug, status, raw)) = row else {
+        return Ok(false);
+    };
     tx.execute(
         &format!("UPDATE {} SET deleted_at = ?2 WHERE uid = ?1", res.table()),
         params![uid, now],
@@ -209,17 +240,33 @@ pub fn tombstone(conn: &mut Connection, res: Resource, uid: &str, emit: bool, no
     Ok(true)
 }
 
-/// Present datasets as (owner, slug, uid, is_sequence), optionally narrowed to `slugs`.
-pub fn datasets_in_scope(conn: &Connection, slugs: &[String]) -> rusqlite::Result<Vec<(String, String, String, Option<bool>)>> {
+/// A present dataset, as the item and sequence listings need it.
+#[derive(Debug, Clone)]
+pub struct DatasetRef {
+    pub owner: String,
+    pub slug: String,
+    pub uid: String,
+    pub is_sequence: Option<bool>,
+}
+
+/// Present datasets, optionally narrowed to `slugs`.
+pub fn datasets_in_scope(conn: &Connection, slugs: &[String]) -> rusqlite::Result<Vec<DatasetRef>> {
     let mut stmt = conn.prepare(
         "SELECT owner_name, slug, uid, is_sequence FROM datasets
          WHERE deleted_at IS NULL AND owner_name IS NOT NULL AND slug IS NOT NULL ORDER BY owner_name, slug",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<bool>>(3)?)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok(DatasetRef {
+            owner: r.get(0)?,
+            slug: r.get(1)?,
+            uid: r.get(2)?,
+            is_sequence: r.get(3)?,
+        })
+    })?;
     let mut out = Vec::new();
     for row in rows {
         let row = row?;
-        if slugs.is_empty() || slugs.contains(&row.1) {
+        if slugs.is_empty() || slugs.contains(&row.slug) {
             out.push(row);
         }
     }
@@ -227,7 +274,12 @@ pub fn datasets_in_scope(conn: &Connection, slugs: &[String]) -> rusqlite::Resul
 }
 
 /// Records one page of a slice's membership under `generation`.
-pub fn put_slice_items(conn: &mut Connection, slice_uid: &str, item_uids: &[String], generation: i64) -> rusqlite::Result<()> {
+pub fn put_slice_items(
+    conn: &mut Connection,
+    slice_uid: &str,
+    item_uids: &[String],
+    generation: i64,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
@@ -242,7 +294,11 @@ pub fn put_slice_items(conn: &mut Connection, slice_uid: &str, item_uids: &[Stri
 }
 
 /// After a complete listing of a slice: drop members it no longer returned.
-pub fn finish_slice_items(conn: &Connection, slice_uid: &str, generation: i64) -> rusqlite::Result<usize> {
+pub fn finish_slice_items(
+    conn: &Connection,
+    slice_uid: &str,
+    generation: i64,
+) -> rusqlite::Result<usize> {
     conn.execute(
         "DELETE FROM slice_items WHERE slice_uid = ?1 AND generation < ?2",
         params![slice_uid, generation],

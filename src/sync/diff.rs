@@ -33,7 +33,10 @@ pub enum Decision {
     Created,
     /// Content changed, status did not.
     Updated,
-    StatusChanged { old: Option<String>, new: Option<String> },
+    StatusChanged {
+        old: Option<String>,
+        new: Option<String>,
+    },
 }
 
 /// Why a record was skipped instead of mirrored.
@@ -46,7 +49,11 @@ pub enum Rejected {
 impl Incoming {
     /// Checks a record's shape and computes its content hash over the canonical JSON
     /// and the scope columns (a record moving to another scope is a change too).
-    pub fn new(value: Value, owner: Option<&str>, dataset_slug: Option<&str>) -> Result<Incoming, Rejected> {
+    pub fn new(
+        value: Value,
+        owner: Option<&str>,
+        dataset_slug: Option<&str>,
+    ) -> Result<Incoming, Rejected> {
         let obj = value.as_object().ok_or(Rejected::NotAnObject)?;
         let uid = match obj.get("uid") {
             Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
@@ -85,9 +92,10 @@ pub fn decide(old: Option<&Stored>, new: &Incoming) -> Decision {
         None => Decision::Created,
         Some(o) if o.deleted => Decision::Created,
         Some(o) if o.hash == new.hash => Decision::Unchanged,
-        Some(o) if o.status != new.status => {
-            Decision::StatusChanged { old: o.status.clone(), new: new.status.clone() }
-        }
+        Some(o) if o.status != new.status => Decision::StatusChanged {
+            old: o.status.clone(),
+            new: new.status.clone(),
+        },
         Some(_) => Decision::Updated,
     }
 }
@@ -112,7 +120,12 @@ mod tests {
     }
 
     fn stored(i: &Incoming, deleted: bool) -> Stored {
-        Stored { rowid: 1, hash: i.hash.to_vec(), status: i.status.clone(), deleted }
+        Stored {
+            rowid: 1,
+            hash: i.hash.to_vec(),
+            status: i.status.clone(),
+            deleted,
+        }
     }
 
     #[test]
@@ -126,7 +139,10 @@ mod tests {
         let c = inc(json!({"uid": "u", "status": "completed", "n": 1}));
         assert_eq!(
             decide(Some(&stored(&a, false)), &c),
-            Decision::StatusChanged { old: Some("pending".into()), new: Some("completed".into()) }
+            Decision::StatusChanged {
+                old: Some("pending".into()),
+                new: Some("completed".into())
+            }
         );
     }
 
@@ -141,8 +157,17 @@ mod tests {
 
     #[test]
     fn shape_is_checked() {
-        assert_eq!(Incoming::new(json!({"key": "x"}), None, None).unwrap_err(), Rejected::NoUid);
-        assert_eq!(Incoming::new(json!({"uid": ""}), None, None).unwrap_err(), Rejected::NoUid);
-        assert_eq!(Incoming::new(json!([1]), None, None).unwrap_err(), Rejected::NotAnObject);
+        assert_eq!(
+            Incoming::new(json!({"key": "x"}), None, None).unwrap_err(),
+            Rejected::NoUid
+        );
+        assert_eq!(
+            Incoming::new(json!({"uid": ""}), None, None).unwrap_err(),
+            Rejected::NoUid
+        );
+        assert_eq!(
+            Incoming::new(json!([1]), None, None).unwrap_err(),
+            Rejected::NotAnObject
+        );
     }
 }

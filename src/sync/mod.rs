@@ -115,15 +115,26 @@ impl Syncer {
     /// One complete cycle of one resource. Errors only for what stops everything
     /// (a rejected key); per-scope failures are in the report.
     pub async fn sync_resource(&self, res: Resource) -> Result<CycleReport, ApiError> {
-        let mut report = CycleReport { resource: Some(res), ..Default::default() };
+        let mut report = CycleReport {
+            resource: Some(res),
+            ..Default::default()
+        };
         match res {
             Resource::Datasets => {
                 let mut listings = Vec::new();
                 for owner in &self.cfg.scope.owners {
-                    listings.push(self.simple(res, v1::datasets_of_user(&self.client, owner), Some(owner)));
+                    listings.push(self.simple(
+                        res,
+                        v1::datasets_of_user(&self.client, owner),
+                        Some(owner),
+                    ));
                 }
                 for org in &self.cfg.scope.organizations {
-                    listings.push(self.simple(res, v1::datasets_of_org(&self.client, org), Some(org)));
+                    listings.push(self.simple(
+                        res,
+                        v1::datasets_of_org(&self.client, org),
+                        Some(org),
+                    ));
                 }
                 for l in listings {
                     self.run_reported(&l, &mut report).await?;
@@ -134,8 +145,9 @@ impl Syncer {
                 self.run_reported(&l, &mut report).await?;
             }
             Resource::Items => {
-                for (owner, slug, _, _) in self.datasets().await? {
-                    let mut l = self.simple(res, v1::items_of(&self.client, &owner, &slug), Some(&owner));
+                for records::DatasetRef { owner, slug, .. } in self.datasets().await? {
+                    let mut l =
+                        self.simple(res, v1::items_of(&self.client, &owner, &slug), Some(&owner));
                     l.prio = Priority::Low;
                     l.attribution = Attribution::Fixed(Some(slug.clone()));
                     l.slugs = vec![slug];
@@ -159,7 +171,7 @@ impl Syncer {
         }
     }
 
-    async fn datasets(&self) -> Result<Vec<(String, String, String, Option<bool>)>, ApiError> {
+    async fn datasets(&self) -> Result<Vec<records::DatasetRef>, ApiError> {
         let slugs = self.cfg.scope.datasets.clone();
         self.store
             .call(move |c| records::datasets_in_scope(c, &slugs))
@@ -171,7 +183,13 @@ impl Syncer {
     /// a batch whose records cannot be told apart falls back to one listing per dataset.
     async fn sync_sequences(&self, report: &mut CycleReport) -> Result<(), ApiError> {
         let mut by_owner: Vec<(String, Vec<(String, String)>)> = Vec::new();
-        for (owner, slug, uid, is_sequence) in self.datasets().await? {
+        for records::DatasetRef {
+            owner,
+            slug,
+            uid,
+            is_sequence,
+        } in self.datasets().await?
+        {
             if is_sequence == Some(false) {
                 continue;
             }
@@ -194,7 +212,10 @@ impl Syncer {
                             batch.iter().map(|(s, u)| (u.clone(), s.clone())).collect(),
                         ),
                     };
-                    matches!(self.run_reported(&l, report).await?, Some(ListingEnd::NeedsSplit))
+                    matches!(
+                        self.run_reported(&l, report).await?,
+                        Some(ListingEnd::NeedsSplit)
+                    )
                 } else {
                     true
                 };
@@ -219,10 +240,20 @@ impl Syncer {
     /// Slices of every owner and organization, then the membership of each slice
     /// that changed since its membership was last listed.
     async fn sync_slices(&self, report: &mut CycleReport) -> Result<(), ApiError> {
-        let owners: Vec<String> =
-            self.cfg.scope.owners.iter().chain(&self.cfg.scope.organizations).cloned().collect();
+        let owners: Vec<String> = self
+            .cfg
+            .scope
+            .owners
+            .iter()
+            .chain(&self.cfg.scope.organizations)
+            .cloned()
+            .collect();
         for owner in &owners {
-            let l = self.simple(Resource::Slices, v1::slices_of(&self.client, owner), Some(owner));
+            let l = self.simple(
+                Resource::Slices,
+                v1::slices_of(&self.client, owner),
+                Some(owner),
+            );
             self.run_reported(&l, report).await?;
         }
         let stale: Vec<(String, String, String)> = self
@@ -250,12 +281,24 @@ impl Syncer {
         Ok(())
     }
 
-    async fn sync_slice_items(&self, uid: &str, owner: &str, slug: &str, scope: &str) -> Result<(), ApiError> {
+    async fn sync_slice_items(
+        &self,
+        uid: &str,
+        owner: &str,
+        slug: &str,
+        scope: &str,
+    ) -> Result<(), ApiError> {
         let now = now_rfc3339();
-        let generation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         let s = scope.to_string();
         let n = now.clone();
-        self.store.call(move |c| state::attempt(c, &s, Resource::Slices, &n)).await.map_err(db_error)?;
+        self.store
+            .call(move |c| state::attempt(c, &s, Resource::Slices, &n))
+            .await
+            .map_err(db_error)?;
         let url = v1::slice_items(&self.client, owner, slug);
         let mut pages = Pager::new(self.client.clone(), url, Priority::Low).prefetch();
         let mut total = 0u64;
@@ -284,7 +327,11 @@ impl Syncer {
 
     /// Runs a listing, folding its result into the report; a failed scope is recorded
     /// and the cycle goes on. Only a rejected key stops it.
-    async fn run_reported(&self, l: &Listing, report: &mut CycleReport) -> Result<Option<ListingEnd>, ApiError> {
+    async fn run_reported(
+        &self,
+        l: &Listing,
+        report: &mut CycleReport,
+    ) -> Result<Option<ListingEnd>, ApiError> {
         match self.run_listing(l, report).await {
             Ok(end) => Ok(Some(end)),
             Err(e @ ApiError::Unauthorized(_)) => Err(e),
@@ -307,7 +354,11 @@ impl Syncer {
         let m = msg.clone();
         let res = self
             .store
-            .call(move |c| scopes_owned.iter().try_for_each(|s| state::failure(c, s, &m, skipped)))
+            .call(move |c| {
+                scopes_owned
+                    .iter()
+                    .try_for_each(|s| state::failure(c, s, &m, skipped))
+            })
             .await;
         if let Err(db) = res {
             tracing::error!("recording the failure: {db}");
@@ -317,7 +368,11 @@ impl Syncer {
         }
     }
 
-    async fn run_listing(&self, l: &Listing, report: &mut CycleReport) -> Result<ListingEnd, ApiError> {
+    async fn run_listing(
+        &self,
+        l: &Listing,
+        report: &mut CycleReport,
+    ) -> Result<ListingEnd, ApiError> {
         let scopes = l.scopes();
         let now = now_rfc3339();
         let (res, emit_initial) = (l.resource, self.cfg.emit_initial);
@@ -347,9 +402,15 @@ impl Syncer {
                 let slug = match &l.attribution {
                     Attribution::Fixed(slug) => slug.clone(),
                     Attribution::ByDatasetUid(map) => {
-                        match value.get("dataset_uid").and_then(Value::as_str).and_then(|u| map.get(u)) {
+                        match value
+                            .get("dataset_uid")
+                            .and_then(Value::as_str)
+                            .and_then(|u| map.get(u))
+                        {
                             Some(slug) => Some(slug.clone()),
-                            None if value.get("uid").is_some() => return Ok(ListingEnd::NeedsSplit),
+                            None if value.get("uid").is_some() => {
+                                return Ok(ListingEnd::NeedsSplit);
+                            }
                             None => None,
                         }
                     }
@@ -423,7 +484,10 @@ impl Syncer {
                 .map_err(db_error)?;
             for m in missing {
                 if self.confirm_gone(res, &m).await? {
-                    let emit = emit_by_slug.get(&m.dataset_slug).copied().unwrap_or(emit_initial);
+                    let emit = emit_by_slug
+                        .get(&m.dataset_slug)
+                        .copied()
+                        .unwrap_or(emit_initial);
                     let n = now.clone();
                     let deleted = self
                         .store
@@ -439,7 +503,11 @@ impl Syncer {
         }
         let n = now.clone();
         self.store
-            .call(move |c| scopes.iter().try_for_each(|s| state::success(c, s, &n, listed, skipped)))
+            .call(move |c| {
+                scopes
+                    .iter()
+                    .try_for_each(|s| state::success(c, s, &n, listed, skipped))
+            })
             .await
             .map_err(db_error)?;
         Ok(ListingEnd::Done)

@@ -1,0 +1,220 @@
+//! The binary as a user runs it: exit codes, messages, no key anywhere.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn sync_status_and_events_from_the_command_line() {
+    let env = start(small_world()).await;
+    let cfg = env.write_config("test-key-5f3a9c\n", "");
+    let cfg = cfg.to_str().unwrap();
+    let (code, out, err) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("items     listed 360"), "{out}");
+
+    env.sim.world(|w| {
+        let s = w.sequences_of(0)[1];
+        w.sequences[s].status = "customer_review".into();
+    });
+    let (code, out, _) = run_binary(
+        &["--config", cfg, "sync", "--only", "sequences"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out, _) = run_binary(
+        &["--config", cfg, "events", "--type", "sequence.*"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("→ customer_review"), "{out}");
+
+    let (code, out, _) =
+        run_binary(&["--config", cfg, "events", "--json"], &[], env.dir.path()).await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["data"]["new_status"], "customer_review");
+
+    let (code, out, _) =
+        run_binary(&["--config", cfg, "status", "--json"], &[], env.dir.path()).await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["resources"]["items"]["present"], 360);
+    assert_eq!(
+        v["resources"]["sequences"]["by_status"]["customer_review"]
+            .as_i64()
+            .map(|n| n >= 1),
+        Some(true)
+    );
+    assert_eq!(v["events"]["total"], 1);
+}
+
+#[tokio::test]
+async fn rejected_key_exits_3_and_the_key_appears_nowhere() {
+    let env = start(small_world()).await;
+    let wrong = "sk-live-WRONG-8c1d2e";
+    let cfg = env.write_config(wrong, "");
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(err.contains("rejected the API key"), "{err}");
+    assert!(!out.contains(wrong) && !err.contains(wrong));
+    // verbose logs too
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[("RUST_LOG", "trace")],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 3);
+    assert!(
+        !out.contains(wrong) && !err.contains(wrong),
+        "key leaked in trace logs"
+    );
+    let db = std::fs::read(&env.cfg.store_path).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&db).contains(wrong),
+        "key stored in the DB"
+    );
+}
+
+#[tokio::test]
+async fn key_never_reaches_the_database_or_events() {
+    let env = start(small_world()).await;
+    env.sim.world(|w| {
+        w.sequences[0].status = "final_review".into();
+    });
+    let cfg = env.write_config("test-key-5f3a9c", "[events]\nemit_initial = true\n");
+    let (code, _, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[("RUST_LOG", "debug")],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("test-key-5f3a9c"));
+    let dir = env.cfg.store_path.parent().unwrap();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let path = f.unwrap().path();
+        if path.to_string_lossy().contains("mirror.db") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("test-key-5f3a9c"),
+                "{}",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn config_errors_exit_2_naming_the_key_before_any_request() {
+    let env = start(small_world()).await;
+    let cases: [(&str, &str); 4] = [
+        ("[schedule]\nitems = \"every hour\"\n", "schedule.items"),
+        ("[downloads]\nenable = true\n", "enable"),
+        ("[events]\nemit_inital = true\n", "emit_inital"),
+        ("[[sinks]]\ntype = \"pager\"\n", "sinks[0].type"),
+    ];
+    for (extra, needle) in cases {
+        let cfg = env.write_config("test-key-5f3a9c", extra);
+        let (code, out, err) = run_binary(
+            &["--config", cfg.to_str().unwrap(), "sync"],
+            &[],
+            env.dir.path(),
+        )
+        .await;
+        assert_eq!(code, 2, "{extra}: {out}\n{err}");
+        assert!(err.contains(needle), "{extra}: expected {needle} in {err}");
+    }
+    // http:// to a non-loopback host, and a missing key
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let (code, _, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[(
+            "AVALA_MIRROR__API__BASE_URL",
+            "http://api.example.com/api/v1",
+        )],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("api.base_url") && err.contains("loopback"),
+        "{err}"
+    );
+    let cfg = env.write_config("", "");
+    let (code, _, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("api.api_key_file"), "{err}");
+    let (code, _, err) = run_binary(
+        &["--config", "/nonexistent/avala.toml", "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/avala.toml"), "{err}");
+
+    assert_eq!(
+        env.sim.faults(|f| f.log.len()),
+        0,
+        "a configuration error is reported before any network call"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_scope_makes_sync_exit_1() {
+    let env = start(small_world()).await;
+    env.sim
+        .faults(|f| f.fail("/datasets/acme-ai/batch-001/items/", None, 404, u32::MAX));
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let (code, out, _) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("failed items:acme-ai/batch-001"), "{out}");
+    let (code, out, _) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "status"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(out.contains("failing items:acme-ai/batch-001"), "{out}");
+}
+
+#[tokio::test]
+async fn check_reports_reachability_and_rate_headers() {
+    let env = start(small_world()).await;
+    env.sim.faults(|f| f.rate_limit = Some((100.0, 50)));
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "check"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("datasets of johndoe: 3 records"), "{out}");
+    assert!(out.contains("x-ratelimit-limit: 50"), "{out}");
+    assert_eq!(env.sim.faults(|f| f.log.len()), 1, "one API call");
+}

@@ -1,0 +1,225 @@
+//! Shared helpers: an in-process simulator on loopback, a fast config for it, and
+//! readers for what a user would look at (rows, events, sync_state).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use avala_mirror::api::Client;
+use avala_mirror::config::Config;
+use avala_mirror::error::ApiError;
+use avala_mirror::sim::{SimConfig, Simulator};
+use avala_mirror::store::Store;
+use avala_mirror::sync::{CycleReport, Syncer};
+use serde_json::Value;
+
+pub struct TestEnv {
+    pub sim: Simulator,
+    pub dir: tempfile::TempDir,
+    pub cfg: Config,
+}
+
+pub fn small_world() -> SimConfig {
+    SimConfig {
+        seed: 7,
+        api_key: "test-key-5f3a9c".into(),
+        owners: vec!["johndoe".into()],
+        organizations: vec!["acme-ai".into()],
+        datasets_per_owner: 3,
+        items_per_dataset: 60,
+        sequences_per_dataset: 5,
+        slices_per_owner: 1,
+        exports: 3,
+        default_page_size: 100,
+        max_page_size: 1000,
+    }
+}
+
+pub async fn start(world: SimConfig) -> TestEnv {
+    let sim = Simulator::start(world.clone(), "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let owners: Vec<&str> = world.owners.iter().map(String::as_str).collect();
+    let orgs: Vec<&str> = world.organizations.iter().map(String::as_str).collect();
+    let mut cfg = Config::defaults(
+        &sim.base_url(),
+        &world.api_key,
+        &owners,
+        &orgs,
+        &dir.path().join("mirror.db"),
+    )
+    .unwrap();
+    cfg.api.requests_per_second = 2000.0;
+    cfg.api.burst = 100;
+    cfg.api.page_size = 25;
+    cfg.api.max_retries = 8;
+    cfg.api.backoff_min = Duration::from_millis(5);
+    cfg.api.backoff_max = Duration::from_millis(40);
+    cfg.api.timeout = Duration::from_secs(5);
+    TestEnv { sim, dir, cfg }
+}
+
+impl TestEnv {
+    pub fn syncer(&self) -> Syncer {
+        Syncer {
+            client: Client::new(&self.cfg.api).unwrap(),
+            store: Store::open(&self.cfg.store_path).unwrap(),
+            cfg: Arc::new(self.cfg.clone()),
+            progress: None,
+        }
+    }
+
+    /// One full `sync` cycle, as the command runs it.
+    pub async fn sync(&self) -> Result<Vec<CycleReport>, ApiError> {
+        let s = self.syncer();
+        avala_mirror::commands::sync::cycle(&s, &self.cfg.scope.resources).await
+    }
+
+    pub fn store(&self) -> Store {
+        Store::open(&self.cfg.store_path).unwrap()
+    }
+
+    /// Present rows of a table: uid → (owner_name, dataset_slug, raw JSON).
+    pub fn rows(&self, table: &str) -> HashMap<String, (Option<String>, Option<String>, Value)> {
+        self.store().with(|c| {
+            let mut st = c
+                .prepare(&format!("SELECT uid, owner_name, dataset_slug, raw FROM {table} WHERE deleted_at IS NULL"))
+                .unwrap();
+            st.query_map([], |r| {
+                let raw: String = r.get(3)?;
+                Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, serde_json::from_str(&raw).unwrap())))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        })
+    }
+
+    /// Every event as (type, uid), in detection order.
+    pub fn events(&self) -> Vec<(String, String)> {
+        self.store().with(|c| {
+            let mut st = c
+                .prepare("SELECT type, uid FROM events ORDER BY seq")
+                .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        })
+    }
+
+    pub fn deleted_at(&self, table: &str, uid: &str) -> Option<String> {
+        self.store().with(|c| {
+            c.query_row(
+                &format!("SELECT deleted_at FROM {table} WHERE uid = ?1"),
+                [uid],
+                |r| r.get(0),
+            )
+            .unwrap()
+        })
+    }
+
+    /// Writes a TOML config for the binary; `extra` is appended as is.
+    pub fn write_config(&self, key_file_contents: &str, extra: &str) -> std::path::PathBuf {
+        let key = self.dir.path().join("api_key");
+        std::fs::write(&key, key_file_contents).unwrap();
+        let path = self.dir.path().join("avala-mirror.toml");
+        let toml = format!(
+            "[api]\nbase_url = \"{}\"\napi_key_file = \"{}\"\nbackoff_min = \"5ms\"\nbackoff_max = \"20ms\"\nrequests_per_second = 500.0\nburst = 50\n\n[scope]\nowners = [\"johndoe\"]\norganizations = [\"acme-ai\"]\n\n[store]\npath = \"{}\"\n{extra}",
+            self.sim.base_url(),
+            key.display(),
+            self.cfg.store_path.display()
+        );
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+}
+
+/// Runs the built binary; returns (exit code, stdout, stderr).
+pub async fn run_binary(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("AVALA_API_KEY")
+        .env_remove("AVALA_MIRROR_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("binary finished")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts the mirror holds exactly the simulator's present records, scoped right.
+pub fn assert_mirror_equals_sim(env: &TestEnv) {
+    let (datasets, sequences, items, slices, exports, members) = env.sim.world(|w| {
+        let mut datasets = HashMap::new();
+        let mut sequences = HashMap::new();
+        let mut items = HashMap::new();
+        for (i, d) in w.datasets.iter().enumerate().filter(|(_, d)| !d.deleted) {
+            let v = w.dataset_json(i);
+            datasets.insert(
+                v["uid"].as_str().unwrap().to_string(),
+                (Some(d.owner.clone()), None, v),
+            );
+            for s in w.sequences_of(i) {
+                let v = w.sequence_json(s);
+                sequences.insert(
+                    v["uid"].as_str().unwrap().to_string(),
+                    (Some(d.owner.clone()), Some(d.slug.clone()), v),
+                );
+            }
+            for v in w.all_items(i) {
+                items.insert(
+                    v["uid"].as_str().unwrap().to_string(),
+                    (Some(d.owner.clone()), Some(d.slug.clone()), v),
+                );
+            }
+        }
+        let mut slices = HashMap::new();
+        let mut members = HashMap::new();
+        for (i, s) in w.slices.iter().enumerate().filter(|(_, s)| !s.deleted) {
+            let v = w.slice_json(i);
+            slices.insert(s.uid.clone(), (Some(s.owner.clone()), None, v));
+            let mut m: Vec<String> = w
+                .slice_members(i)
+                .into_iter()
+                .map(|j| w.item_uid(s.dataset, j))
+                .collect();
+            m.sort();
+            members.insert(s.uid.clone(), m);
+        }
+        let exports = (0..w.exports.len())
+            .filter(|&i| !w.exports[i].deleted)
+            .map(|i| (w.exports[i].uid.clone(), (None, None, w.export_json(i))))
+            .collect::<HashMap<_, _>>();
+        (datasets, sequences, items, slices, exports, members)
+    });
+    assert_eq!(env.rows("datasets"), datasets, "datasets");
+    assert_eq!(env.rows("sequences"), sequences, "sequences");
+    assert_eq!(env.rows("items").len(), items.len(), "items count");
+    assert_eq!(env.rows("items"), items, "items");
+    assert_eq!(env.rows("slices"), slices, "slices");
+    assert_eq!(env.rows("exports"), exports, "exports");
+    for (slice, expected) in members {
+        let got: Vec<String> = env.store().with(|c| {
+            let mut st = c
+                .prepare("SELECT item_uid FROM slice_items WHERE slice_uid = ?1 ORDER BY item_uid")
+                .unwrap();
+            st.query_map([&slice], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        });
+        assert_eq!(got, expected, "members of slice {slice}");
+    }
+}

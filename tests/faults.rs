@@ -1,0 +1,131 @@
+//! Faults from the API side: 429 storms, 5xx/reset/malformed storms, priorities.
+
+mod common;
+
+use std::time::Duration;
+
+use avala_mirror::config::Resource;
+use common::*;
+
+#[tokio::test]
+async fn rate_limit_storm_converges_without_exceeding_the_configured_rate() {
+    let mut world = small_world();
+    world.items_per_dataset = 40;
+    world.organizations.clear();
+    let mut env = start(world).await;
+    env.cfg.scope.organizations.clear();
+    env.cfg.api.requests_per_second = 8.0;
+    env.cfg.api.burst = 4;
+    // the server allows less than we are configured for: 429s with Retry-After
+    env.sim.faults(|f| {
+        f.rate_limit = Some((4.0, 2));
+        f.retry_after_secs = 1;
+    });
+    let reports = env.sync().await.unwrap();
+    assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
+    let (limited, max_per_second) = env.sim.faults(|f| {
+        (
+            f.log.iter().filter(|l| l.status == 429).count(),
+            f.max_in_window(Duration::from_secs(1)),
+        )
+    });
+    assert!(limited > 0, "the storm happened");
+    assert!(
+        max_per_second <= 8 + 4,
+        "{max_per_second} requests in one second (configured 8/s, burst 4)"
+    );
+    env.sim.faults(|f| f.rate_limit = None);
+    assert_mirror_equals_sim(&env);
+}
+
+#[tokio::test]
+async fn configured_rate_is_never_exceeded() {
+    let mut env = start(small_world()).await;
+    env.cfg.api.requests_per_second = 20.0;
+    env.cfg.api.burst = 5;
+    env.cfg.api.page_size = 10;
+    env.sync().await.unwrap();
+    let (n, max) = env
+        .sim
+        .faults(|f| (f.log.len(), f.max_in_window(Duration::from_secs(1))));
+    assert!(n > 30, "enough requests to measure: {n}");
+    assert!(
+        max <= 20 + 5,
+        "{max} requests in one second (configured 20/s, burst 5)"
+    );
+}
+
+#[tokio::test]
+async fn error_reset_and_malformed_storm_converges() {
+    let env = start(small_world()).await;
+    env.sim.faults(|f| {
+        f.error_rate = 0.2;
+        f.reset_rate = 0.1;
+        f.malformed_rate = 0.1;
+    });
+    let reports = env.sync().await.unwrap();
+    assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
+    let errors = env
+        .sim
+        .faults(|f| f.log.iter().filter(|l| l.status >= 500).count());
+    assert!(errors > 0, "the storm happened");
+    env.sim.faults(|f| {
+        f.error_rate = 0.0;
+        f.reset_rate = 0.0;
+        f.malformed_rate = 0.0;
+    });
+    assert_mirror_equals_sim(&env);
+}
+
+#[tokio::test]
+async fn persistent_5xx_fails_that_resource_and_others_go_on() {
+    let env = start(small_world()).await;
+    env.sim.faults(|f| f.fail("/exports/", None, 503, u32::MAX));
+    let reports = env.sync().await.unwrap();
+    let exports = reports
+        .iter()
+        .find(|r| r.resource == Some(Resource::Exports))
+        .unwrap();
+    assert_eq!(exports.failures.len(), 1);
+    assert!(
+        exports.failures[0].1.contains("503"),
+        "{:?}",
+        exports.failures
+    );
+    assert_eq!(env.rows("exports").len(), 0);
+    assert_eq!(env.rows("items").len(), 6 * 60, "other resources went on");
+}
+
+#[tokio::test]
+async fn export_poll_overtakes_an_item_crawl() {
+    let mut world = small_world();
+    world.items_per_dataset = 400;
+    world.organizations.clear();
+    world.datasets_per_owner = 1;
+    let mut env = start(world).await;
+    env.cfg.scope.organizations.clear();
+    env.cfg.api.requests_per_second = 20.0;
+    env.cfg.api.burst = 1;
+    env.cfg.api.page_size = 5; // an 80-page crawl, 4 s at 20/s
+    let s = env.syncer();
+    s.sync_resource(Resource::Datasets).await.unwrap();
+    let crawler = s.clone();
+    let crawl = tokio::spawn(async move { crawler.sync_resource(Resource::Items).await });
+    // wait until the crawl is well under way
+    while env.sim.faults(|f| f.log.len()) < 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = env.sim.faults(|f| f.log.len());
+    s.sync_resource(Resource::Exports).await.unwrap();
+    let log = env.sim.faults(|f| f.log[before..].to_vec());
+    let exports_at = log
+        .iter()
+        .position(|l| l.path == "/exports/")
+        .expect("exports polled");
+    assert!(
+        exports_at <= 1,
+        "the export poll waited behind {exports_at} crawl pages"
+    );
+    assert!(!crawl.is_finished(), "the crawl was still going");
+    crawl.await.unwrap().unwrap();
+}
