@@ -18,7 +18,7 @@ CREATE TABLE datasets (
   is_sequence INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.is_sequence')) VIRTUAL,
   item_count INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.item_count')) VIRTUAL
 );
-CREATE INDEX datasets_scope ON datasets(owner_name);
+CREATE INDEX datasets_scope ON datasets(owner_name, deleted_at);
 
 CREATE TABLE sequences (
   uid TEXT PRIMARY KEY,
@@ -34,7 +34,7 @@ CREATE TABLE sequences (
   dataset_uid TEXT GENERATED ALWAYS AS (json_extract(raw, '$.dataset_uid')) VIRTUAL,
   number_of_frames INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.number_of_frames')) VIRTUAL
 );
-CREATE INDEX sequences_scope ON sequences(owner_name, dataset_slug);
+CREATE INDEX sequences_scope ON sequences(owner_name, dataset_slug, deleted_at);
 CREATE INDEX sequences_status ON sequences(status);
 
 CREATE TABLE items (
@@ -50,7 +50,7 @@ CREATE TABLE items (
   key TEXT GENERATED ALWAYS AS (json_extract(raw, '$.key')) VIRTUAL,
   annotations_count INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.annotations_count')) VIRTUAL
 );
-CREATE INDEX items_scope ON items(owner_name, dataset_slug);
+CREATE INDEX items_scope ON items(owner_name, dataset_slug, deleted_at);
 
 CREATE TABLE slices (
   uid TEXT PRIMARY KEY,
@@ -66,7 +66,7 @@ CREATE TABLE slices (
   name TEXT GENERATED ALWAYS AS (json_extract(raw, '$.name')) VIRTUAL,
   item_count INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.item_count')) VIRTUAL
 );
-CREATE INDEX slices_scope ON slices(owner_name);
+CREATE INDEX slices_scope ON slices(owner_name, deleted_at);
 
 -- Which items each slice holds, as of the last complete listing of the slice.
 CREATE TABLE slice_items (

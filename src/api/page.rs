@@ -6,15 +6,18 @@
 use std::sync::Arc;
 
 use reqwest::Url;
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::client::Client;
 use super::pace::Priority;
 use crate::error::ApiError;
 
+/// One page; records stay unparsed JSON text until the diff needs them.
 pub struct Page {
-    pub records: Vec<Value>,
+    pub records: Vec<Box<RawValue>>,
     pub count: Option<u64>,
 }
 
@@ -114,32 +117,44 @@ impl Drop for PageStream {
     }
 }
 
+#[derive(Deserialize)]
+struct Body {
+    results: Vec<Box<RawValue>>,
+    #[serde(default)]
+    next: Value,
+    #[serde(default)]
+    count: Value,
+}
+
 fn parse_page(body: &[u8]) -> Result<(Page, Option<String>), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    match value {
-        Value::Array(records) => Ok((
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let records: Vec<Box<RawValue>> =
+            serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        return Ok((
             Page {
                 records,
                 count: None,
             },
             None,
-        )),
-        Value::Object(mut obj) => {
-            let records = match obj.remove("results") {
-                Some(Value::Array(r)) => r,
-                _ => return Err("no `results` array in the page".into()),
-            };
-            let next = match obj.remove("next") {
-                Some(Value::String(s)) if !s.is_empty() => Some(s),
-                Some(Value::Null) | None => None,
-                Some(Value::String(_)) => None,
-                Some(_) => return Err("`next` is neither a URL nor null".into()),
-            };
-            let count = obj.get("count").and_then(Value::as_u64);
-            Ok((Page { records, count }, next))
-        }
-        _ => Err("a page must be an object with `results`".into()),
+        ));
     }
+    if first != Some(&b'{') {
+        return Err("a page must be an object with `results`".into());
+    }
+    let b: Body = serde_json::from_slice(body).map_err(|e| format!("not a page: {e}"))?;
+    let next = match b.next {
+        Value::String(s) if !s.is_empty() => Some(s),
+        Value::String(_) | Value::Null => None,
+        _ => return Err("`next` is neither a URL nor null".into()),
+    };
+    Ok((
+        Page {
+            records: b.results,
+            count: b.count.as_u64(),
+        },
+        next,
+    ))
 }
 
 #[cfg(test)]
@@ -160,6 +175,9 @@ mod tests {
             parse_page(br#"{"next":null,"previous":null,"results":[],"extra":1}"#).unwrap();
         assert_eq!((p.records.len(), p.count, next), (0, None, None));
         assert!(parse_page(b"{\"detail\":\"x\"}").is_err());
+        assert!(parse_page(br#"{"results":[],"next":5}"#).is_err());
+        let (p, _) = parse_page(br#"[{"uid":"a"},{"uid":"b"}]"#).unwrap();
+        assert_eq!(p.records.len(), 2);
         assert!(parse_page(b"<html>").is_err());
     }
 }

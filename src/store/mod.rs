@@ -82,9 +82,15 @@ impl Store {
 fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Larger pages: fewer WAL frames and B-tree splits for rows of a few hundred bytes.
+    conn.pragma_update(None, "page_size", 8192)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // 32 MiB of page cache keeps the uid index of a million rows mostly in memory.
+    conn.pragma_update(None, "cache_size", -32_768)?;
+    // Fewer, larger checkpoints: each one fsyncs.
+    conn.pragma_update(None, "wal_autocheckpoint", 4096)?;
     Ok(conn)
 }
 

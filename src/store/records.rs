@@ -98,6 +98,7 @@ pub fn apply_page(
                 Decision::StatusChanged { .. } => out.status_changed += 1,
             }
             if emit && let Some(action) = diff::event_suffix(&decision) {
+                let object = rec.value();
                 let old_status = match &decision {
                     Decision::StatusChanged { old, .. } => old.as_deref(),
                     _ => None,
@@ -112,7 +113,7 @@ pub fn apply_page(
                         dataset_slug: rec.dataset_slug.as_deref(),
                         old_status,
                         new_status: rec.status.as_deref(),
-                        object: &rec.value,
+                        object: &object,
                     },
                     now,
                 )?;
@@ -140,17 +141,16 @@ pub struct Missing {
     pub raw: String,
 }
 
-/// Rows in `filter` that are present in the mirror but not in `seen`.
+/// Rows in `filter` that are present in the mirror but not in `seen`. The scan
+/// reads rowids only (from the scope index); details are read for the few missing.
 pub fn missing(
     conn: &Connection,
     res: Resource,
     filter: &ScopeFilter,
     seen: &RoaringTreemap,
 ) -> rusqlite::Result<Vec<Missing>> {
-    let mut sql = format!(
-        "SELECT rowid, uid, owner_name, dataset_slug, raw FROM {} WHERE deleted_at IS NULL",
-        res.table()
-    );
+    let t = res.table();
+    let mut sql = format!("SELECT rowid FROM {t} WHERE deleted_at IS NULL");
     let mut args: Vec<&str> = Vec::new();
     if let Some(owner) = &filter.owner {
         sql.push_str(" AND owner_name = ?");
@@ -164,19 +164,28 @@ pub fn missing(
     }
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(params_from_iter(args))?;
-    let mut out = Vec::new();
+    let mut gone = Vec::new();
     while let Some(r) = rows.next()? {
         let rowid: i64 = r.get(0)?;
         if !seen.contains(rowid as u64) {
-            out.push(Missing {
-                uid: r.get(1)?,
-                owner: r.get(2)?,
-                dataset_slug: r.get(3)?,
-                raw: r.get(4)?,
-            });
+            gone.push(rowid);
         }
     }
-    Ok(out)
+    let mut detail = conn.prepare(&format!(
+        "SELECT uid, owner_name, dataset_slug, raw FROM {t} WHERE rowid = ?1"
+    ))?;
+    gone.into_iter()
+        .map(|rowid| {
+            detail.query_row([rowid], |r| {
+                Ok(Missing {
+                    uid: r.get(0)?,
+                    owner: r.get(1)?,
+                    dataset_slug: r.get(2)?,
+                    raw: r.get(3)?,
+                })
+            })
+        })
+        .collect()
 }
 
 /// Marks a row deleted (with a `deleted` event when `emit`). False when it was not present.

@@ -1,6 +1,7 @@
 //! The diff as a pure function: (stored row, incoming record) → decision.
 //! No DB, no network; the store applies what this decides.
 
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -13,6 +14,49 @@ pub struct Stored {
     pub deleted: bool,
 }
 
+/// The few fields the mirror reads from a record; everything else stays in `raw`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Head {
+    pub uid: String,
+    pub status: Option<String>,
+    pub dataset_uid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HeadWire {
+    #[serde(default)]
+    uid: Value,
+    #[serde(default)]
+    status: Value,
+    #[serde(default)]
+    dataset_uid: Value,
+}
+
+impl Head {
+    /// Reads the head of a record's JSON text, checking its shape.
+    pub fn parse(raw: &str) -> Result<Head, Rejected> {
+        if !raw.trim_start().starts_with('{') {
+            return Err(Rejected::NotAnObject);
+        }
+        let w: HeadWire = serde_json::from_str(raw).map_err(|_| Rejected::NotAnObject)?;
+        let uid = match w.uid {
+            Value::String(s) if !s.trim().is_empty() => s,
+            Value::Number(n) => n.to_string(),
+            _ => return Err(Rejected::NoUid),
+        };
+        let text = |v: Value| match v {
+            Value::String(s) => Some(s),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        };
+        Ok(Head {
+            uid,
+            status: text(w.status),
+            dataset_uid: text(w.dataset_uid),
+        })
+    }
+}
+
 /// A record from a listing, with its scope taken from the listing (SPEC §3).
 #[derive(Debug, Clone)]
 pub struct Incoming {
@@ -20,10 +64,9 @@ pub struct Incoming {
     pub status: Option<String>,
     pub owner: Option<String>,
     pub dataset_slug: Option<String>,
-    /// Canonical JSON (keys sorted), as stored in `raw`.
+    /// The JSON object as received, stored in `raw`.
     pub raw: String,
     pub hash: [u8; 16],
-    pub value: Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,26 +90,14 @@ pub enum Rejected {
 }
 
 impl Incoming {
-    /// Checks a record's shape and computes its content hash over the canonical JSON
-    /// and the scope columns (a record moving to another scope is a change too).
+    /// The content hash covers the record's text and its scope columns (a record
+    /// moving to another scope is a change too).
     pub fn new(
-        value: Value,
+        head: Head,
+        raw: String,
         owner: Option<&str>,
         dataset_slug: Option<&str>,
-    ) -> Result<Incoming, Rejected> {
-        let obj = value.as_object().ok_or(Rejected::NotAnObject)?;
-        let uid = match obj.get("uid") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => return Err(Rejected::NoUid),
-        };
-        let status = match obj.get("status") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Null) | None => None,
-            Some(other) => Some(other.to_string()),
-        };
-        // serde_json's map is ordered by key, so this text is canonical.
-        let raw = value.to_string();
+    ) -> Incoming {
         let mut h = Sha256::new();
         h.update(owner.unwrap_or("").as_bytes());
         h.update([0]);
@@ -75,15 +106,19 @@ impl Incoming {
         h.update(raw.as_bytes());
         let mut hash = [0u8; 16];
         hash.copy_from_slice(&h.finalize()[..16]);
-        Ok(Incoming {
-            uid,
-            status,
+        Incoming {
+            uid: head.uid,
+            status: head.status,
             owner: owner.map(str::to_owned),
             dataset_slug: dataset_slug.map(str::to_owned),
             raw,
             hash,
-            value,
-        })
+        }
+    }
+
+    /// The record as JSON (for event payloads).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.raw).unwrap_or(Value::Null)
     }
 }
 
@@ -113,10 +148,14 @@ pub fn event_suffix(d: &Decision) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn inc(v: Value) -> Incoming {
-        Incoming::new(v, Some("o"), Some("d")).unwrap()
+    fn inc(raw: &str) -> Incoming {
+        Incoming::new(
+            Head::parse(raw).unwrap(),
+            raw.to_string(),
+            Some("o"),
+            Some("d"),
+        )
     }
 
     fn stored(i: &Incoming, deleted: bool) -> Stored {
@@ -130,13 +169,13 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let a = inc(json!({"uid": "u", "status": "pending", "n": 1}));
+        let a = inc(r#"{"uid": "u", "status": "pending", "n": 1}"#);
         assert_eq!(decide(None, &a), Decision::Created);
         assert_eq!(decide(Some(&stored(&a, false)), &a), Decision::Unchanged);
         assert_eq!(decide(Some(&stored(&a, true)), &a), Decision::Created);
-        let b = inc(json!({"uid": "u", "status": "pending", "n": 2}));
+        let b = inc(r#"{"uid": "u", "status": "pending", "n": 2}"#);
         assert_eq!(decide(Some(&stored(&a, false)), &b), Decision::Updated);
-        let c = inc(json!({"uid": "u", "status": "completed", "n": 1}));
+        let c = inc(r#"{"uid": "u", "status": "completed", "n": 1}"#);
         assert_eq!(
             decide(Some(&stored(&a, false)), &c),
             Decision::StatusChanged {
@@ -147,27 +186,37 @@ mod tests {
     }
 
     #[test]
-    fn key_order_does_not_matter_but_scope_does() {
-        let a: Value = serde_json::from_str(r#"{"uid":"u","a":1,"b":2}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"b":2,"uid":"u","a":1}"#).unwrap();
-        assert_eq!(inc(a.clone()).hash, inc(b).hash);
-        let moved = Incoming::new(a.clone(), Some("o"), Some("other")).unwrap();
-        assert_ne!(inc(a).hash, moved.hash);
+    fn scope_is_part_of_the_content() {
+        let raw = r#"{"uid":"u","a":1}"#;
+        let moved = Incoming::new(
+            Head::parse(raw).unwrap(),
+            raw.into(),
+            Some("o"),
+            Some("other"),
+        );
+        assert_ne!(inc(raw).hash, moved.hash);
     }
 
     #[test]
-    fn shape_is_checked() {
+    fn head_reads_uid_status_and_checks_shape() {
+        let h =
+            Head::parse(r#"{"uid": 12, "status": "done", "dataset_uid": "d1", "x": {"y": [1]}}"#)
+                .unwrap();
         assert_eq!(
-            Incoming::new(json!({"key": "x"}), None, None).unwrap_err(),
+            h,
+            Head {
+                uid: "12".into(),
+                status: Some("done".into()),
+                dataset_uid: Some("d1".into())
+            }
+        );
+        assert_eq!(Head::parse(r#"{"key": "x"}"#).unwrap_err(), Rejected::NoUid);
+        assert_eq!(Head::parse(r#"{"uid": ""}"#).unwrap_err(), Rejected::NoUid);
+        assert_eq!(
+            Head::parse(r#"{"uid": null}"#).unwrap_err(),
             Rejected::NoUid
         );
-        assert_eq!(
-            Incoming::new(json!({"uid": ""}), None, None).unwrap_err(),
-            Rejected::NoUid
-        );
-        assert_eq!(
-            Incoming::new(json!([1]), None, None).unwrap_err(),
-            Rejected::NotAnObject
-        );
+        assert_eq!(Head::parse("[1]").unwrap_err(), Rejected::NotAnObject);
+        assert_eq!(Head::parse("\"uid\"").unwrap_err(), Rejected::NotAnObject);
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{Config, Resource};
 use crate::error::ApiError;
 use crate::store::records::{self, Missing, ScopeFilter};
 use crate::store::{Store, now_rfc3339, state};
-use diff::{Incoming, Rejected};
+use diff::{Head, Incoming, Rejected};
 
 /// How many dataset slugs go in one `dataset__slug__in` listing.
 const SLUGS_PER_BATCH: usize = 20;
@@ -306,7 +306,7 @@ impl Syncer {
             let uids: Vec<String> = page?
                 .records
                 .iter()
-                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_owned))
+                .filter_map(|r| Head::parse(r.get()).ok().map(|h| h.uid))
                 .collect();
             total += uids.len() as u64;
             let slice = uid.to_string();
@@ -398,25 +398,10 @@ impl Syncer {
         while let Some(page) = pages.next().await {
             let page = page?;
             let mut batch = Vec::with_capacity(page.records.len());
-            for (i, value) in page.records.into_iter().enumerate() {
-                let slug = match &l.attribution {
-                    Attribution::Fixed(slug) => slug.clone(),
-                    Attribution::ByDatasetUid(map) => {
-                        match value
-                            .get("dataset_uid")
-                            .and_then(Value::as_str)
-                            .and_then(|u| map.get(u))
-                        {
-                            Some(slug) => Some(slug.clone()),
-                            None if value.get("uid").is_some() => {
-                                return Ok(ListingEnd::NeedsSplit);
-                            }
-                            None => None,
-                        }
-                    }
-                };
-                match Incoming::new(value, l.owner.as_deref(), slug.as_deref()) {
-                    Ok(rec) => batch.push(rec),
+            for (i, raw) in page.records.into_iter().enumerate() {
+                let raw = String::from(Box::<str>::from(raw));
+                let head = match Head::parse(&raw) {
+                    Ok(head) => head,
                     Err(why) => {
                         skipped += 1;
                         let why = match why {
@@ -424,8 +409,24 @@ impl Syncer {
                             Rejected::NotAnObject => "it is not a JSON object",
                         };
                         tracing::warn!(scope = %scopes[0], index = i, "skipping a record: {why}");
+                        continue;
                     }
-                }
+                };
+                let slug = match &l.attribution {
+                    Attribution::Fixed(slug) => slug.clone(),
+                    Attribution::ByDatasetUid(map) => {
+                        match head.dataset_uid.as_ref().and_then(|u| map.get(u)) {
+                            Some(slug) => Some(slug.clone()),
+                            None => return Ok(ListingEnd::NeedsSplit),
+                        }
+                    }
+                };
+                batch.push(Incoming::new(
+                    head,
+                    raw,
+                    l.owner.as_deref(),
+                    slug.as_deref(),
+                ));
             }
             let count = batch.len() as u64;
             let emit = emit_by_slug.clone();
