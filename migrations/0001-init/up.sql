@@ -1,6 +1,6 @@
 -- avala-mirror schema v1. Append-only: later changes go in 0002_*.sql and on.
 -- Every resource table has the same core columns, so one upsert serves them all;
--- the handy typed columns are generated from `raw`, which keeps every field received.
+-- `raw` keeps every field received: query them as raw->>'key', raw->>'name', ...
 
 CREATE TABLE datasets (
   uid TEXT PRIMARY KEY,
@@ -11,12 +11,7 @@ CREATE TABLE datasets (
   raw TEXT NOT NULL,
   first_seen_at TEXT NOT NULL,
   last_seen_at TEXT NOT NULL,
-  deleted_at TEXT,
-  slug TEXT GENERATED ALWAYS AS (json_extract(raw, '$.slug')) VIRTUAL,
-  name TEXT GENERATED ALWAYS AS (json_extract(raw, '$.name')) VIRTUAL,
-  data_type TEXT GENERATED ALWAYS AS (json_extract(raw, '$.data_type')) VIRTUAL,
-  is_sequence INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.is_sequence')) VIRTUAL,
-  item_count INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.item_count')) VIRTUAL
+  deleted_at TEXT
 );
 CREATE INDEX datasets_scope ON datasets(owner_name, deleted_at);
 
@@ -29,10 +24,7 @@ CREATE TABLE sequences (
   raw TEXT NOT NULL,
   first_seen_at TEXT NOT NULL,
   last_seen_at TEXT NOT NULL,
-  deleted_at TEXT,
-  key TEXT GENERATED ALWAYS AS (json_extract(raw, '$.key')) VIRTUAL,
-  dataset_uid TEXT GENERATED ALWAYS AS (json_extract(raw, '$.dataset_uid')) VIRTUAL,
-  number_of_frames INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.number_of_frames')) VIRTUAL
+  deleted_at TEXT
 );
 CREATE INDEX sequences_scope ON sequences(owner_name, dataset_slug, deleted_at);
 CREATE INDEX sequences_status ON sequences(status);
@@ -46,9 +38,7 @@ CREATE TABLE items (
   raw TEXT NOT NULL,
   first_seen_at TEXT NOT NULL,
   last_seen_at TEXT NOT NULL,
-  deleted_at TEXT,
-  key TEXT GENERATED ALWAYS AS (json_extract(raw, '$.key')) VIRTUAL,
-  annotations_count INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.annotations_count')) VIRTUAL
+  deleted_at TEXT
 );
 CREATE INDEX items_scope ON items(owner_name, dataset_slug, deleted_at);
 
@@ -61,10 +51,7 @@ CREATE TABLE slices (
   raw TEXT NOT NULL,
   first_seen_at TEXT NOT NULL,
   last_seen_at TEXT NOT NULL,
-  deleted_at TEXT,
-  slug TEXT GENERATED ALWAYS AS (json_extract(raw, '$.slug')) VIRTUAL,
-  name TEXT GENERATED ALWAYS AS (json_extract(raw, '$.name')) VIRTUAL,
-  item_count INTEGER GENERATED ALWAYS AS (json_extract(raw, '$.item_count')) VIRTUAL
+  deleted_at TEXT
 );
 CREATE INDEX slices_scope ON slices(owner_name, deleted_at);
 
@@ -85,11 +72,7 @@ CREATE TABLE exports (
   raw TEXT NOT NULL,
   first_seen_at TEXT NOT NULL,
   last_seen_at TEXT NOT NULL,
-  deleted_at TEXT,
-  name TEXT GENERATED ALWAYS AS (json_extract(raw, '$.name')) VIRTUAL,
-  format TEXT GENERATED ALWAYS AS (json_extract(raw, '$.format')) VIRTUAL,
-  download_url TEXT GENERATED ALWAYS AS (json_extract(raw, '$.download_url')) VIRTUAL,
-  created_at TEXT GENERATED ALWAYS AS (json_extract(raw, '$.created_at')) VIRTUAL
+  deleted_at TEXT
 );
 CREATE INDEX exports_status ON exports(status);
 

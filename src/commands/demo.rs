@@ -137,13 +137,13 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
         "query the mirror (sqlite3 or any SQLite client; it stays readable while a daemon writes):"
     );
     println!(
-        "  sqlite3 {path} \"SELECT dataset_slug, key, status FROM sequences WHERE status = 'customer_review' AND deleted_at IS NULL;\""
+        "  sqlite3 {path} \"SELECT dataset_slug, raw->>'key', status FROM sequences WHERE status = 'customer_review' AND deleted_at IS NULL;\""
     );
     println!(
         "  sqlite3 {path} \"SELECT type, uid, old_status, new_status, created_at FROM events ORDER BY seq DESC LIMIT 20;\""
     );
     println!(
-        "  sqlite3 {path} \"SELECT name, status, download_url FROM exports WHERE deleted_at IS NULL ORDER BY created_at DESC;\""
+        "  sqlite3 {path} \"SELECT raw->>'name', status, raw->>'download_url' FROM exports WHERE deleted_at IS NULL ORDER BY raw->>'created_at' DESC;\""
     );
     println!();
     println!(

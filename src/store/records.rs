@@ -261,7 +261,7 @@ pub struct DatasetRef {
 /// Present datasets, optionally narrowed to `slugs`.
 pub fn datasets_in_scope(conn: &Connection, slugs: &[String]) -> rusqlite::Result<Vec<DatasetRef>> {
     let mut stmt = conn.prepare(
-        "SELECT owner_name, slug, uid, is_sequence FROM datasets
+        "SELECT owner_name, raw->>'slug' AS slug, uid, raw->>'is_sequence' FROM datasets
          WHERE deleted_at IS NULL AND owner_name IS NOT NULL AND slug IS NOT NULL ORDER BY owner_name, slug",
     )?;
     let rows = stmt.query_map([], |r| {

@@ -260,9 +260,9 @@ impl Syncer {
             .store
             .call(|c| {
                 let mut stmt = c.prepare(
-                    "SELECT s.uid, s.owner_name, s.slug FROM slices s
+                    "SELECT s.uid, s.owner_name, s.raw->>'slug' FROM slices s
                      LEFT JOIN sync_state st ON st.scope = 'slice_items:' || s.uid
-                     WHERE s.deleted_at IS NULL AND s.owner_name IS NOT NULL AND s.slug IS NOT NULL
+                     WHERE s.deleted_at IS NULL AND s.owner_name IS NOT NULL AND s.raw->>'slug' IS NOT NULL
                        AND (st.last_success_at IS NULL OR s.last_seen_at >= st.last_success_at)",
                 )?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
