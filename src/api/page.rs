@@ -71,15 +71,19 @@ impl Pager {
         Ok(Some(page))
     }
 
-    /// Fetches pages ahead on a task of their own (at most two waiting), so the next
-    /// page is on the wire while this one is written.
-    pub fn prefetch(mut self) -> PageStream {
+    /// Fetches pages ahead on a task of their own (at most two waiting), turning
+    /// each into `T` there, so the next page is fetched and parsed while this one
+    /// is written.
+    pub fn prefetch<T: Send + 'static>(
+        mut self,
+        mut convert: impl FnMut(Page) -> T + Send + 'static,
+    ) -> PageStream<T> {
         let (tx, rx) = mpsc::channel(2);
         let task = tokio::spawn(async move {
             loop {
                 match self.next_page().await {
                     Ok(Some(page)) => {
-                        if tx.send(Ok(page)).await.is_err() {
+                        if tx.send(Ok(convert(page))).await.is_err() {
                             return self.unstable;
                         }
                     }
@@ -95,13 +99,13 @@ impl Pager {
     }
 }
 
-pub struct PageStream {
-    rx: mpsc::Receiver<Result<Page, ApiError>>,
+pub struct PageStream<T> {
+    rx: mpsc::Receiver<Result<T, ApiError>>,
     task: tokio::task::JoinHandle<bool>,
 }
 
-impl PageStream {
-    pub async fn next(&mut self) -> Option<Result<Page, ApiError>> {
+impl<T> PageStream<T> {
+    pub async fn next(&mut self) -> Option<Result<T, ApiError>> {
         self.rx.recv().await
     }
 
@@ -111,7 +115,7 @@ impl PageStream {
     }
 }
 
-impl Drop for PageStream {
+impl<T> Drop for PageStream<T> {
     fn drop(&mut self) {
         self.task.abort();
     }

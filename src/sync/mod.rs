@@ -71,6 +71,7 @@ pub struct Syncer {
 }
 
 /// How a listing fills the scoping columns of its records (from the listing, SPEC §3).
+#[derive(Clone)]
 enum Attribution {
     Fixed(Option<String>),
     /// Cross-dataset listing: a record's `dataset_uid` names its dataset among these.
@@ -300,14 +301,16 @@ impl Syncer {
             .await
             .map_err(db_error)?;
         let url = v1::slice_items(&self.client, owner, slug);
-        let mut pages = Pager::new(self.client.clone(), url, Priority::Low).prefetch();
-        let mut total = 0u64;
-        while let Some(page) = pages.next().await {
-            let uids: Vec<String> = page?
+        let mut pages = Pager::new(self.client.clone(), url, Priority::Low).prefetch(|page| {
+            let heads = page
                 .records
                 .iter()
-                .filter_map(|r| Head::parse(r.get()).ok().map(|h| h.uid))
-                .collect();
+                .filter_map(|r| Head::parse(r.get()).ok());
+            heads.map(|h| h.uid).collect::<Vec<String>>()
+        });
+        let mut total = 0u64;
+        while let Some(uids) = pages.next().await {
+            let uids = uids?;
             total += uids.len() as u64;
             let slice = uid.to_string();
             self.store
@@ -392,41 +395,24 @@ impl Syncer {
             .await
             .map_err(db_error)?;
 
-        let mut pages = Pager::new(self.client.clone(), l.url.clone(), l.prio).prefetch();
+        let attribution = l.attribution.clone();
+        let owner = l.owner.clone();
+        let mut pages = Pager::new(self.client.clone(), l.url.clone(), l.prio)
+            .prefetch(move |page| convert(page, &attribution, owner.as_deref()));
         let mut seen = RoaringTreemap::new();
         let (mut listed, mut skipped, mut duplicates) = (0u64, 0u64, 0u64);
         while let Some(page) = pages.next().await {
-            let page = page?;
-            let mut batch = Vec::with_capacity(page.records.len());
-            for (i, raw) in page.records.into_iter().enumerate() {
-                let raw = String::from(Box::<str>::from(raw));
-                let head = match Head::parse(&raw) {
-                    Ok(head) => head,
-                    Err(why) => {
-                        skipped += 1;
-                        let why = match why {
-                            Rejected::NoUid => "it has no uid",
-                            Rejected::NotAnObject => "it is not a JSON object",
-                        };
-                        tracing::warn!(scope = %scopes[0], index = i, "skipping a record: {why}");
-                        continue;
-                    }
-                };
-                let slug = match &l.attribution {
-                    Attribution::Fixed(slug) => slug.clone(),
-                    Attribution::ByDatasetUid(map) => {
-                        match head.dataset_uid.as_ref().and_then(|u| map.get(u)) {
-                            Some(slug) => Some(slug.clone()),
-                            None => return Ok(ListingEnd::NeedsSplit),
-                        }
-                    }
-                };
-                batch.push(Incoming::new(
-                    head,
-                    raw,
-                    l.owner.as_deref(),
-                    slug.as_deref(),
-                ));
+            let Converted {
+                batch,
+                rejected,
+                needs_split,
+            } = page?;
+            for (index, why) in rejected {
+                skipped += 1;
+                tracing::warn!(scope = %scopes[0], index, "skipping a record: {why}");
+            }
+            if needs_split {
+                return Ok(ListingEnd::NeedsSplit);
             }
             let count = batch.len() as u64;
             let emit = emit_by_slug.clone();
@@ -541,6 +527,58 @@ impl Syncer {
             }
         }
     }
+}
+
+/// A page made ready for the store, off the writer's path.
+struct Converted {
+    batch: Vec<Incoming>,
+    /// (index in the page, why) of records skipped for their shape.
+    rejected: Vec<(usize, &'static str)>,
+    /// A record could not be attributed to one of the listing's datasets.
+    needs_split: bool,
+}
+
+fn convert(
+    page: crate::api::page::Page,
+    attribution: &Attribution,
+    owner: Option<&str>,
+) -> Converted {
+    let mut out = Converted {
+        batch: Vec::with_capacity(page.records.len()),
+        rejected: vec![],
+        needs_split: false,
+    };
+    for (i, raw) in page.records.into_iter().enumerate() {
+        let raw = String::from(Box::<str>::from(raw));
+        let head = match Head::parse(&raw) {
+            Ok(head) => head,
+            Err(why) => {
+                out.rejected.push((
+                    i,
+                    match why {
+                        Rejected::NoUid => "it has no uid",
+                        Rejected::NotAnObject => "it is not a JSON object",
+                    },
+                ));
+                continue;
+            }
+        };
+        let slug = match attribution {
+            Attribution::Fixed(slug) => slug.clone(),
+            Attribution::ByDatasetUid(map) => {
+                match head.dataset_uid.as_ref().and_then(|u| map.get(u)) {
+                    Some(slug) => Some(slug.clone()),
+                    None => {
+                        out.needs_split = true;
+                        return out;
+                    }
+                }
+            }
+        };
+        out.batch
+            .push(Incoming::new(head, raw, owner, slug.as_deref()));
+    }
+    out
 }
 
 fn db_error(e: rusqlite::Error) -> ApiError {
