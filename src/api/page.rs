@@ -16,6 +16,11 @@ use super::pace::Priority;
 use crate::error::ApiError;
 
 /// One page; records stay unparsed JSON text until the diff needs them.
+/// Pages fetched ahead of the writer; when the writer falls behind they are
+/// written together, one transaction for all (fewer commits, far fewer pages
+/// of the uid index written again).
+pub const AHEAD: usize = 16;
+
 pub struct Page {
     pub records: Vec<Box<RawValue>>,
     pub count: Option<u64>,
@@ -71,14 +76,14 @@ impl Pager {
         Ok(Some(page))
     }
 
-    /// Fetches pages ahead on a task of their own (at most two waiting), turning
+    /// Fetches pages ahead on a task of their own (up to `AHEAD` waiting), turning
     /// each into `T` there, so the next page is fetched and parsed while this one
     /// is written.
     pub fn prefetch<T: Send + 'static>(
         mut self,
         mut convert: impl FnMut(Page) -> T + Send + 'static,
     ) -> PageStream<T> {
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(AHEAD);
         let task = tokio::spawn(async move {
             loop {
                 match self.next_page().await {
@@ -107,6 +112,11 @@ pub struct PageStream<T> {
 impl<T> PageStream<T> {
     pub async fn next(&mut self) -> Option<Result<T, ApiError>> {
         self.rx.recv().await
+    }
+
+    /// A page that is already waiting, if any.
+    pub fn ready(&mut self) -> Option<Result<T, ApiError>> {
+        self.rx.try_recv().ok()
     }
 
     /// After the last page: whether the listing saw its collection change size.

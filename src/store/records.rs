@@ -21,13 +21,25 @@ pub struct PageOutcome {
     pub events: u64,
 }
 
-/// Applies one page of records in one transaction; events go in the same one.
-/// `seen` collects the rowids of every record present in the listing.
-pub fn apply_page(
+impl PageOutcome {
+    pub fn merge(&mut self, o: &PageOutcome) {
+        self.created += o.created;
+        self.updated += o.updated;
+        self.status_changed += o.status_changed;
+        self.unchanged += o.unchanged;
+        self.duplicates += o.duplicates;
+        self.events += o.events;
+    }
+}
+
+/// Applies pages of records in one transaction; events go in the same one, for
+/// the records whose scope `emit` says is past its silent baseline. `seen`
+/// collects the rowids of every record present in the listing.
+pub fn apply_pages(
     conn: &mut Connection,
     res: Resource,
-    records: &[Incoming],
-    emit: bool,
+    pages: &[Vec<Incoming>],
+    emit: &dyn Fn(&Incoming) -> bool,
     now: &str,
     seen: &mut RoaringTreemap,
 ) -> rusqlite::Result<PageOutcome> {
@@ -46,7 +58,7 @@ pub fn apply_page(
             "UPDATE {t} SET owner_name = ?2, dataset_slug = ?3, status = ?4, hash = ?5, raw = ?6,
              last_seen_at = ?7, deleted_at = NULL WHERE rowid = ?1"
         ))?;
-        for rec in records {
+        for rec in pages.iter().flatten() {
             let stored = select
                 .query_row([&rec.uid], |r| {
                     Ok(Stored {
@@ -97,7 +109,9 @@ pub fn apply_page(
                 Decision::Updated => out.updated += 1,
                 Decision::StatusChanged { .. } => out.status_changed += 1,
             }
-            if emit && let Some(action) = diff::event_suffix(&decision) {
+            if emit(rec)
+                && let Some(action) = diff::event_suffix(&decision)
+            {
                 let object = rec.value();
                 let old_status = match &decision {
                     Decision::StatusChanged { old, .. } => old.as_deref(),

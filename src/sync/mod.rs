@@ -401,51 +401,48 @@ impl Syncer {
             .prefetch(move |page| convert(page, &attribution, owner.as_deref()));
         let mut seen = RoaringTreemap::new();
         let (mut listed, mut skipped, mut duplicates) = (0u64, 0u64, 0u64);
-        while let Some(page) = pages.next().await {
-            let Converted {
+        while let Some(first) = pages.next().await {
+            // Take what else is already waiting: pages written together, one transaction.
+            let mut group = vec![first?];
+            let mut after = None;
+            while group.len() < crate::api::page::AHEAD {
+                match pages.ready() {
+                    Some(Ok(page)) => group.push(page),
+                    Some(Err(e)) => {
+                        after = Some(Err(e));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let mut batches = Vec::with_capacity(group.len());
+            for Converted {
                 batch,
                 rejected,
                 needs_split,
-            } = page?;
-            for (index, why) in rejected {
-                skipped += 1;
-                tracing::warn!(scope = %scopes[0], index, "skipping a record: {why}");
+            } in group
+            {
+                for (index, why) in rejected {
+                    skipped += 1;
+                    tracing::warn!(scope = %scopes[0], index, "skipping a record: {why}");
+                }
+                if needs_split {
+                    after = Some(Ok(ListingEnd::NeedsSplit));
+                    break;
+                }
+                batches.push(batch);
             }
-            if needs_split {
-                return Ok(ListingEnd::NeedsSplit);
-            }
-            let count = batch.len() as u64;
+            let count: u64 = batches.iter().map(|b| b.len() as u64).sum();
             let emit = emit_by_slug.clone();
             let n = now.clone();
             let (outcome, s) = self
                 .store
                 .call(move |c| {
                     let mut seen = seen;
-                    // Records of one page share a scope except in cross-dataset listings.
-                    let mut out = records::PageOutcome::default();
-                    let mut start = 0;
-                    while start < batch.len() {
-                        let slug = batch[start].dataset_slug.clone();
-                        let end = batch[start..]
-                            .iter()
-                            .position(|r| r.dataset_slug != slug)
-                            .map_or(batch.len(), |p| start + p);
-                        let on = emit.get(&slug).copied().unwrap_or(emit_initial);
-                        let o = records::apply_page(c, res, &batch[start..end], on, &n, &mut seen);
-                        match o {
-                            Ok(o) => {
-                                out.created += o.created;
-                                out.updated += o.updated;
-                                out.status_changed += o.status_changed;
-                                out.unchanged += o.unchanged;
-                                out.duplicates += o.duplicates;
-                                out.events += o.events;
-                            }
-                            Err(e) => return (Err(e), seen),
-                        }
-                        start = end;
-                    }
-                    (Ok(out), seen)
+                    let on =
+                        |r: &Incoming| emit.get(&r.dataset_slug).copied().unwrap_or(emit_initial);
+                    let out = records::apply_pages(c, res, &batches, &on, &n, &mut seen);
+                    (out, seen)
                 })
                 .await;
             seen = s;
@@ -455,6 +452,10 @@ impl Syncer {
             listed += count;
             if let Some(p) = &self.progress {
                 p(&scopes[0], count);
+            }
+            if let Some(end) = after {
+                report.skipped += skipped;
+                return end;
             }
         }
         report.skipped += skipped;
