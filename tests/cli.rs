@@ -218,3 +218,53 @@ async fn check_reports_reachability_and_rate_headers() {
     assert!(out.contains("x-ratelimit-limit: 50"), "{out}");
     assert_eq!(env.sim.faults(|f| f.log.len()), 1, "one API call");
 }
+
+#[tokio::test]
+async fn run_polls_on_schedule_and_stops_cleanly_on_sigterm() {
+    let env = start(small_world()).await;
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        "[schedule]\ndatasets = \"1s\"\nsequences = \"200ms\"\nitems = \"1s\"\nslices = \"1s\"\nexports = \"200ms\"\n",
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .env_remove("AVALA_API_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let db = env.cfg.store_path.clone();
+    let items = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM items", [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    wait_until("the first cycle", || items(&db) == 360).await;
+    // a change in the simulator shows up as an event without another command
+    let uid = env.sim.world(|w| {
+        let s = w.sequences_of(0)[0];
+        w.sequences[s].status = "customer_review".into();
+        w.sequences[s].uid.clone()
+    });
+    wait_until("the status change event", || {
+        env.events()
+            .iter()
+            .any(|(t, u)| t == "sequence.status_changed" && *u == uid)
+    })
+    .await;
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait())
+        .await
+        .expect("stopped in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let check: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}

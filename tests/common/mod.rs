@@ -223,3 +223,15 @@ pub fn assert_mirror_equals_sim(env: &TestEnv) {
         assert_eq!(got, expected, "members of slice {slice}");
     }
 }
+
+/// Waits for an observable condition, failing after 30 s (never a bare sleep).
+pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
