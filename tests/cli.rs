@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 #[tokio::test]
@@ -267,4 +269,59 @@ async fn run_polls_on_schedule_and_stops_cleanly_on_sigterm() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
+}
+
+#[tokio::test]
+async fn kill_9_mid_sync_then_restart_loses_and_doubles_no_event() {
+    let mut world = small_world();
+    world.items_per_dataset = 400;
+    let env = start(world).await;
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let cfg = cfg.to_str().unwrap();
+    let (code, _, _) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
+    assert_eq!(code, 0);
+    // many changes, then a slow API so the kill lands in the middle of the item listings
+    let changed: Vec<String> = env.sim.world(|w| {
+        (0..6)
+            .flat_map(|ds| (0..400).step_by(7).map(move |i| (ds, i)))
+            .map(|(ds, i)| {
+                let next = if w.item_json(ds, i)["status"] == "completed" {
+                    "pending"
+                } else {
+                    "completed"
+                };
+                w.set_item_status(ds, i, next);
+                w.item_uid(ds, i)
+            })
+            .collect()
+    });
+    env.sim.faults(|f| f.slow = Duration::from_millis(30));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
+        .args(["--config", cfg, "sync"])
+        .env_remove("AVALA_API_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("some events", || env.events().len() >= 20).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let partial = env.events().len();
+    assert!(
+        partial < changed.len(),
+        "killed mid-way ({partial} of {} events)",
+        changed.len()
+    );
+
+    env.sim.faults(|f| f.slow = Duration::ZERO);
+    let (code, out, err) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let events = env.events();
+    let mut uids: Vec<&String> = events.iter().map(|(_, u)| u).collect();
+    uids.sort();
+    let mut want: Vec<&String> = changed.iter().collect();
+    want.sort();
+    assert_eq!(uids, want, "each change exactly once");
+    assert!(events.iter().all(|(t, _)| t == "item.status_changed"));
+    assert_mirror_equals_sim(&env);
 }

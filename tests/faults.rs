@@ -129,3 +129,38 @@ async fn export_poll_overtakes_an_item_crawl() {
     assert!(!crawl.is_finished(), "the crawl was still going");
     crawl.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn timeouts_are_retried() {
+    let mut env = start(small_world()).await;
+    env.cfg.api.timeout = Duration::from_millis(150);
+    env.sim.faults(|f| f.slow = Duration::from_millis(600));
+    let state = env.sim.state.clone();
+    // the API recovers once it has kept two requests waiting past the timeout
+    let recover = tokio::spawn(async move {
+        loop {
+            {
+                let mut f = state.faults.lock().unwrap();
+                if f.log.len() >= 2 {
+                    f.slow = Duration::ZERO;
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let s = env.syncer();
+    let reports = avala_mirror::commands::sync::cycle(&s, &env.cfg.scope.resources)
+        .await
+        .unwrap();
+    recover.await.unwrap();
+    assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
+    assert!(
+        s.client
+            .stats
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert_mirror_equals_sim(&env);
+}
