@@ -21,17 +21,6 @@ pub struct PageOutcome {
     pub events: u64,
 }
 
-impl PageOutcome {
-    pub fn merge(&mut self, o: &PageOutcome) {
-        self.created += o.created;
-        self.updated += o.updated;
-        self.status_changed += o.status_changed;
-        self.unchanged += o.unchanged;
-        self.duplicates += o.duplicates;
-        self.events += o.events;
-    }
-}
-
 /// Applies pages of records in one transaction; events go in the same one, for
 /// the records whose scope `emit` says is past its silent baseline. `seen`
 /// collects the rowids of every record present in the listing.
@@ -50,6 +39,8 @@ pub fn apply_pages(
         let mut select = tx.prepare_cached(&format!(
             "SELECT rowid, hash, status, deleted_at IS NOT NULL FROM {t} WHERE uid = ?1"
         ))?;
+        // Insert and update stay two statements: one upsert with RETURNING rowid
+        // measured 2-3x slower on a first sync.
         let mut insert = tx.prepare_cached(&format!(
             "INSERT INTO {t} (uid, owner_name, dataset_slug, status, hash, raw, first_seen_at, last_seen_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"

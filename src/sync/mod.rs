@@ -46,17 +46,6 @@ impl CycleReport {
         self.status_changed += o.status_changed;
         self.events += o.events;
     }
-
-    pub fn merge(&mut self, other: CycleReport) {
-        self.listed += other.listed;
-        self.created += other.created;
-        self.updated += other.updated;
-        self.status_changed += other.status_changed;
-        self.deleted += other.deleted;
-        self.skipped += other.skipped;
-        self.events += other.events;
-        self.failures.extend(other.failures);
-    }
 }
 
 /// Called after each applied page with (scope, records in the page).
