@@ -519,7 +519,7 @@ impl RawConfig {
             {
                 p.push(format!("{key}.secret: must start with whsec_"));
             }
-            sinks.push(SinkConfig {
+            let sink = SinkConfig {
                 name: s.name.unwrap_or_else(|| format!("{}-{i}", s.kind)),
                 kind: s.kind,
                 path: s.path,
@@ -527,7 +527,19 @@ impl RawConfig {
                 secret: s.secret,
                 secret_file: s.secret_file,
                 events: s.events.unwrap_or_else(|| vec!["*".into()]),
-            });
+            };
+            if p.is_empty()
+                && let Err(e) = crate::events::sinks::Sink::from_config(&sink)
+            {
+                p.push(e);
+            }
+            if sinks.iter().any(|o: &SinkConfig| o.name == sink.name) {
+                p.push(format!(
+                    "{key}.name: \"{}\" is used by another sink",
+                    sink.name
+                ));
+            }
+            sinks.push(sink);
         }
 
         if !p.is_empty() {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod scheduler;
 pub mod sim;
 pub mod store;

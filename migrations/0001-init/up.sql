@@ -104,6 +104,13 @@ CREATE TABLE deliveries (
   PRIMARY KEY (sink, event_seq)
 );
 
+-- Per sink: every event up to `cursor` is delivered, failed for good, or filtered out.
+CREATE TABLE sink_state (
+  sink TEXT PRIMARY KEY,
+  cursor INTEGER NOT NULL DEFAULT 0,
+  disabled_reason TEXT
+);
+
 CREATE TABLE downloads (
   export_uid TEXT PRIMARY KEY,
   path TEXT,

@@ -11,6 +11,8 @@ use crate::error::EXIT_OK;
 
 pub async fn run(cfg: Arc<Config>) -> anyhow::Result<u8> {
     let syncer = super::sync::syncer(cfg, None)?;
+    let deliveries = super::sync::deliverer(&syncer.cfg, &syncer.store)?
+        .map(|d| tokio::spawn(std::sync::Arc::new(d).serve()));
     let (tx, rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::spawn(async move {
@@ -22,8 +24,11 @@ pub async fn run(cfg: Arc<Config>) -> anyhow::Result<u8> {
         let _ = tx.send(true);
     });
     tracing::info!(db = %syncer.store.path().display(), "mirror running");
-    crate::scheduler::run(syncer, rx)
+    let result = crate::scheduler::run(syncer, rx)
         .await
-        .context("mirror stopped")?;
-    Ok(EXIT_OK)
+        .context("mirror stopped");
+    if let Some(d) = deliveries {
+        d.abort();
+    }
+    result.map(|_| EXIT_OK)
 }

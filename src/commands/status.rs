@@ -95,8 +95,19 @@ pub fn collect(c: &Connection) -> rusqlite::Result<Value> {
         "deliveries": {
             "pending": count("SELECT count(*) FROM deliveries WHERE status = 'pending'")?,
             "failed": count("SELECT count(*) FROM deliveries WHERE status = 'failed'")?,
+            "disabled_sinks": disabled_sinks(c)?,
         },
     }))
+}
+
+fn disabled_sinks(c: &Connection) -> rusqlite::Result<Vec<Value>> {
+    let mut st = c.prepare(
+        "SELECT sink, disabled_reason FROM sink_state WHERE disabled_reason IS NOT NULL",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(json!({"sink": r.get::<_, String>(0)?, "reason": r.get::<_, String>(1)?}))
+    })?;
+    rows.collect()
 }
 
 fn print_human(v: &Value) {

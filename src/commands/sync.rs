@@ -6,7 +6,9 @@ use anyhow::Context;
 
 use crate::api::Client;
 use crate::config::{Config, Resource};
-use crate::error::{ApiError, EXIT_OK, EXIT_WORK_FAILED};
+use crate::error::{ApiError, ConfigError, EXIT_OK, EXIT_WORK_FAILED};
+use crate::events::deliver::{Deliverer, standard_schedule};
+use crate::events::sinks::Sink;
 use crate::store::Store;
 use crate::sync::{CycleReport, ProgressFn, Syncer};
 
@@ -27,6 +29,24 @@ pub fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<
     })
 }
 
+/// The configured sinks' delivery queues (none when no sink is configured).
+pub fn deliverer(cfg: &Config, store: &Store) -> anyhow::Result<Option<Deliverer>> {
+    if cfg.sinks.is_empty() {
+        return Ok(None);
+    }
+    let sinks = cfg
+        .sinks
+        .iter()
+        .map(Sink::from_config)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError(vec![e]))?;
+    Ok(Some(Deliverer::new(
+        store.clone(),
+        sinks,
+        standard_schedule(),
+    )))
+}
+
 /// Datasets first (the other listings are built from them), then the rest side by side.
 pub async fn cycle(syncer: &Syncer, resources: &[Resource]) -> Result<Vec<CycleReport>, ApiError> {
     let mut reports = Vec::new();
@@ -43,12 +63,16 @@ pub async fn cycle(syncer: &Syncer, resources: &[Resource]) -> Result<Vec<CycleR
     Ok(reports)
 }
 
+/// How long `sync` keeps delivering pending events before it exits.
+const DELIVERY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8> {
     let resources = match only {
         Some(r) => vec![r],
         None => cfg.scope.resources.clone(),
     };
     let syncer = syncer(cfg, None)?;
+    let deliverer = deliverer(&syncer.cfg, &syncer.store)?;
     let reports = cycle(&syncer, &resources).await.context("sync stopped")?;
     let mut failed = false;
     for r in &reports {
@@ -64,6 +88,14 @@ pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8
         .requests
         .load(std::sync::atomic::Ordering::Relaxed);
     println!("{requests} API requests");
+    if let Some(d) = deliverer {
+        for sink in d.flush(DELIVERY_LIMIT).await {
+            failed = true;
+            println!(
+                "  events held for sink {sink}: its receiver is failing; they will be retried"
+            );
+        }
+    }
     Ok(if failed { EXIT_WORK_FAILED } else { EXIT_OK })
 }
 

@@ -1,0 +1,318 @@
+//! Per-sink delivery from the outbox: in detection order, at least once, each sink
+//! on its own cursor so a sink that is down holds only its own queue. A failing
+//! event is retried on the Standard Webhooks schedule (with jitter), then marked
+//! `failed` and the queue moves on. State lives in `deliveries` and `sink_state`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::sinks::{SendError, Sink};
+use crate::store::{Store, events, now_rfc3339};
+
+/// Standard Webhooks: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
+pub fn standard_schedule() -> Vec<Duration> {
+    [
+        0, 5, 300, 1800, 7200, 18_000, 36_000, 50_400, 72_000, 86_400,
+    ]
+    .into_iter()
+    .map(Duration::from_secs)
+    .collect()
+}
+
+pub struct Deliverer {
+    pub store: Store,
+    pub sinks: Vec<Arc<Sink>>,
+    http: reqwest::Client,
+    schedule: Vec<Duration>,
+}
+
+/// Where a sink's queue stands after a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Nothing left to send.
+    Idle,
+    /// The head of the queue waits for its next attempt, this long from now.
+    Waiting(Duration),
+    /// The receiver answered 410 Gone; nothing more goes to this sink.
+    Disabled,
+}
+
+impl Deliverer {
+    pub fn new(store: Store, sinks: Vec<Sink>, schedule: Vec<Duration>) -> Deliverer {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("avala-mirror/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("static HTTP client settings");
+        Deliverer {
+            store,
+            sinks: sinks.into_iter().map(Arc::new).collect(),
+            http,
+            schedule,
+        }
+    }
+
+    /// Sends what is due for one sink, in order, until its queue is empty or its
+    /// head must wait.
+    pub async fn drain(&self, sink: &Sink) -> rusqlite::Result<Drained> {
+        let name = sink.name.clone();
+        loop {
+            let n = name.clone();
+            let (cursor, disabled) = self.store.call(move |c| cursor(c, &n)).await?;
+            if disabled {
+                return Ok(Drained::Disabled);
+            }
+            let batch = self
+                .store
+                .call(move |c| events::list(c, cursor, "*", 200))
+                .await?;
+            if batch.is_empty() {
+                return Ok(Drained::Idle);
+            }
+            let mut pos = cursor;
+            for e in batch {
+                if !sink.wants(&e.kind) {
+                    pos = e.seq;
+                    continue;
+                }
+                let (n, seq) = (name.clone(), e.seq);
+                let (attempts, next_at) =
+                    self.store.call(move |c| attempt_state(c, &n, seq)).await?;
+                if let Some(wait) = next_at.and_then(|t| t.duration_since(SystemTime::now()).ok()) {
+                    self.save_cursor(&name, pos).await?;
+                    return Ok(Drained::Waiting(wait));
+                }
+                let result = sink.send(&self.http, &e).await;
+                let (n, now) = (name.clone(), now_rfc3339());
+                match result {
+                    Ok(()) => {
+                        self.store
+                            .call(move |c| {
+                                record(
+                                    c,
+                                    &n,
+                                    seq,
+                                    "delivered",
+                                    attempts + 1,
+                                    None,
+                                    None,
+                                    Some(&now),
+                                    Some(seq),
+                                )
+                            })
+                            .await?;
+                        pos = seq;
+                    }
+                    Err(SendError::Gone) => {
+                        self.store
+                            .call(move |c| {
+                                c.execute(
+                                    "INSERT INTO sink_state (sink, cursor, disabled_reason) VALUES (?1, ?2, ?3)
+                                     ON CONFLICT(sink) DO UPDATE SET disabled_reason = excluded.disabled_reason",
+                                    params![n, pos, "the receiver answered 410 Gone"],
+                                )
+                            })
+                            .await?;
+                        tracing::warn!(sink = %name, "410 Gone: sink disabled");
+                        return Ok(Drained::Disabled);
+                    }
+                    Err(SendError::Retry { error, after }) => {
+                        let tries = attempts + 1;
+                        match self.schedule.get(tries as usize) {
+                            Some(base) => {
+                                let jitter = rand::rng().random_range(0.9..1.1);
+                                let wait = base.mul_f64(jitter).max(after.unwrap_or_default());
+                                let next =
+                                    humantime::format_rfc3339_millis(SystemTime::now() + wait)
+                                        .to_string();
+                                tracing::warn!(sink = %name, event = %e.id, attempt = tries, ?wait, "delivery failed: {error}");
+                                self.store
+                                    .call(move |c| {
+                                        record(
+                                            c,
+                                            &n,
+                                            seq,
+                                            "pending",
+                                            tries,
+                                            Some(&error),
+                                            Some(&next),
+                                            None,
+                                            None,
+                                        )
+                                    })
+                                    .await?;
+                                self.save_cursor(&name, pos).await?;
+                                return Ok(Drained::Waiting(wait));
+                            }
+                            None => {
+                                tracing::error!(sink = %name, event = %e.id, "delivery failed for good after {tries} attempts: {error}");
+                                self.store
+                                    .call(move |c| {
+                                        record(
+                                            c,
+                                            &n,
+                                            seq,
+                                            "failed",
+                                            tries,
+                                            Some(&error),
+                                            None,
+                                            None,
+                                            Some(seq),
+                                        )
+                                    })
+                                    .await?;
+                                pos = seq;
+                            }
+                        }
+                    }
+                }
+            }
+            self.save_cursor(&name, pos).await?;
+        }
+    }
+
+    async fn save_cursor(&self, sink: &str, pos: i64) -> rusqlite::Result<()> {
+        let s = sink.to_string();
+        self.store
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO sink_state (sink, cursor) VALUES (?1, ?2)
+                     ON CONFLICT(sink) DO UPDATE SET cursor = max(cursor, excluded.cursor)",
+                    params![s, pos],
+                )
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Drains every sink until each is idle, waiting or disabled, or `limit` passes
+    /// (what `sync` does before it exits). Returns the sinks still holding events.
+    pub async fn flush(&self, limit: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut held = Vec::new();
+        for sink in &self.sinks {
+            loop {
+                match tokio::time::timeout_at(deadline, self.drain(sink)).await {
+                    Ok(Ok(Drained::Idle | Drained::Disabled)) => break,
+                    Ok(Ok(Drained::Waiting(w))) if tokio::time::Instant::now() + w < deadline => {
+                        tokio::time::sleep(w).await
+                    }
+                    Ok(Ok(Drained::Waiting(_))) | Err(_) => {
+                        held.push(sink.name.clone());
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(sink = %sink.name, "delivery stopped: {e}");
+                        held.push(sink.name.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        held
+    }
+
+    /// `run`: one loop per sink until dropped. An idle sink looks for new events
+    /// every 500 ms (detection to delivery well under a second); a waiting one
+    /// sleeps until its next attempt.
+    pub async fn serve(self: Arc<Self>) {
+        let tasks: Vec<_> = self
+            .sinks
+            .clone()
+            .into_iter()
+            .map(|sink| {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let wait = match me.drain(&sink).await {
+                            Ok(Drained::Idle) => Duration::from_millis(500),
+                            Ok(Drained::Waiting(w)) => w,
+                            Ok(Drained::Disabled) => return,
+                            Err(e) => {
+                                tracing::error!(sink = %sink.name, "delivery: {e}");
+                                Duration::from_secs(5)
+                            }
+                        };
+                        tokio::time::sleep(wait).await;
+                    }
+                })
+            })
+            .collect();
+        let _guard = AbortAll(tasks);
+        std::future::pending::<()>().await;
+    }
+}
+
+struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortAll {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+fn cursor(c: &Connection, sink: &str) -> rusqlite::Result<(i64, bool)> {
+    Ok(c.query_row(
+        "SELECT cursor, disabled_reason IS NOT NULL FROM sink_state WHERE sink = ?1",
+        [sink],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?
+    .unwrap_or((0, false)))
+}
+
+fn attempt_state(
+    c: &Connection,
+    sink: &str,
+    seq: i64,
+) -> rusqlite::Result<(u32, Option<SystemTime>)> {
+    let row: Option<(u32, Option<String>)> = c
+        .query_row(
+            "SELECT attempts, next_attempt_at FROM deliveries WHERE sink = ?1 AND event_seq = ?2",
+            params![sink, seq],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((a, next)) => (a, next.and_then(|t| humantime::parse_rfc3339(&t).ok())),
+        None => (0, None),
+    })
+}
+
+/// Records an attempt; with `advance`, moves the sink's cursor past the event in the same transaction.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    c: &mut Connection,
+    sink: &str,
+    seq: i64,
+    status: &str,
+    attempts: u32,
+    error: Option<&str>,
+    next_at: Option<&str>,
+    delivered_at: Option<&str>,
+    advance: Option<i64>,
+) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+    tx.execute(
+        "INSERT INTO deliveries (event_seq, sink, status, attempts, next_attempt_at, last_error, delivered_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(sink, event_seq) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+           next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,
+           delivered_at = excluded.delivered_at",
+        params![seq, sink, status, attempts, next_at, error, delivered_at],
+    )?;
+    if let Some(pos) = advance {
+        tx.execute(
+            "INSERT INTO sink_state (sink, cursor) VALUES (?1, ?2)
+             ON CONFLICT(sink) DO UPDATE SET cursor = max(cursor, excluded.cursor)",
+            params![sink, pos],
+        )?;
+    }
+    tx.commit()
+}
