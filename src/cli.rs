@@ -44,6 +44,8 @@ pub enum Command {
     },
     /// The change log from the database
     Events {
+        #[command(subcommand)]
+        action: Option<EventsAction>,
         /// After this event id (evt_…) or sequence number
         #[arg(long)]
         since: Option<String>,
@@ -89,6 +91,19 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum EventsAction {
+    /// Send failed deliveries again (and re-enable a sink disabled by 410 Gone)
+    Redeliver {
+        /// Only this sink (its `name`, or `<type>-<index>` by default)
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only events after this id (evt_…) or sequence number
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
 fn parse_resource(s: &str) -> Result<Resource, String> {
     Resource::parse(s).ok_or_else(|| {
         format!("unknown resource {s:?}; expected datasets, sequences, items, slices or exports")
@@ -130,6 +145,13 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
         Command::Sync { only } => commands::sync::sync(load(cfg_path, &env)?, only).await,
         Command::Status { json } => commands::status::status(&*load(cfg_path, &env)?, json),
         Command::Events {
+            action: Some(EventsAction::Redeliver { sink, since }),
+            ..
+        } => {
+            commands::events::redeliver(&*load(cfg_path, &env)?, sink.as_deref(), since.as_deref())
+        }
+        Command::Events {
+            action: None,
             since,
             kind,
             follow,

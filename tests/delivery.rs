@@ -310,3 +310,79 @@ async fn sync_delivers_before_it_exits() {
     assert_eq!(seen.len(), 3, "the three exports");
     assert!(seen.iter().all(|s| s.2));
 }
+
+#[tokio::test]
+async fn redeliver_sends_failed_events_again_and_nothing_else() {
+    let env = env_with_events().await;
+    // the first event fails its whole schedule, the other four go through
+    let state = Arc::new(Mutex::new(Receiver {
+        fail_next: vec![500; 4],
+        ..Default::default()
+    }));
+    let url = receiver(state.clone()).await;
+    let d = Deliverer::new(
+        env.store(),
+        vec![sink("webhook", "hook", Some(url), None, &["*"])],
+        fast(),
+    );
+    assert!(d.flush(Duration::from_secs(10)).await.is_empty());
+    let delivered = |st: &Receiver| {
+        st.seen
+            .iter()
+            .filter(|s| s.1 == 200)
+            .map(|s| s.0.clone())
+            .collect::<Vec<_>>()
+    };
+    let first_id = state.lock().unwrap().seen[0].0.clone();
+    assert_eq!(delivered(&state.lock().unwrap()).len(), 4);
+    assert!(!delivered(&state.lock().unwrap()).contains(&first_id));
+
+    let reset = env
+        .store()
+        .with(|c| avala_mirror::events::deliver::redeliver(c, Some("hook"), 0))
+        .unwrap();
+    assert_eq!(reset, 1);
+    assert!(d.flush(Duration::from_secs(10)).await.is_empty());
+    let after = delivered(&state.lock().unwrap());
+    assert_eq!(
+        after.len(),
+        5,
+        "only the failed one was sent again: {after:?}"
+    );
+    assert_eq!(after[4], first_id, "with its original id");
+}
+
+#[tokio::test]
+async fn sync_retries_a_failing_receiver_before_it_exits() {
+    let env = start(small_world()).await;
+    let state = Arc::new(Mutex::new(Receiver {
+        fail_next: vec![503],
+        ..Default::default()
+    }));
+    let url = receiver(state.clone()).await;
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!("[[sinks]]\ntype = \"webhook\"\nname = \"hook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"),
+    );
+    let cfg = cfg.to_str().unwrap();
+    run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
+    env.sim.world(|w| {
+        w.add_export();
+        w.add_export();
+    });
+    // first attempt fails; the next is due 5 s later (the standard schedule), within sync's delivery time
+    let (code, out, err) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let seen = state.lock().unwrap().seen.clone();
+    let ok: Vec<&String> = seen.iter().filter(|s| s.1 == 200).map(|s| &s.0).collect();
+    assert_eq!(ok.len(), 2, "{seen:?}");
+    assert_eq!(&seen[0].0, ok[0], "the retry carried the same webhook-id");
+    let (code, _, err) = run_binary(
+        &["--config", cfg, "events", "redeliver", "--sink", "nope"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("configured: hook"), "{err}");
+}

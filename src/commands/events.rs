@@ -6,6 +6,32 @@ use crate::config::Config;
 use crate::error::EXIT_OK;
 use crate::store::{Store, events};
 
+fn since_seq(store: &Store, since: Option<&str>) -> anyhow::Result<i64> {
+    match since {
+        None => Ok(0),
+        Some(s) => store
+            .with(|c| events::seq_of(c, s))?
+            .ok_or_else(|| anyhow::anyhow!("--since {s}: no such event")),
+    }
+}
+
+pub fn redeliver(cfg: &Config, sink: Option<&str>, since: Option<&str>) -> anyhow::Result<u8> {
+    if let Some(name) = sink
+        && !cfg.sinks.iter().any(|s| s.name == name)
+    {
+        let names: Vec<&str> = cfg.sinks.iter().map(|s| s.name.as_str()).collect();
+        anyhow::bail!(
+            "--sink {name}: no such sink (configured: {})",
+            names.join(", ")
+        );
+    }
+    let store = Store::open_existing(&cfg.store_path)?;
+    let after = since_seq(&store, since)?;
+    let n = store.with(|c| crate::events::deliver::redeliver(c, sink, after))?;
+    println!("{n} failed deliveries will be sent again by the next `sync` or the running daemon");
+    Ok(EXIT_OK)
+}
+
 pub async fn events(
     cfg: &Config,
     since: Option<&str>,
@@ -14,12 +40,7 @@ pub async fn events(
     json: bool,
 ) -> anyhow::Result<u8> {
     let store = Store::open_existing(&cfg.store_path)?;
-    let mut after = match since {
-        None => 0,
-        Some(s) => store
-            .with(|c| events::seq_of(c, s))?
-            .ok_or_else(|| anyhow::anyhow!("--since {s}: no such event"))?,
-    };
+    let mut after = since_seq(&store, since)?;
     loop {
         let batch = store.with(|c| events::list(c, after, glob, 1000))?;
         for e in &batch {

@@ -80,8 +80,12 @@ impl Deliverer {
                     continue;
                 }
                 let (n, seq) = (name.clone(), e.seq);
-                let (attempts, next_at) =
+                let (attempts, next_at, settled) =
                     self.store.call(move |c| attempt_state(c, &n, seq)).await?;
+                if settled {
+                    pos = seq;
+                    continue;
+                }
                 if let Some(wait) = next_at.and_then(|t| t.duration_since(SystemTime::now()).ok()) {
                     self.save_cursor(&name, pos).await?;
                     return Ok(Drained::Waiting(wait));
@@ -193,27 +197,27 @@ impl Deliverer {
     /// (what `sync` does before it exits). Returns the sinks still holding events.
     pub async fn flush(&self, limit: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + limit;
-        let mut held = Vec::new();
-        for sink in &self.sinks {
+        // side by side: a slow sink does not hold the others
+        let held = self.sinks.iter().map(|sink| async move {
             loop {
                 match tokio::time::timeout_at(deadline, self.drain(sink)).await {
-                    Ok(Ok(Drained::Idle | Drained::Disabled)) => break,
+                    Ok(Ok(Drained::Idle | Drained::Disabled)) => return None,
                     Ok(Ok(Drained::Waiting(w))) if tokio::time::Instant::now() + w < deadline => {
                         tokio::time::sleep(w).await
                     }
-                    Ok(Ok(Drained::Waiting(_))) | Err(_) => {
-                        held.push(sink.name.clone());
-                        break;
-                    }
+                    Ok(Ok(Drained::Waiting(_))) | Err(_) => return Some(sink.name.clone()),
                     Ok(Err(e)) => {
                         tracing::error!(sink = %sink.name, "delivery stopped: {e}");
-                        held.push(sink.name.clone());
-                        break;
+                        return Some(sink.name.clone());
                     }
                 }
             }
-        }
-        held
+        });
+        futures_util::future::join_all(held)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// `run`: one loop per sink until dropped. An idle sink looks for new events
@@ -267,22 +271,63 @@ fn cursor(c: &Connection, sink: &str) -> rusqlite::Result<(i64, bool)> {
     .unwrap_or((0, false)))
 }
 
+/// (attempts so far, when the next may be made, whether it is settled already).
 fn attempt_state(
     c: &Connection,
     sink: &str,
     seq: i64,
-) -> rusqlite::Result<(u32, Option<SystemTime>)> {
-    let row: Option<(u32, Option<String>)> = c
+) -> rusqlite::Result<(u32, Option<SystemTime>, bool)> {
+    let row: Option<(u32, Option<String>, String)> = c
         .query_row(
-            "SELECT attempts, next_attempt_at FROM deliveries WHERE sink = ?1 AND event_seq = ?2",
+            "SELECT attempts, next_attempt_at, status FROM deliveries WHERE sink = ?1 AND event_seq = ?2",
             params![sink, seq],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
     Ok(match row {
-        Some((a, next)) => (a, next.and_then(|t| humantime::parse_rfc3339(&t).ok())),
-        None => (0, None),
+        Some((a, next, status)) => (
+            a,
+            next.and_then(|t| humantime::parse_rfc3339(&t).ok()),
+            status != "pending",
+        ),
+        None => (0, None, false),
     })
+}
+
+/// `events redeliver`: failed deliveries (of one sink, from one event on) go back
+/// to pending, the sink's cursor moves back to the first of them, and a sink
+/// disabled by 410 is enabled again. Returns how many deliveries were reset.
+pub fn redeliver(
+    c: &mut Connection,
+    sink: Option<&str>,
+    since_seq: i64,
+) -> rusqlite::Result<usize> {
+    let tx = c.transaction()?;
+    let firsts: Vec<(String, i64)> = {
+        let mut st = tx.prepare(
+            "SELECT sink, min(event_seq) FROM deliveries WHERE status = 'failed' AND event_seq > ?1
+               AND (?2 IS NULL OR sink = ?2) GROUP BY sink",
+        )?;
+        st.query_map(params![since_seq, sink], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    let n = tx.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = NULL
+         WHERE status = 'failed' AND event_seq > ?1 AND (?2 IS NULL OR sink = ?2)",
+        params![since_seq, sink],
+    )?;
+    for (s, first) in firsts {
+        tx.execute(
+            "UPDATE sink_state SET cursor = min(cursor, ?2) WHERE sink = ?1",
+            params![s, first - 1],
+        )?;
+    }
+    tx.execute(
+        "UPDATE sink_state SET disabled_reason = NULL WHERE disabled_reason IS NOT NULL AND (?1 IS NULL OR sink = ?1)",
+        params![sink],
+    )?;
+    tx.commit()?;
+    Ok(n)
 }
 
 /// Records an attempt; with `advance`, moves the sink's cursor past the event in the same transaction.

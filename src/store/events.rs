@@ -114,16 +114,20 @@ pub fn seq_of(conn: &Connection, since: &str) -> rusqlite::Result<Option<i64>> {
     .optional()
 }
 
-/// A human line for an event: `sequence johndoe/batch-001/<uid>: labeling_2d → customer_review`.
+/// A human line for an event, e.g. `sequence batch-001/seq_017: labeling_2d → customer_review`
+/// (the record's key, slug or name when it has one, else its uid).
 pub fn describe(e: &Event) -> String {
-    let mut place = String::new();
-    for part in [e.owner.as_deref(), e.dataset_slug.as_deref()]
-        .into_iter()
-        .flatten()
-    {
-        place.push_str(part);
-        place.push('/');
-    }
+    let payload: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
+    let object = &payload["data"]["object"];
+    let label = ["key", "slug", "name"]
+        .iter()
+        .find_map(|k| object.get(k).and_then(Value::as_str))
+        .unwrap_or(&e.uid);
+    let place = match (e.dataset_slug.as_deref(), e.owner.as_deref()) {
+        (Some(ds), _) => format!("{ds}/"),
+        (None, Some(owner)) => format!("{owner}/"),
+        (None, None) => String::new(),
+    };
     let (resource, action) = e.kind.split_once('.').unwrap_or((&e.kind, ""));
     let what = match action {
         "status_changed" => format!(
@@ -133,5 +137,5 @@ pub fn describe(e: &Event) -> String {
         ),
         other => other.replace('_', " "),
     };
-    format!("{resource} {place}{}: {what}", e.uid)
+    format!("{resource} {place}{label}: {what}")
 }
