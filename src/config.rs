@@ -643,6 +643,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/avala-mirror.toml");
+        let env = HashMap::from([("AVALA_API_KEY".to_string(), "k".to_string())]);
+        let c = Config::load(&path, &env).unwrap();
+        assert_eq!(c.sinks.len(), 1);
+        assert_eq!(c.scope.resources.len(), 5);
+    }
+
+    #[test]
     fn loopback_http_is_allowed_and_key_file_read() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key");
