@@ -50,7 +50,11 @@ fn append(store: &Store, n: u64) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(100_000);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(100_000);
     let received = Arc::new(AtomicU64::new(0));
     let r = received.clone();
     let app = axum::Router::new().route(
@@ -80,12 +84,20 @@ async fn main() -> anyhow::Result<()> {
         events: vec!["*".into()],
     })
     .map_err(anyhow::Error::msg)?;
-    let d = Arc::new(Deliverer::new(store.clone(), vec![sink], standard_schedule()));
+    let d = Arc::new(Deliverer::new(
+        store.clone(),
+        vec![sink],
+        standard_schedule(),
+    ));
     let t = Instant::now();
     let held = d.flush(Duration::from_secs(3600)).await;
     let secs = t.elapsed().as_secs_f64();
     assert!(held.is_empty() && received.load(Ordering::Relaxed) == n);
-    println!("backlog of {n} events delivered at {:.0} events/s ({secs:.1} s); peak RSS {}", n as f64 / secs, vm_hwm());
+    println!(
+        "backlog of {n} events delivered at {:.0} events/s ({secs:.1} s); peak RSS {}",
+        n as f64 / secs,
+        vm_hwm()
+    );
 
     // detection to delivery with the daemon's loop running
     let serving = tokio::spawn(d.clone().serve());
@@ -102,6 +114,9 @@ async fn main() -> anyhow::Result<()> {
         let _ = i;
     }
     serving.abort();
-    println!("detection to delivery: at most {:.0} ms over 20 events", worst.as_secs_f64() * 1000.0);
+    println!(
+        "detection to delivery: at most {:.0} ms over 20 events",
+        worst.as_secs_f64() * 1000.0
+    );
     Ok(())
 }

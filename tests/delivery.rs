@@ -23,11 +23,17 @@ struct Receiver {
     fail_next: Vec<u16>,
 }
 
-async fn receiver(state: Arc<Mutex<Receiver>>) -> String {
+/// A webhook receiver on loopback answering `fail_next` to its first requests, then 200.
+async fn receiver(fail_next: Vec<u16>) -> (Arc<Mutex<Receiver>>, String) {
+    let state = Arc::new(Mutex::new(Receiver {
+        fail_next,
+        ..Default::default()
+    }));
+    let shared = state.clone();
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: String| {
-            let state = state.clone();
+            let state = shared.clone();
             async move {
                 let h = |n: &str| {
                     headers
@@ -66,7 +72,18 @@ async fn receiver(state: Arc<Mutex<Receiver>>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    (state, url)
+}
+
+/// A deliverer with one webhook sink (all events) to a fresh receiver.
+async fn hook(env: &TestEnv, fail_next: Vec<u16>) -> (Arc<Mutex<Receiver>>, Deliverer) {
+    let (state, url) = receiver(fail_next).await;
+    let d = Deliverer::new(
+        env.store(),
+        vec![sink("webhook", "hook", Some(url), None, &["*"])],
+        fast(),
+    );
+    (state, d)
 }
 
 fn sink(
@@ -117,16 +134,7 @@ fn fast() -> Vec<Duration> {
 #[tokio::test]
 async fn webhook_gets_every_event_once_signed_in_order_despite_failures() {
     let env = env_with_events().await;
-    let state = Arc::new(Mutex::new(Receiver {
-        fail_next: vec![500, 503],
-        ..Default::default()
-    }));
-    let url = receiver(state.clone()).await;
-    let d = Deliverer::new(
-        env.store(),
-        vec![sink("webhook", "hook", Some(url), None, &["*"])],
-        fast(),
-    );
+    let (state, d) = hook(&env, vec![500, 503]).await;
     assert!(d.flush(Duration::from_secs(10)).await.is_empty());
 
     let seen = state.lock().unwrap().seen.clone();
@@ -157,11 +165,7 @@ async fn webhook_gets_every_event_once_signed_in_order_despite_failures() {
 #[tokio::test]
 async fn a_down_sink_holds_its_own_queue_only_and_catches_up() {
     let env = env_with_events().await;
-    let state = Arc::new(Mutex::new(Receiver {
-        fail_next: vec![503; 2],
-        ..Default::default()
-    }));
-    let url = receiver(state.clone()).await;
+    let (state, url) = receiver(vec![503; 2]).await;
     let file = env.dir.path().join("events.jsonl");
     let d = Deliverer::new(
         env.store(),
@@ -215,11 +219,7 @@ async fn a_down_sink_holds_its_own_queue_only_and_catches_up() {
 async fn filters_keep_out_what_they_should_and_a_dead_event_fails_after_its_schedule() {
     let env = env_with_events().await;
     let file = env.dir.path().join("sequences.jsonl");
-    let state = Arc::new(Mutex::new(Receiver {
-        fail_next: vec![500; 4],
-        ..Default::default()
-    }));
-    let url = receiver(state.clone()).await;
+    let (state, url) = receiver(vec![500; 4]).await;
     let d = Deliverer::new(
         env.store(),
         vec![
@@ -261,16 +261,7 @@ async fn filters_keep_out_what_they_should_and_a_dead_event_fails_after_its_sche
 #[tokio::test]
 async fn gone_disables_the_sink_and_status_says_so() {
     let env = env_with_events().await;
-    let state = Arc::new(Mutex::new(Receiver {
-        fail_next: vec![410],
-        ..Default::default()
-    }));
-    let url = receiver(state.clone()).await;
-    let d = Deliverer::new(
-        env.store(),
-        vec![sink("webhook", "hook", Some(url), None, &["*"])],
-        fast(),
-    );
+    let (state, d) = hook(&env, vec![410]).await;
     assert_eq!(d.drain(&d.sinks[0]).await.unwrap(), Drained::Disabled);
     assert_eq!(d.drain(&d.sinks[0]).await.unwrap(), Drained::Disabled);
     assert_eq!(state.lock().unwrap().seen.len(), 1);
@@ -284,8 +275,7 @@ async fn gone_disables_the_sink_and_status_says_so() {
 #[tokio::test]
 async fn sync_delivers_before_it_exits() {
     let env = start(small_world()).await;
-    let state = Arc::new(Mutex::new(Receiver::default()));
-    let url = receiver(state.clone()).await;
+    let (state, url) = receiver(vec![]).await;
     let file = env.dir.path().join("all.jsonl");
     let cfg = env.write_config(
         "test-key-5f3a9c",
@@ -315,16 +305,7 @@ async fn sync_delivers_before_it_exits() {
 async fn redeliver_sends_failed_events_again_and_nothing_else() {
     let env = env_with_events().await;
     // the first event fails its whole schedule, the other four go through
-    let state = Arc::new(Mutex::new(Receiver {
-        fail_next: vec![500; 4],
-        ..Default::default()
-    }));
-    let url = receiver(state.clone()).await;
-    let d = Deliverer::new(
-        env.store(),
-        vec![sink("webhook", "hook", Some(url), None, &["*"])],
-        fast(),
-    );
+    let (state, d) = hook(&env, vec![500; 4]).await;
     assert!(d.flush(Duration::from_secs(10)).await.is_empty());
     let delivered = |st: &Receiver| {
         st.seen
@@ -355,11 +336,7 @@ async fn redeliver_sends_failed_events_again_and_nothing_else() {
 #[tokio::test]
 async fn sync_retries_a_failing_receiver_before_it_exits() {
     let env = start(small_world()).await;
-    let state = Arc::new(Mutex::new(Receiver {
-        fail_next: vec![503],
-        ..Default::default()
-    }));
-    let url = receiver(state.clone()).await;
+    let (state, url) = receiver(vec![503]).await;
     let cfg = env.write_config(
         "test-key-5f3a9c",
         &format!("[[sinks]]\ntype = \"webhook\"\nname = \"hook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"),
