@@ -21,6 +21,8 @@ struct Receiver {
     seen: Vec<(String, u16, bool)>,
     /// Answer this status to the next N requests.
     fail_next: Vec<u16>,
+    /// Hold every answer this long (after recording the request).
+    delay: Duration,
 }
 
 /// A webhook receiver on loopback answering `fail_next` to its first requests, then 200.
@@ -58,13 +60,17 @@ async fn receiver(fail_next: Vec<u16>) -> (Arc<Mutex<Receiver>>, String) {
                 let valid = sig.split(' ').any(|s| s == format!("v1,{want}"))
                     && serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
                         == id.as_str();
-                let mut st = state.lock().unwrap();
-                let status = if st.fail_next.is_empty() {
-                    200
-                } else {
-                    st.fail_next.remove(0)
+                let (status, delay) = {
+                    let mut st = state.lock().unwrap();
+                    let status = if st.fail_next.is_empty() {
+                        200
+                    } else {
+                        st.fail_next.remove(0)
+                    };
+                    st.seen.push((id, status, valid));
+                    (status, st.delay)
                 };
-                st.seen.push((id, status, valid));
+                tokio::time::sleep(delay).await;
                 StatusCode::from_u16(status).unwrap()
             }
         }),
@@ -362,4 +368,91 @@ async fn sync_retries_a_failing_receiver_before_it_exits() {
     .await;
     assert_eq!(code, 1);
     assert!(err.contains("configured: hook"), "{err}");
+}
+
+#[tokio::test]
+async fn a_slow_sink_does_not_hold_a_fast_one() {
+    let env = env_with_events().await;
+    let (state, url) = receiver(vec![]).await;
+    state.lock().unwrap().delay = Duration::from_millis(800);
+    let file = env.dir.path().join("fast.jsonl");
+    let d = Arc::new(Deliverer::new(
+        env.store(),
+        vec![
+            sink("webhook", "slow", Some(url), None, &["*"]),
+            sink("file", "fast", None, Some(file.clone()), &["*"]),
+        ],
+        fast(),
+    ));
+    let flushing = tokio::spawn({
+        let d = d.clone();
+        async move { d.flush(Duration::from_secs(20)).await }
+    });
+    let lines = || {
+        std::fs::read_to_string(&file)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    wait_until("the fast sink's five events", || lines() == 5).await;
+    assert!(
+        state.lock().unwrap().seen.len() < 5,
+        "the fast sink finished first"
+    );
+    assert!(flushing.await.unwrap().is_empty());
+    assert_eq!(state.lock().unwrap().seen.len(), 5);
+}
+
+#[tokio::test]
+async fn kill_9_during_delivery_then_restart_loses_nothing() {
+    let env = start(small_world()).await;
+    let (state, url) = receiver(vec![]).await;
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!("[[sinks]]\ntype = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"),
+    );
+    let cfg = cfg.to_str().unwrap();
+    run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
+    env.sim.world(|w| {
+        for _ in 0..4 {
+            w.add_export();
+        }
+    });
+    // the receiver takes the first event, then hangs: the process dies before recording it
+    state.lock().unwrap().delay = Duration::from_secs(30);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
+        .args(["--config", cfg, "sync"])
+        .env_remove("AVALA_API_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the first delivery attempt", || {
+        !state.lock().unwrap().seen.is_empty()
+    })
+    .await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    assert_eq!(state.lock().unwrap().seen.len(), 1);
+
+    state.lock().unwrap().delay = Duration::ZERO;
+    let (code, out, err) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let seen: Vec<String> = state
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .map(|s| s.0.clone())
+        .collect();
+    let ids: Vec<String> = env.store().with(|c| {
+        let mut st = c.prepare("SELECT id FROM events ORDER BY seq").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    });
+    assert_eq!(ids.len(), 4);
+    // the event in flight at the kill comes again with the same id; the rest once, in order
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[1..], ids[..]);
 }
