@@ -255,6 +255,26 @@ async fn run_polls_on_schedule_and_stops_cleanly_on_sigterm() {
     })
     .await;
 
+    // logrotate's SIGHUP does not stop it
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    let uid = env.sim.world(|w| {
+        let s = w.sequences_of(1)[0];
+        w.sequences[s].status = "final_review".into();
+        w.sequences[s].uid.clone()
+    });
+    wait_until("a change detected after SIGHUP", || {
+        env.events().iter().any(|(_, u)| *u == uid)
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the daemon"
+    );
+
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
         .status()

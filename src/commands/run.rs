@@ -15,6 +15,15 @@ pub async fn run(cfg: Arc<Config>) -> anyhow::Result<u8> {
         .map(|d| tokio::spawn(std::sync::Arc::new(d).serve()));
     let (tx, rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // SIGHUP must not kill the daemon (logrotate sends it); file sinks reopen on every write.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::warn!(
+                "SIGHUP: file sinks need no reopening; configuration reload is not supported yet (restart to apply changes)"
+            );
+        }
+    });
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}

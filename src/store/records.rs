@@ -23,12 +23,15 @@ pub struct PageOutcome {
 
 /// Applies pages of records in one transaction; events go in the same one, for
 /// the records whose scope `emit` says is past its silent baseline. `seen`
-/// collects the rowids of every record present in the listing.
+/// collects the rowids of every record present in the listing. With `mostly_new`
+/// (a scope's first listing) a record is inserted first and looked up only if it
+/// was there already, saving one index search per new row.
 pub fn apply_pages(
     conn: &mut Connection,
     res: Resource,
     pages: &[Vec<Incoming>],
     emit: &dyn Fn(&Incoming) -> bool,
+    mostly_new: bool,
     now: &str,
     seen: &mut RoaringTreemap,
 ) -> rusqlite::Result<PageOutcome> {
@@ -43,13 +46,33 @@ pub fn apply_pages(
         // measured 2-3x slower on a first sync.
         let mut insert = tx.prepare_cached(&format!(
             "INSERT INTO {t} (uid, owner_name, dataset_slug, status, hash, raw, first_seen_at, last_seen_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT(uid) DO NOTHING"
         ))?;
         let mut update = tx.prepare_cached(&format!(
             "UPDATE {t} SET owner_name = ?2, dataset_slug = ?3, status = ?4, hash = ?5, raw = ?6,
              last_seen_at = ?7, deleted_at = NULL WHERE rowid = ?1"
         ))?;
         for rec in pages.iter().flatten() {
+            let insert_row = |insert: &mut rusqlite::CachedStatement| {
+                insert.execute(params![
+                    rec.uid,
+                    rec.owner,
+                    rec.dataset_slug,
+                    rec.status,
+                    &rec.hash[..],
+                    rec.raw,
+                    now
+                ])
+            };
+            if mostly_new && insert_row(&mut insert)? == 1 {
+                seen.insert(tx.last_insert_rowid() as u64);
+                out.created += 1;
+                if emit(rec) {
+                    append_event(&tx, res, rec, &Decision::Created, now)?;
+                    out.events += 1;
+                }
+                continue;
+            }
             let stored = select
                 .query_row([&rec.uid], |r| {
                     Ok(Stored {
@@ -79,15 +102,7 @@ pub fn apply_pages(
                     s.rowid
                 }
                 (_, None) => {
-                    insert.execute(params![
-                        rec.uid,
-                        rec.owner,
-                        rec.dataset_slug,
-                        rec.status,
-                        &rec.hash[..],
-                        rec.raw,
-                        now
-                    ])?;
+                    insert_row(&mut insert)?;
                     tx.last_insert_rowid()
                 }
             };
@@ -100,34 +115,46 @@ pub fn apply_pages(
                 Decision::Updated => out.updated += 1,
                 Decision::StatusChanged { .. } => out.status_changed += 1,
             }
-            if emit(rec)
-                && let Some(action) = diff::event_suffix(&decision)
-            {
-                let object = rec.value();
-                let old_status = match &decision {
-                    Decision::StatusChanged { old, .. } => old.as_deref(),
-                    _ => None,
-                };
-                events::append(
-                    &tx,
-                    &NewEvent {
-                        resource: res,
-                        action,
-                        uid: &rec.uid,
-                        owner: rec.owner.as_deref(),
-                        dataset_slug: rec.dataset_slug.as_deref(),
-                        old_status,
-                        new_status: rec.status.as_deref(),
-                        object: &object,
-                    },
-                    now,
-                )?;
+            if emit(rec) {
+                append_event(&tx, res, rec, &decision, now)?;
                 out.events += 1;
             }
         }
     }
     tx.commit()?;
     Ok(out)
+}
+
+/// The event for a decision other than `Unchanged`, in the caller's transaction.
+fn append_event(
+    conn: &Connection,
+    res: Resource,
+    rec: &Incoming,
+    decision: &Decision,
+    now: &str,
+) -> rusqlite::Result<()> {
+    let Some(action) = diff::event_suffix(decision) else {
+        return Ok(());
+    };
+    let old_status = match decision {
+        Decision::StatusChanged { old, .. } => old.as_deref(),
+        _ => None,
+    };
+    events::append(
+        conn,
+        &NewEvent {
+            resource: res,
+            action,
+            uid: &rec.uid,
+            owner: rec.owner.as_deref(),
+            dataset_slug: rec.dataset_slug.as_deref(),
+            old_status,
+            new_status: rec.status.as_deref(),
+            object: &rec.value(),
+        },
+        now,
+    )?;
+    Ok(())
 }
 
 /// Which rows a listing covers: all of a table, one owner's, or some datasets of one owner.

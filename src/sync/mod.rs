@@ -369,20 +369,25 @@ impl Syncer {
         let now = now_rfc3339();
         let (res, emit_initial) = (l.resource, self.cfg.emit_initial);
         let (sc, n) = (scopes.clone(), now.clone());
-        // Which scopes emit events: those past their silent baseline (SPEC §2 events.emit_initial).
-        let emit_by_slug: HashMap<Option<String>, bool> = self
+        // Which scopes are past their silent baseline (SPEC §2 events.emit_initial).
+        let baseline: HashMap<Option<String>, bool> = self
             .store
             .call(move |c| {
                 let mut m = HashMap::new();
                 for s in &sc {
                     state::attempt(c, s, res, &n)?;
                     let slug = s.split_once('/').map(|(_, slug)| slug.to_string());
-                    m.insert(slug, emit_initial || state::baseline_done(c, s)?);
+                    m.insert(slug, state::baseline_done(c, s)?);
                 }
                 Ok::<_, rusqlite::Error>(m)
             })
             .await
             .map_err(db_error)?;
+        let first_listing = !baseline.values().any(|done| *done);
+        let emit_by_slug: HashMap<Option<String>, bool> = baseline
+            .into_iter()
+            .map(|(slug, done)| (slug, done || emit_initial))
+            .collect();
 
         let attribution = l.attribution.clone();
         let owner = l.owner.clone();
@@ -430,7 +435,8 @@ impl Syncer {
                     let mut seen = seen;
                     let on =
                         |r: &Incoming| emit.get(&r.dataset_slug).copied().unwrap_or(emit_initial);
-                    let out = records::apply_pages(c, res, &batches, &on, &n, &mut seen);
+                    let out =
+                        records::apply_pages(c, res, &batches, &on, first_listing, &n, &mut seen);
                     (out, seen)
                 })
                 .await;
