@@ -114,7 +114,7 @@ pub fn seq_of(conn: &Connection, since: &str) -> rusqlite::Result<Option<i64>> {
     .optional()
 }
 
-/// A human line for an event, e.g. `sequence batch-001/seq_017: labeling_2d → customer_review`
+/// A human line for an event, e.g. `sequence johndoe/batch-001/seq_017: labeling_2d → customer_review`
 /// (the record's key, slug or name when it has one, else its uid).
 pub fn describe(e: &Event) -> String {
     let payload: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
@@ -123,11 +123,11 @@ pub fn describe(e: &Event) -> String {
         .iter()
         .find_map(|k| object.get(k).and_then(Value::as_str))
         .unwrap_or(&e.uid);
-    let place = match (e.dataset_slug.as_deref(), e.owner.as_deref()) {
-        (Some(ds), _) => format!("{ds}/"),
-        (None, Some(owner)) => format!("{owner}/"),
-        (None, None) => String::new(),
-    };
+    let place: String = [e.owner.as_deref(), e.dataset_slug.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{p}/"))
+        .collect();
     let (resource, action) = e.kind.split_once('.').unwrap_or((&e.kind, ""));
     let what = match action {
         "status_changed" => format!(
@@ -138,4 +138,35 @@ pub fn describe(e: &Event) -> String {
         other => other.replace('_', " "),
     };
     format!("{resource} {place}{label}: {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_names_the_record_and_the_move() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::MIGRATIONS.to_latest(&mut conn).unwrap();
+        let object = json!({"uid": "u1", "key": "seq_017", "status": "customer_review"});
+        let ev = NewEvent {
+            resource: Resource::Sequences,
+            action: "status_changed",
+            uid: "u1",
+            owner: Some("johndoe"),
+            dataset_slug: Some("batch-001"),
+            old_status: Some("labeling_2d"),
+            new_status: Some("customer_review"),
+            object: &object,
+        };
+        let id = append(&conn, &ev, "2026-11-22T10:00:00Z").unwrap();
+        let e = list(&conn, 0, "sequence.*", 10).unwrap().remove(0);
+        assert_eq!(e.id, id);
+        assert_eq!(
+            describe(&e),
+            "sequence johndoe/batch-001/seq_017: labeling_2d → customer_review"
+        );
+        assert_eq!(seq_of(&conn, &id).unwrap(), Some(e.seq));
+        assert!(list(&conn, 0, "export.*", 10).unwrap().is_empty());
+    }
 }
