@@ -157,13 +157,7 @@ async fn webhook_gets_every_event_once_signed_in_order_despite_failures() {
         .filter(|s| s.1 == 200)
         .map(|s| s.0.clone())
         .collect();
-    let ids: Vec<String> = env.store().with(|c| {
-        let mut st = c.prepare("SELECT id FROM events ORDER BY seq").unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    });
+    let ids = env.event_ids();
     assert_eq!(delivered, ids, "every event once, in detection order");
 
     // nothing is sent twice on the next run
@@ -447,13 +441,7 @@ async fn kill_9_during_delivery_then_restart_loses_nothing() {
         .iter()
         .map(|s| s.0.clone())
         .collect();
-    let ids: Vec<String> = env.store().with(|c| {
-        let mut st = c.prepare("SELECT id FROM events ORDER BY seq").unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    });
+    let ids = env.event_ids();
     assert_eq!(ids.len(), 4);
     // the event in flight at the kill comes again with the same id; the rest once, in order
     assert_eq!(seen[0], seen[1]);

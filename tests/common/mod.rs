@@ -111,6 +111,17 @@ impl TestEnv {
         })
     }
 
+    /// Every event id, in detection order.
+    pub fn event_ids(&self) -> Vec<String> {
+        self.store().with(|c| {
+            let mut st = c.prepare("SELECT id FROM events ORDER BY seq").unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        })
+    }
+
     pub fn deleted_at(&self, table: &str, uid: &str) -> Option<String> {
         self.store().with(|c| {
             c.query_row(
