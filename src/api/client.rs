@@ -65,10 +65,6 @@ impl Client {
         self.cfg.page_size
     }
 
-    pub fn pacer(&self) -> &Pacer {
-        &self.pacer
-    }
-
     /// The base URL plus path segments (each percent-encoded, a trailing slash
     /// added as the API expects) and query parameters.
     pub fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {

@@ -9,7 +9,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -30,8 +30,6 @@ pub struct Pacer {
     state: Mutex<PaceState>,
     high_waiting: AtomicUsize,
     high_done: Notify,
-    /// Total time requests spent waiting here, in microseconds (for metrics and tests).
-    waited_us: AtomicU64,
 }
 
 struct PaceState {
@@ -65,13 +63,11 @@ impl Pacer {
             }),
             high_waiting: AtomicUsize::new(0),
             high_done: Notify::new(),
-            waited_us: AtomicU64::new(0),
         }
     }
 
     /// Waits until this request may be sent.
     pub async fn acquire(&self, prio: Priority) {
-        let start = Instant::now();
         let _high = match prio {
             Priority::High => Some(HighGuard::new(self)),
             Priority::Low => {
@@ -99,8 +95,6 @@ impl Pacer {
         };
         tokio::time::sleep_until(slot).await;
         self.limiter.until_ready().await;
-        let waited = start.elapsed().as_micros() as u64;
-        self.waited_us.fetch_add(waited, Ordering::Relaxed);
     }
 
     /// A 429: pause everyone for `retry_after`, then send at most half as fast as before.
@@ -145,10 +139,6 @@ impl Pacer {
         } else {
             s.header_gap = Duration::ZERO;
         }
-    }
-
-    pub fn waited(&self) -> Duration {
-        Duration::from_micros(self.waited_us.load(Ordering::Relaxed))
     }
 }
 

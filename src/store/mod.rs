@@ -42,7 +42,8 @@ impl Store {
         })
     }
 
-    /// Opens an existing database for reading (status, events): no migration, no creation.
+    /// Opens a database that must exist already (status, events): a missing one is an
+    /// error, not a new empty mirror.
     pub fn open_existing(path: &Path) -> anyhow::Result<Store> {
         if !path.exists() {
             anyhow::bail!(
