@@ -15,14 +15,9 @@ use avala_mirror::sim::{SimConfig, Simulator};
 use avala_mirror::store::Store;
 use avala_mirror::sync::Syncer;
 
-fn proc_status(field: &str) -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .map(|l| l[field.len() + 1..].trim().to_string())
-        .unwrap_or_else(|| "?".into())
-}
+#[path = "common/rss.rs"]
+mod rss;
+use rss::proc_status;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -15,14 +15,9 @@ use avala_mirror::events::sinks::Sink;
 use avala_mirror::store::events::{self, NewEvent};
 use avala_mirror::store::{Store, now_rfc3339};
 
-fn vm_hwm() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .map(|l| l[6..].trim().to_string())
-        .unwrap_or_else(|| "?".into())
-}
+#[path = "common/rss.rs"]
+mod rss;
+use rss::proc_status;
 
 fn append(store: &Store, n: u64) -> anyhow::Result<()> {
     let object = serde_json::json!({"uid": "x", "key": "seq_001", "status": "customer_review", "number_of_frames": 150});
@@ -96,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "backlog of {n} events delivered at {:.0} events/s ({secs:.1} s); peak RSS {}",
         n as f64 / secs,
-        vm_hwm()
+        proc_status("VmHWM:")
     );
 
     // detection to delivery with the daemon's loop running

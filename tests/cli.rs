@@ -228,13 +228,7 @@ async fn run_polls_on_schedule_and_stops_cleanly_on_sigterm() {
         "test-key-5f3a9c",
         "[schedule]\ndatasets = \"1s\"\nsequences = \"200ms\"\nitems = \"1s\"\nslices = \"1s\"\nexports = \"200ms\"\n",
     );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .env_remove("AVALA_API_KEY")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_binary(&["--config", cfg.to_str().unwrap(), "run"]);
     let db = env.cfg.store_path.clone();
     let items = |db: &std::path::Path| -> i64 {
         rusqlite::Connection::open(db)
@@ -316,13 +310,7 @@ async fn kill_9_mid_sync_then_restart_loses_and_doubles_no_event() {
             .collect()
     });
     env.sim.faults(|f| f.slow = Duration::from_millis(30));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
-        .args(["--config", cfg, "sync"])
-        .env_remove("AVALA_API_KEY")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_binary(&["--config", cfg, "sync"]);
     wait_until("some events", || env.events().len() >= 20).await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();

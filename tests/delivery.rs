@@ -131,6 +131,13 @@ async fn env_with_events() -> TestEnv {
     env
 }
 
+/// A `[[sinks]]` entry for a webhook named `hook`, signed with SECRET.
+fn webhook_toml(url: &str) -> String {
+    format!(
+        "[[sinks]]\ntype = \"webhook\"\nname = \"hook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"
+    )
+}
+
 fn fast() -> Vec<Duration> {
     vec![
         Duration::ZERO,
@@ -340,10 +347,7 @@ async fn redeliver_sends_failed_events_again_and_nothing_else() {
 async fn sync_retries_a_failing_receiver_before_it_exits() {
     let env = start(small_world()).await;
     let (state, url) = receiver(vec![503]).await;
-    let cfg = env.write_config(
-        "test-key-5f3a9c",
-        &format!("[[sinks]]\ntype = \"webhook\"\nname = \"hook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"),
-    );
+    let cfg = env.write_config("test-key-5f3a9c", &webhook_toml(&url));
     let cfg = cfg.to_str().unwrap();
     run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
     env.sim.world(|w| {
@@ -403,10 +407,7 @@ async fn a_slow_sink_does_not_hold_a_fast_one() {
 async fn kill_9_during_delivery_then_restart_loses_nothing() {
     let env = start(small_world()).await;
     let (state, url) = receiver(vec![]).await;
-    let cfg = env.write_config(
-        "test-key-5f3a9c",
-        &format!("[[sinks]]\ntype = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n"),
-    );
+    let cfg = env.write_config("test-key-5f3a9c", &webhook_toml(&url));
     let cfg = cfg.to_str().unwrap();
     run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
     env.sim.world(|w| {
@@ -416,13 +417,7 @@ async fn kill_9_during_delivery_then_restart_loses_nothing() {
     });
     // the receiver takes the first event, then hangs: the process dies before recording it
     state.lock().unwrap().delay = Duration::from_secs(30);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
-        .args(["--config", cfg, "sync"])
-        .env_remove("AVALA_API_KEY")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_binary(&["--config", cfg, "sync"]);
     wait_until("the first delivery attempt", || {
         !state.lock().unwrap().seen.is_empty()
     })

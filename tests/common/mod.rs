@@ -149,6 +149,18 @@ impl TestEnv {
     }
 }
 
+/// Starts the built binary in the background (output discarded), for tests that signal or kill it.
+pub fn spawn_binary(args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
+        .args(args)
+        .env_remove("AVALA_API_KEY")
+        .env_remove("AVALA_MIRROR_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Runs the built binary; returns (exit code, stdout, stderr).
 pub async fn run_binary(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"));
