@@ -35,6 +35,7 @@ fn append(store: &Store, n: u64) -> anyhow::Result<()> {
                 old_status: Some("review_2d"),
                 new_status: Some("customer_review"),
                 object: &object,
+                download: None,
             };
             events::append(&tx, &ev, &now)?;
         }

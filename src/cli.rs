@@ -59,6 +59,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export archives: list them, download one, or create one and wait for it
+    Exports {
+        #[command(subcommand)]
+        action: ExportsAction,
+    },
     /// Validate the configuration and make one API call
     Check,
     /// Run the built-in simulator and the mirror against it, in a local folder
@@ -88,6 +93,49 @@ pub enum Command {
         /// How often the world changes (0s: never)
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         tick: Duration,
+        /// Size in bytes of each export archive on the storage address
+        #[arg(long, default_value_t = 256 * 1024)]
+        archive_bytes: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportsAction {
+    /// Exports in the mirror with their download status, size and path
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download one export's archive now (resumes a partial one)
+    Download {
+        /// The export's uid
+        uid: String,
+    },
+    /// Request a new export; with --wait follow it, with --download fetch it when done
+    Create {
+        /// Dataset uid to export (repeatable)
+        #[arg(long = "dataset", num_args = 1..)]
+        datasets: Vec<String>,
+        /// Project uid to export (repeatable)
+        #[arg(long = "project", num_args = 1..)]
+        projects: Vec<String>,
+        /// Slice uid to export (repeatable)
+        #[arg(long = "slice", num_args = 1..)]
+        slices: Vec<String>,
+        #[arg(long, default_value = "avala-json-external", value_parser = ["avala-json-external", "YOLO"])]
+        format: String,
+        /// Export name (default: "avala-mirror <time>")
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait until the export is exported, failed or aborted
+        #[arg(long)]
+        wait: bool,
+        /// Wait, then download the archive
+        #[arg(long)]
+        download: bool,
+        /// How often to ask for the export's status while waiting
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        poll: Duration,
     },
 }
 
@@ -166,6 +214,35 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
             )
             .await
         }
+        Command::Exports { action } => {
+            let cfg = load(cfg_path, &env)?;
+            match action {
+                ExportsAction::List { json } => commands::exports::list(&cfg, json).await,
+                ExportsAction::Download { uid } => commands::exports::download(&cfg, &uid).await,
+                ExportsAction::Create {
+                    datasets,
+                    projects,
+                    slices,
+                    format,
+                    name,
+                    wait,
+                    download,
+                    poll,
+                } => {
+                    let args = commands::exports::CreateArgs {
+                        name,
+                        format,
+                        datasets,
+                        projects,
+                        slices,
+                        wait,
+                        download,
+                        poll,
+                    };
+                    commands::exports::create(&cfg, args).await
+                }
+            }
+        }
         Command::Check => commands::check::check(load(cfg_path, &env)?).await,
         Command::Demo {
             dir,
@@ -181,12 +258,14 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
             datasets,
             items,
             tick,
+            archive_bytes,
         } => {
             let cfg = crate::sim::SimConfig {
                 seed,
                 api_key,
                 datasets_per_owner: datasets,
                 items_per_dataset: items,
+                archive_bytes,
                 ..Default::default()
             };
             commands::simulate::simulate(cfg, listen, tick)

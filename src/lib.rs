@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod download;
 pub mod error;
 pub mod events;
 pub mod scheduler;

@@ -107,7 +107,7 @@ impl Client {
             attempts += 1;
             self.pacer.acquire(prio).await;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let err = match self.once(url, &parse).await {
+            let err = match self.once(url, None, &parse).await {
                 Ok(ok) => {
                     self.pacer.on_success();
                     return Ok(ok);
@@ -148,15 +148,48 @@ impl Client {
         }
     }
 
+    /// POST a JSON body (creating something): not retried, since the server may have
+    /// acted on it, except after a 429, which says it did not.
+    pub async fn post<T>(
+        &self,
+        url: &Url,
+        body: &serde_json::Value,
+        parse: impl Fn(&[u8]) -> Result<T, String>,
+    ) -> Result<T, ApiError> {
+        if !self.is_api_host(url) {
+            return Err(ApiError::ForeignHost(endpoint(url)));
+        }
+        for _ in 0..=MAX_RATE_LIMITED {
+            self.pacer.acquire(Priority::High).await;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            match self.once(url, Some(body), &parse).await {
+                Ok(ok) => return Ok(ok.value),
+                Err(Attempt::RateLimited(retry_after)) => {
+                    self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    self.pacer.on_rate_limited(retry_after);
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+        Err(ApiError::Status {
+            status: 429,
+            endpoint: endpoint(url),
+            body: "still rate limited".into(),
+        })
+    }
+
     async fn once<T>(
         &self,
         url: &Url,
+        body: Option<&serde_json::Value>,
         parse: &impl Fn(&[u8]) -> Result<T, String>,
     ) -> Result<Fetched<T>, Attempt> {
         let ep = || endpoint(url);
-        let resp = self
-            .http
-            .get(url.clone())
+        let req = match body {
+            Some(b) => self.http.post(url.clone()).json(b),
+            None => self.http.get(url.clone()),
+        };
+        let resp = req
             .header(KEY_HEADER, self.key.expose())
             .header("accept", "application/json")
             .send()

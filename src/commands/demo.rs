@@ -23,6 +23,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
         seed,
         items_per_dataset: 2_000,
         sequences_per_dataset: 12,
+        archive_bytes: 4 << 20,
         ..Default::default()
     };
     let sim = Simulator::start(
@@ -34,6 +35,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     let owners: Vec<&str> = sim_cfg.owners.iter().map(String::as_str).collect();
     let orgs: Vec<&str> = sim_cfg.organizations.iter().map(String::as_str).collect();
     let mut cfg = Config::defaults(&sim.base_url(), &sim_cfg.api_key, &owners, &orgs, &db)?;
+    cfg.downloads.dir = dir.join("exports");
     cfg.api.requests_per_second = 40.0;
     cfg.api.burst = 20;
     for (res, secs) in [
@@ -55,6 +57,10 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
         orgs.join(", ")
     );
     println!("  mirror database:     {}", db.display());
+    println!(
+        "  export archives:     {}  (exports that become `exported` from now on)",
+        cfg.downloads.dir.display()
+    );
     println!(
         "  rate limit:          {} requests/s, burst {}",
         cfg.api.requests_per_second, cfg.api.burst
@@ -95,6 +101,10 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     println!();
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let downloads = super::sync::downloader(&syncer)?.map(|d| {
+        let rx = stop_rx.clone();
+        tokio::spawn(async move { d.serve(rx).await })
+    });
     let daemon = tokio::spawn(crate::scheduler::run(syncer.clone(), stop_rx));
     let deadline = tokio::time::Instant::now() + duration;
     let mut after = 0i64;
@@ -118,6 +128,9 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     }
     let _ = stop_tx.send(true);
     let _ = daemon.await;
+    if let Some(d) = downloads {
+        let _ = d.await;
+    }
 
     println!();
     println!("summary: {shown} events");
@@ -131,6 +144,13 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
             r["deleted"]
         );
     }
+    println!(
+        "  downloads  {:>6} archives in {}, {} pending, {} failed",
+        status["downloads"]["downloaded"],
+        cfg.downloads.dir.display(),
+        status["downloads"]["pending"],
+        status["downloads"]["failed"]
+    );
     let path = db.display();
     println!();
     println!(
@@ -143,7 +163,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
         "  sqlite3 {path} \"SELECT type, uid, old_status, new_status, created_at FROM events ORDER BY seq DESC LIMIT 20;\""
     );
     println!(
-        "  sqlite3 {path} \"SELECT raw->>'name', status, raw->>'download_url' FROM exports WHERE deleted_at IS NULL ORDER BY raw->>'created_at' DESC;\""
+        "  sqlite3 {path} \"SELECT e.raw->>'name', e.status, d.status, d.path, d.sha256 FROM exports e LEFT JOIN downloads d ON d.export_uid = e.uid ORDER BY e.raw->>'created_at' DESC;\""
     );
     println!();
     println!(

@@ -2,6 +2,7 @@
 pub mod check;
 pub mod demo;
 pub mod events;
+pub mod exports;
 pub mod run;
 pub mod simulate;
 pub mod status;

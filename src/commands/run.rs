@@ -14,6 +14,10 @@ pub async fn run(cfg: Arc<Config>) -> anyhow::Result<u8> {
     let deliveries = super::sync::deliverer(&syncer.cfg, &syncer.store)?
         .map(|d| tokio::spawn(std::sync::Arc::new(d).serve()));
     let (tx, rx) = watch::channel(false);
+    let downloads = super::sync::downloader(&syncer)?.map(|d| {
+        let rx = rx.clone();
+        tokio::spawn(async move { d.serve(rx).await })
+    });
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     // SIGHUP must not kill the daemon (logrotate sends it); file sinks reopen on every write.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -38,6 +42,9 @@ pub async fn run(cfg: Arc<Config>) -> anyhow::Result<u8> {
         .context("mirror stopped");
     if let Some(d) = deliveries {
         d.abort();
+    }
+    if let Some(d) = downloads {
+        let _ = d.await;
     }
     result.map(|_| EXIT_OK)
 }

@@ -9,6 +9,7 @@ pub async fn simulate(cfg: SimConfig, listen: SocketAddr, tick: Duration) -> any
     let key = cfg.api_key.clone();
     let sim = Simulator::start(cfg, listen, (!tick.is_zero()).then_some(tick)).await?;
     println!("Avala API simulator on {}", sim.base_url());
+    println!("  export archives served from http://{}", sim.storage_addr);
     println!("  key:   X-Avala-Api-Key: {key}");
     println!(
         "  try:   curl -H 'X-Avala-Api-Key: {key}' {}/exports/",

@@ -89,8 +89,9 @@ pub fn collect(c: &Connection) -> rusqlite::Result<Value> {
             "last_id": c.query_row("SELECT max(id) FROM events", [], |r| r.get::<_, Option<String>>(0))?,
         },
         "downloads": {
-            "pending": count("SELECT count(*) FROM downloads WHERE status NOT IN ('done', 'failed')")?,
+            "pending": count("SELECT count(*) FROM downloads WHERE status IN ('pending', 'downloading')")?,
             "failed": count("SELECT count(*) FROM downloads WHERE status = 'failed'")?,
+            "downloaded": count("SELECT count(*) FROM downloads WHERE status = 'downloaded'")?,
         },
         "deliveries": {
             "pending": count("SELECT count(*) FROM deliveries WHERE status = 'pending'")?,

@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use crate::api::Client;
 use crate::config::{Config, Resource};
+use crate::download::Downloader;
 use crate::error::{ApiError, ConfigError, EXIT_OK, EXIT_WORK_FAILED};
 use crate::events::deliver::{Deliverer, standard_schedule};
 use crate::events::sinks::Sink;
@@ -16,11 +17,6 @@ use crate::sync::{CycleReport, ProgressFn, Syncer};
 pub fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<Syncer> {
     let store = Store::open(&cfg.store_path)?;
     let client = Client::new(&cfg.api).context("building the HTTP client")?;
-    if !cfg.sinks.is_empty() {
-        tracing::warn!(
-            "[[sinks]] are not delivered by this version; events stay in the database (`avala-mirror events`)"
-        );
-    }
     Ok(Syncer {
         client,
         store,
@@ -45,6 +41,16 @@ pub fn deliverer(cfg: &Config, store: &Store) -> anyhow::Result<Option<Deliverer
         sinks,
         standard_schedule(),
     )))
+}
+
+/// The export downloader, when `[downloads] enabled`.
+pub fn downloader(syncer: &Syncer) -> anyhow::Result<Option<Downloader>> {
+    if !syncer.cfg.downloads.enabled {
+        return Ok(None);
+    }
+    let d = Downloader::new(&syncer.cfg, syncer.store.clone(), syncer.client.clone())
+        .context("building the download client")?;
+    Ok(Some(d))
 }
 
 /// Datasets first (the other listings are built from them), then the rest side by side.
@@ -88,6 +94,26 @@ pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8
         .requests
         .load(std::sync::atomic::Ordering::Relaxed);
     println!("{requests} API requests");
+    if let Some(mut d) = downloader(&syncer)? {
+        if let Some(bars) = super::exports::bars() {
+            d = d.with_progress(bars);
+        }
+        for f in d.drain().await {
+            match f.result {
+                Ok(done) => println!(
+                    "downloaded export {} to {} ({} bytes, sha256 {})",
+                    f.export_uid,
+                    done.path.display(),
+                    done.bytes,
+                    done.sha256
+                ),
+                Err(e) => {
+                    failed = true;
+                    println!("  failed download of export {}: {e}", f.export_uid);
+                }
+            }
+        }
+    }
     if let Some(d) = deliverer {
         for sink in d.flush(DELIVERY_LIMIT).await {
             failed = true;

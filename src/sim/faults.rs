@@ -54,6 +54,8 @@ pub struct Faults {
     /// After page 1 of a cross-dataset sequence listing, move its last record to the front.
     pub shift_once: bool,
     pub log: Vec<Logged>,
+    /// Knobs and request log of the storage address.
+    pub storage: super::storage::StorageFaults,
     rng: StdRng,
     tokens: f64,
     refilled: Instant,
@@ -72,6 +74,7 @@ impl Faults {
             rules: vec![],
             shift_once: false,
             log: vec![],
+            storage: Default::default(),
             rng: StdRng::seed_from_u64(seed ^ 0xFA17),
             tokens: 0.0,
             refilled: Instant::now(),

@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod routes;
+pub mod storage;
 pub mod world;
 
 use std::net::SocketAddr;
@@ -25,12 +26,15 @@ pub struct SimState {
     /// `http://127.0.0.1:PORT/api/v1`, the base of every `next` link.
     pub api_base: String,
     pub cfg: SimConfig,
+    pub archives: storage::Archives,
 }
 
 /// A running simulator; stops when dropped.
 pub struct Simulator {
     pub state: Arc<SimState>,
     pub addr: SocketAddr,
+    /// The storage address serving export archives.
+    pub storage_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -43,8 +47,12 @@ impl Simulator {
     ) -> std::io::Result<Simulator> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        let storage_listener =
+            tokio::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0)).await?;
+        let storage_addr = storage_listener.local_addr()?;
         let state = Arc::new(SimState {
-            world: Mutex::new(World::new(&cfg, "https://storage.invalid".into())),
+            world: Mutex::new(World::new(&cfg, format!("http://{storage_addr}"))),
+            archives: storage::Archives::new(cfg.archive_bytes, cfg.seed)?,
             faults: Mutex::new(Faults::new(cfg.seed)),
             api_key: cfg.api_key.clone(),
             api_base: format!("http://{addr}/api/v1"),
@@ -53,11 +61,21 @@ impl Simulator {
         let app = Router::new()
             .route("/api/v1/{*rest}", any(routes::api))
             .with_state(state.clone());
-        let mut tasks = vec![tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("simulator stopped: {e}");
-            }
-        })];
+        let storage_app = Router::new()
+            .route("/{*rest}", any(storage::serve))
+            .with_state(state.clone());
+        let mut tasks = vec![
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("simulator stopped: {e}");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(storage_listener, storage_app).await {
+                    tracing::error!("simulator storage stopped: {e}");
+                }
+            }),
+        ];
         if let Some(tick) = tick {
             let st = state.clone();
             tasks.push(tokio::spawn(async move {
@@ -69,7 +87,12 @@ impl Simulator {
                 }
             }));
         }
-        Ok(Simulator { state, addr, tasks })
+        Ok(Simulator {
+            state,
+            addr,
+            storage_addr,
+            tasks,
+        })
     }
 
     pub fn base_url(&self) -> Url {

@@ -50,6 +50,8 @@ pub struct SimConfig {
     pub exports: usize,
     pub default_page_size: usize,
     pub max_page_size: usize,
+    /// Size of each export archive on the storage address.
+    pub archive_bytes: u64,
 }
 
 impl Default for SimConfig {
@@ -66,6 +68,7 @@ impl Default for SimConfig {
             exports: 3,
             default_page_size: 100,
             max_page_size: 1000,
+            archive_bytes: 256 * 1024,
         }
     }
 }
@@ -135,6 +138,8 @@ pub struct Export {
     pub datasets: Vec<String>,
     pub created_at: String,
     pub deleted: bool,
+    /// Bumped when the download link is re-issued; older links stop working.
+    pub link_version: u64,
 }
 
 pub struct World {
@@ -338,6 +343,7 @@ impl World {
             datasets,
             created_at: timestamp(self.serial * 60),
             deleted: false,
+            link_version: 1,
         });
         self.exports.len() - 1
     }
@@ -467,8 +473,15 @@ impl World {
 
     pub fn export_json(&self, e: usize) -> Value {
         let x = &self.exports[e];
-        let url = (x.status == "exported")
-            .then(|| format!("{}/exports/{}.zip", self.storage_base, x.uid));
+        let url = (x.status == "exported").then(|| {
+            format!(
+                "{}/exports/{}.zip?v={}&signature={}",
+                self.storage_base,
+                x.uid,
+                x.link_version,
+                super::storage::signature(self.seed, &x.uid, x.link_version)
+            )
+        });
         json!({
             "uid": x.uid, "name": x.name, "format": x.format, "status": x.status,
             "total_task_count": x.total, "exported_task_count": x.exported,
@@ -490,6 +503,13 @@ impl World {
             .filter(|(_, s)| !s.deleted && s.dataset == ds)
             .map(|(i, _)| i)
             .collect()
+    }
+
+    /// Re-issues an export's download link: the old one answers 403 from now on.
+    pub fn rotate_link(&mut self, uid: &str) {
+        if let Some(x) = self.exports.iter_mut().find(|x| x.uid == uid) {
+            x.link_version += 1;
+        }
     }
 
     /// Moves a sequence one step along the workflow (with an occasional rework).

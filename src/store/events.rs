@@ -17,6 +17,8 @@ pub struct NewEvent<'a> {
     pub old_status: Option<&'a str>,
     pub new_status: Option<&'a str>,
     pub object: &'a Value,
+    /// For `export.downloaded` / `export.download_failed`: path, bytes, sha256 or error.
+    pub download: Option<Value>,
 }
 
 /// An event as stored.
@@ -41,7 +43,7 @@ pub struct Event {
 pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<String> {
     let id = format!("evt_{}", ulid::Ulid::new());
     let kind = format!("{}.{}", ev.resource.singular(), ev.action);
-    let payload = json!({
+    let mut payload = json!({
         "id": id,
         "type": kind,
         "timestamp": now,
@@ -55,6 +57,9 @@ pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<S
             "object": ev.object,
         }
     });
+    if let Some(d) = &ev.download {
+        payload["data"]["download"] = d.clone();
+    }
     conn.prepare_cached(
         "INSERT INTO events (id, type, resource, uid, owner, dataset_slug, old_status, new_status, created_at, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -158,6 +163,7 @@ mod tests {
             old_status: Some("labeling_2d"),
             new_status: Some("customer_review"),
             object: &object,
+            download: None,
         };
         let id = append(&conn, &ev, "2026-11-22T10:00:00Z").unwrap();
         let e = list(&conn, 0, "sequence.*", 10).unwrap().remove(0);

@@ -1,6 +1,7 @@
 //! SQLite and nothing else: open (WAL, busy timeout), migrations from `migrations/`,
 //! and a way to run a closure on the connection off the async threads.
 
+pub mod downloads;
 pub mod events;
 pub mod records;
 pub mod state;

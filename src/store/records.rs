@@ -19,18 +19,43 @@ pub struct PageOutcome {
     /// uids this listing had already returned (the collection shifted under it).
     pub duplicates: u64,
     pub events: u64,
+    /// Archives queued for download.
+    pub queued: u64,
+}
+
+/// Which exported archives an export listing queues for download (SPEC §5, `downloads.backfill`).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueRule {
+    /// Queue exports that are already `exported`, not only those that become so.
+    pub backfill: bool,
+    /// The export listing's silent baseline is behind it: a new export counts as
+    /// one that became `exported`.
+    pub past_baseline: bool,
+}
+
+impl QueueRule {
+    fn wants(&self, decision: &Decision, rec: &Incoming) -> bool {
+        let became = match decision {
+            Decision::StatusChanged { .. } => true,
+            Decision::Created => self.past_baseline,
+            _ => false,
+        };
+        (became || self.backfill) && rec.status.as_deref() == Some("exported")
+    }
 }
 
 /// Applies pages of records in one transaction; events go in the same one, for
-/// the records whose scope `emit` says is past its silent baseline. `seen`
-/// collects the rowids of every record present in the listing. With `mostly_new`
-/// (a scope's first listing) a record is inserted first and looked up only if it
-/// was there already, saving one index search per new row.
+/// the records whose scope `emit` says is past its silent baseline, and so do the
+/// downloads `queue` asks for. `seen` collects the rowids of every record present
+/// in the listing. With `mostly_new` (a scope's first listing) a record is inserted
+/// first and looked up only if it was there already, saving one index search per new row.
+#[allow(clippy::too_many_arguments)]
 pub fn apply_pages(
     conn: &mut Connection,
     res: Resource,
     pages: &[Vec<Incoming>],
     emit: &dyn Fn(&Incoming) -> bool,
+    queue: Option<QueueRule>,
     mostly_new: bool,
     now: &str,
     seen: &mut RoaringTreemap,
@@ -67,6 +92,9 @@ pub fn apply_pages(
             if mostly_new && insert_row(&mut insert)? == 1 {
                 seen.insert(tx.last_insert_rowid() as u64);
                 out.created += 1;
+                if queue.is_some_and(|q| q.wants(&Decision::Created, rec)) {
+                    out.queued += queue_download(&tx, rec, now)? as u64;
+                }
                 if emit(rec) {
                     append_event(&tx, res, rec, &Decision::Created, now)?;
                     out.events += 1;
@@ -87,6 +115,13 @@ pub fn apply_pages(
             let rowid = match (&decision, &stored) {
                 (Decision::Unchanged, Some(s)) => {
                     out.unchanged += 1;
+                    if res == Resource::Exports {
+                        // The hash ignores a re-signed download link; keep the fresh one, silently.
+                        tx.prepare_cached(
+                            "UPDATE exports SET raw = ?2 WHERE rowid = ?1 AND raw IS NOT ?2",
+                        )?
+                        .execute(params![s.rowid, rec.raw])?;
+                    }
                     s.rowid
                 }
                 (_, Some(s)) => {
@@ -109,6 +144,9 @@ pub fn apply_pages(
             if !seen.insert(rowid as u64) {
                 out.duplicates += 1;
             }
+            if queue.is_some_and(|q| q.wants(&decision, rec)) {
+                out.queued += queue_download(&tx, rec, now)? as u64;
+            }
             match &decision {
                 Decision::Unchanged => continue,
                 Decision::Created => out.created += 1,
@@ -123,6 +161,16 @@ pub fn apply_pages(
     }
     tx.commit()?;
     Ok(out)
+}
+
+/// Queues the archive of an `exported` export that has a link.
+fn queue_download(conn: &Connection, rec: &Incoming, now: &str) -> rusqlite::Result<bool> {
+    let v = rec.value();
+    let Some(url) = v.get("download_url").and_then(Value::as_str) else {
+        return Ok(false);
+    };
+    let name = crate::download::file_name(&rec.uid, v.get("name").and_then(Value::as_str), url);
+    super::downloads::enqueue(conn, &rec.uid, url, &name, now)
 }
 
 /// The event for a decision other than `Unchanged`, in the caller's transaction.
@@ -151,6 +199,7 @@ fn append_event(
             old_status,
             new_status: rec.status.as_deref(),
             object: &rec.value(),
+            download: None,
         },
         now,
     )?;
@@ -273,6 +322,7 @@ pub fn tombstone(
                 old_status: status.as_deref(),
                 new_status: None,
                 object: &object,
+                download: None,
             },
             now,
         )?;

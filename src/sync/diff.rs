@@ -91,7 +91,8 @@ pub enum Rejected {
 
 impl Incoming {
     /// The content hash covers the record's text and its scope columns (a record
-    /// moving to another scope is a change too).
+    /// moving to another scope is a change too), but not the query of a
+    /// `download_url`: a presigned link re-signed on every call is not a change.
     pub fn new(
         head: Head,
         raw: String,
@@ -103,7 +104,7 @@ impl Incoming {
         h.update([0]);
         h.update(dataset_slug.unwrap_or("").as_bytes());
         h.update([0]);
-        h.update(raw.as_bytes());
+        h.update(without_link_signature(&raw).as_bytes());
         let mut hash = [0u8; 16];
         hash.copy_from_slice(&h.finalize()[..16]);
         Incoming {
@@ -119,6 +120,24 @@ impl Incoming {
     /// The record as JSON (for event payloads).
     pub fn value(&self) -> Value {
         serde_json::from_str(&self.raw).unwrap_or(Value::Null)
+    }
+}
+
+/// The record's text with the query (the signature, the expiry) cut from its
+/// `download_url`; the text itself when there is none.
+fn without_link_signature(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains("\"download_url\"") {
+        return raw.into();
+    }
+    let Ok(mut v) = serde_json::from_str::<Value>(raw) else {
+        return raw.into();
+    };
+    match v.get_mut("download_url") {
+        Some(Value::String(url)) if url.contains('?') => {
+            url.truncate(url.find('?').unwrap_or(url.len()));
+            v.to_string().into()
+        }
+        _ => raw.into(),
     }
 }
 
@@ -195,6 +214,20 @@ mod tests {
             Some("other"),
         );
         assert_ne!(inc(raw).hash, moved.hash);
+    }
+
+    #[test]
+    fn a_re_signed_download_link_is_not_a_change() {
+        let a = inc(
+            r#"{"uid":"e","status":"exported","download_url":"https://s/e.zip?sig=1&expires=9"}"#,
+        );
+        let b = inc(
+            r#"{"uid":"e","status":"exported","download_url":"https://s/e.zip?sig=2&expires=10"}"#,
+        );
+        let moved =
+            inc(r#"{"uid":"e","status":"exported","download_url":"https://s/other.zip?sig=2"}"#);
+        assert_eq!(decide(Some(&stored(&a, false)), &b), Decision::Unchanged);
+        assert_eq!(decide(Some(&stored(&a, false)), &moved), Decision::Updated);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct CycleReport {
     pub deleted: u64,
     pub skipped: u64,
     pub events: u64,
+    /// Export archives queued for download.
+    pub queued: u64,
     /// Scopes that failed or were skipped, with the reason.
     pub failures: Vec<(String, String)>,
 }
@@ -45,6 +47,7 @@ impl CycleReport {
         self.updated += o.updated;
         self.status_changed += o.status_changed;
         self.events += o.events;
+        self.queued += o.queued;
     }
 }
 
@@ -384,6 +387,12 @@ impl Syncer {
             .await
             .map_err(db_error)?;
         let first_listing = !baseline.values().any(|done| *done);
+        let queue = (res == Resource::Exports && self.cfg.downloads.enabled).then_some(
+            records::QueueRule {
+                backfill: self.cfg.downloads.backfill,
+                past_baseline: !first_listing,
+            },
+        );
         let emit_by_slug: HashMap<Option<String>, bool> = baseline
             .into_iter()
             .map(|(slug, done)| (slug, done || emit_initial))
@@ -435,8 +444,16 @@ impl Syncer {
                     let mut seen = seen;
                     let on =
                         |r: &Incoming| emit.get(&r.dataset_slug).copied().unwrap_or(emit_initial);
-                    let out =
-                        records::apply_pages(c, res, &batches, &on, first_listing, &n, &mut seen);
+                    let out = records::apply_pages(
+                        c,
+                        res,
+                        &batches,
+                        &on,
+                        queue,
+                        first_listing,
+                        &n,
+                        &mut seen,
+                    );
                     (out, seen)
                 })
                 .await;

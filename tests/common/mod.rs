@@ -34,6 +34,7 @@ pub fn small_world() -> SimConfig {
         exports: 3,
         default_page_size: 100,
         max_page_size: 1000,
+        archive_bytes: 64 * 1024,
     }
 }
 
@@ -59,6 +60,7 @@ pub async fn start(world: SimConfig) -> TestEnv {
     cfg.api.backoff_min = Duration::from_millis(5);
     cfg.api.backoff_max = Duration::from_millis(40);
     cfg.api.timeout = Duration::from_secs(5);
+    cfg.downloads.dir = dir.path().join("exports");
     TestEnv { sim, dir, cfg }
 }
 

@@ -1,0 +1,243 @@
+//! `exports list | download | create`: the export flow users script by hand today.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::api::{Client, Priority, v1};
+use crate::config::Config;
+use crate::download::{self, Downloader, ProgressFn};
+use crate::error::{EXIT_OK, EXIT_WORK_FAILED};
+use crate::store::{Store, downloads, now_rfc3339};
+
+/// Byte progress bars, one per download, when stderr is a terminal.
+pub fn bars() -> Option<ProgressFn> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let multi = MultiProgress::new();
+    let bars: Mutex<HashMap<String, ProgressBar>> = Mutex::new(HashMap::new());
+    let style = ProgressStyle::with_template(
+        "{msg:.bold} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .expect("static template");
+    Some(Arc::new(move |uid: &str, got: u64, total: Option<u64>| {
+        let mut bars = bars.lock().expect("bars lock");
+        let bar = bars.entry(uid.to_string()).or_insert_with(|| {
+            let b = multi.add(ProgressBar::new(total.unwrap_or(0)).with_style(style.clone()));
+            b.set_message(uid.chars().take(8).collect::<String>());
+            b
+        });
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(got);
+        if total == Some(got) {
+            bar.finish_and_clear();
+        }
+    }))
+}
+
+pub async fn list(cfg: &Config, as_json: bool) -> anyhow::Result<u8> {
+    let store = Store::open_existing(&cfg.store_path)?;
+    let rows = store.call(|c| downloads::list(c)).await?;
+    if as_json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(EXIT_OK);
+    }
+    if rows.is_empty() {
+        println!("no exports in the mirror (run `avala-mirror sync`)");
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<36}  {:<10}  {:<11}  {:>12}  {:<24}  path",
+        "uid", "status", "download", "bytes", "name"
+    );
+    for r in rows {
+        let name: String = r.name.unwrap_or_default().chars().take(24).collect();
+        let place = match (&r.path, &r.error) {
+            (Some(p), _) => p.clone(),
+            (None, Some(e)) => format!("({e})"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<36}  {:<10}  {:<11}  {:>12}  {:<24}  {place}",
+            r.uid,
+            r.status.as_deref().unwrap_or("-"),
+            r.download_status.as_deref().unwrap_or("-"),
+            r.bytes.map(|b| b.to_string()).unwrap_or_default(),
+            name,
+        )
+    }
+    Ok(EXIT_OK)
+}
+
+/// `exports download UID`: a fresh link from the API, then the same download path
+/// the daemon uses (resume, checks, rename, row and event).
+pub async fn download(cfg: &Config, uid: &str) -> anyhow::Result<u8> {
+    let (store, client) = open(cfg)?;
+    let export = get_export(&client, uid).await?;
+    fetch_archive(cfg, &store, &client, &export).await
+}
+
+pub struct CreateArgs {
+    pub name: Option<String>,
+    pub format: String,
+    pub datasets: Vec<String>,
+    pub projects: Vec<String>,
+    pub slices: Vec<String>,
+    pub wait: bool,
+    pub download: bool,
+    pub poll: Duration,
+}
+
+/// `exports create`: POST, then (with --wait or --download) follow its status.
+pub async fn create(cfg: &Config, a: CreateArgs) -> anyhow::Result<u8> {
+    if a.datasets.is_empty() && a.projects.is_empty() && a.slices.is_empty() {
+        bail!("nothing to export: give at least one --dataset, --project or --slice");
+    }
+    let (store, client) = open(cfg)?;
+    let name = a
+        .name
+        .unwrap_or_else(|| format!("avala-mirror {}", now_rfc3339()));
+    let body = json!({
+        "name": name, "format": a.format, "datasets": a.datasets,
+        "projects": a.projects, "slices": a.slices,
+    });
+    let created = client
+        .post(&v1::exports(&client), &body, parse_json)
+        .await
+        .context("creating the export")?;
+    let uid = created
+        .get("uid")
+        .and_then(Value::as_str)
+        .context("the API answered without an export uid")?
+        .to_string();
+    println!("created export {uid} ({name}, {})", a.format);
+    if !(a.wait || a.download) {
+        return Ok(EXIT_OK);
+    }
+    let mut last = String::new();
+    let export = loop {
+        let export = get_export(&client, &uid).await?;
+        let status = export["status"].as_str().unwrap_or("?").to_string();
+        let progress = match (
+            export["exported_task_count"].as_u64(),
+            export["total_task_count"].as_u64(),
+        ) {
+            (Some(done), Some(total)) => format!(" ({done}/{total} tasks)"),
+            _ => String::new(),
+        };
+        let line = format!("{status}{progress}");
+        if line != last {
+            println!("  {line}");
+            last = line;
+        }
+        match status.as_str() {
+            "exported" => break export,
+            "failed" | "aborted" => {
+                eprintln!("error: export {uid} ended {status}");
+                return Ok(EXIT_WORK_FAILED);
+            }
+            _ => tokio::time::sleep(a.poll).await,
+        }
+    };
+    if a.download {
+        return fetch_archive(cfg, &store, &client, &export).await;
+    }
+    if let Some(link) = export["download_url"].as_str() {
+        println!("download link: {link}");
+    }
+    Ok(EXIT_OK)
+}
+
+fn open(cfg: &Config) -> anyhow::Result<(Store, Arc<Client>)> {
+    let store = Store::open(&cfg.store_path)?;
+    let client = Client::new(&cfg.api).context("building the HTTP client")?;
+    Ok((store, client))
+}
+
+fn parse_json(b: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(b).map_err(|e| e.to_string())
+}
+
+async fn get_export(client: &Client, uid: &str) -> anyhow::Result<Value> {
+    client
+        .fetch(&v1::export(client, uid), Priority::High, parse_json)
+        .await
+        .map(|f| f.value)
+        .with_context(|| format!("reading export {uid}"))
+}
+
+async fn fetch_archive(
+    cfg: &Config,
+    store: &Store,
+    client: &Arc<Client>,
+    export: &Value,
+) -> anyhow::Result<u8> {
+    let uid = export["uid"]
+        .as_str()
+        .context("the export has no uid")?
+        .to_string();
+    let Some(link) = export["download_url"].as_str().map(str::to_owned) else {
+        bail!(
+            "export {uid} is {} and has no download link yet",
+            export["status"].as_str().unwrap_or("without a status")
+        );
+    };
+    let name = download::file_name(&uid, export["name"].as_str(), &link);
+    let (u, n) = (uid.clone(), now_rfc3339());
+    let job = store
+        .call(move |c| {
+            let had = downloads::get(c, &u)?;
+            let present = c
+                .query_row(
+                    "SELECT path FROM downloads WHERE export_uid = ?1 AND status = 'downloaded'",
+                    [&u],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .ok()
+                .flatten()
+                .filter(|p| std::path::Path::new(p).exists());
+            if let Some(path) = present {
+                return Ok(Err(path));
+            }
+            let file_name = had.map(|j| j.file_name).unwrap_or(name);
+            downloads::request(c, &u, &link, &file_name, &n)?;
+            downloads::get(c, &u).map(|j| Ok(j.expect("just queued")))
+        })
+        .await?;
+    let job = match job {
+        Ok(job) => job,
+        Err(path) => {
+            println!("already downloaded: {path}");
+            return Ok(EXIT_OK);
+        }
+    };
+    let mut d = Downloader::new(cfg, store.clone(), client.clone())?;
+    if let Some(p) = bars() {
+        d = d.with_progress(p);
+    }
+    match d.download(job).await {
+        Ok(done) => {
+            println!(
+                "downloaded {} ({} bytes, sha256 {})",
+                done.path.display(),
+                done.bytes,
+                done.sha256
+            );
+            Ok(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("error: downloading export {uid}: {e}");
+            Ok(EXIT_WORK_FAILED)
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Export archives to disk (SPEC §5): a queue in the `downloads` table worked
+//! `downloads.concurrency` at a time; each download streams to `<dir>/.partial/`,
+//! resumes with `Range`, refreshes an expired link through the API, checks length,
+//! archive and SHA-256, then is fsynced and renamed into `<dir>`. Storage links are
+//! presigned: the storage client never carries the API key.
+
+mod fetch;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::api::{Client, Priority, v1};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::store::downloads::{self, Job};
+use crate::store::{Store, now_rfc3339};
+
+pub use fetch::{Done, PARTIAL_DIR};
+
+/// Attempts per download before it is marked `failed` (a link refresh counts as one).
+pub const MAX_ATTEMPTS: u32 = 5;
+/// How often `run` looks for newly queued downloads.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Called as bytes arrive: (export uid, bytes on disk, total when known).
+pub type ProgressFn = Arc<dyn Fn(&str, u64, Option<u64>) + Send + Sync>;
+
+/// How one download ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub export_uid: String,
+    pub result: Result<Done, String>,
+}
+
+#[derive(Clone)]
+pub struct Downloader {
+    store: Store,
+    api: Arc<Client>,
+    /// For storage only: follows redirects, never carries the API key.
+    http: reqwest::Client,
+    dir: PathBuf,
+    concurrency: usize,
+    backoff: (Duration, Duration),
+    progress: Option<ProgressFn>,
+}
+
+impl Downloader {
+    pub fn new(cfg: &Config, store: Store, api: Arc<Client>) -> Result<Downloader, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .connect_timeout(cfg.api.timeout.min(Duration::from_secs(10)))
+            .read_timeout(cfg.api.timeout)
+            .user_agent(concat!("avala-mirror/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Downloader {
+            store,
+            api,
+            http,
+            dir: cfg.downloads.dir.clone(),
+            concurrency: cfg.downloads.concurrency.max(1) as usize,
+            backoff: (cfg.api.backoff_min, cfg.api.backoff_max),
+            progress: None,
+        })
+    }
+
+    pub fn with_progress(mut self, progress: ProgressFn) -> Downloader {
+        self.progress = Some(progress);
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every queued download to its end (`sync`): downloaded or failed.
+    pub async fn drain(&self) -> Vec<Finished> {
+        self.dispatch(None).await
+    }
+
+    /// Picks up queued downloads as they appear until `shutdown` (`run`). A download
+    /// in flight is dropped at shutdown; its partial file resumes on the next start.
+    pub async fn serve(&self, shutdown: watch::Receiver<bool>) {
+        self.dispatch(Some(shutdown)).await;
+    }
+
+    async fn dispatch(&self, mut shutdown: Option<watch::Receiver<bool>>) -> Vec<Finished> {
+        let mut running: JoinSet<Finished> = JoinSet::new();
+        let mut active: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut finished = Vec::new();
+        loop {
+            if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
+                running.shutdown().await;
+                break;
+            }
+            if running.len() < self.concurrency {
+                match self.store.call(|c| downloads::due(c)).await {
+                    Ok(due) => {
+                        let busy: HashSet<&String> = active.values().collect();
+                        let free = self.concurrency - running.len();
+                        let new: Vec<Job> = due
+                            .into_iter()
+                            .filter(|j| !busy.contains(&j.export_uid))
+                            .take(free)
+                            .collect();
+                        for job in new {
+                            let uid = job.export_uid.clone();
+                            let this = self.clone();
+                            let handle = running.spawn(async move {
+                                let export_uid = job.export_uid.clone();
+                                let result = this.download(job).await;
+                                Finished { export_uid, result }
+                            });
+                            active.insert(handle.id(), uid);
+                        }
+                    }
+                    Err(e) => tracing::error!("reading the download queue: {e}"),
+                }
+            }
+            if running.is_empty() && shutdown.is_none() {
+                break;
+            }
+            let poll = async {
+                match shutdown.as_mut() {
+                    Some(s) => {
+                        let _ = tokio::time::timeout(POLL, s.changed()).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(done) = running.join_next_with_id() => match done {
+                    Ok((id, f)) => {
+                        active.remove(&id);
+                        finished.push(f);
+                    }
+                    Err(e) => {
+                        let uid = active.remove(&e.id()).unwrap_or_default();
+                        tracing::error!(export = %uid, "download task ended abnormally: {e}");
+                    }
+                },
+                _ = poll => {}
+            }
+        }
+        finished
+    }
+
+    /// One download to its end, attempts and link refreshes included. The outcome
+    /// (row and event) is in the database when this returns.
+    pub async fn download(&self, job: Job) -> Result<Done, String> {
+        let uid = job.export_uid.clone();
+        let name = safe_stored_name(&job);
+        let target = fetch::Target {
+            final_path: self.dir.join(&name),
+            partial_path: self.dir.join(PARTIAL_DIR).join(format!("{name}.partial")),
+        };
+        let mut url = job.url.clone();
+        loop {
+            let (u, n) = (uid.clone(), now_rfc3339());
+            let attempts = self
+                .store
+                .call(move |c| downloads::attempt(c, &u, &n))
+                .await
+                .map_err(|e| format!("local database error: {e}"))?;
+            let progress = self.progress.clone();
+            let on_bytes = |got: u64, total: Option<u64>| {
+                if let Some(p) = &progress {
+                    p(&uid, got, total)
+                }
+            };
+            let failure = match fetch::attempt(&self.http, &url, &target, &on_bytes).await {
+                Ok(done) => {
+                    let (u, d, n) = (uid.clone(), done.clone(), now_rfc3339());
+                    self.store
+                        .call(move |c| {
+                            let path = d.path.to_string_lossy();
+                            downloads::complete(c, &u, &path, d.bytes, &d.sha256, &n)
+                        })
+                        .await
+                        .map_err(|e| format!("local database error: {e}"))?;
+                    tracing::info!(export = %uid, path = %done.path.display(), bytes = done.bytes, "export downloaded");
+                    return Ok(done);
+                }
+                Err(f) => f,
+            };
+            let mut error = failure.to_string();
+            let mut give_up = attempts >= MAX_ATTEMPTS;
+            let mut link_changed = false;
+            if matches!(failure, fetch::Failure::Link(_)) && !give_up {
+                match self.refresh(&uid).await {
+                    Ok(fresh) => {
+                        link_changed = fresh != url;
+                        url = fresh;
+                        let (u, l) = (uid.clone(), url.clone());
+                        let _ = self
+                            .store
+                            .call(move |c| downloads::set_url(c, &u, &l))
+                            .await;
+                    }
+                    Err(Refresh::Gone(why)) => {
+                        error = format!("{error}; {why}");
+                        give_up = true;
+                    }
+                    Err(Refresh::Failed(why)) => {
+                        error = format!("{error}; refreshing the link: {why}")
+                    }
+                }
+            }
+            let (u, e, n) = (uid.clone(), error.clone(), now_rfc3339());
+            if give_up {
+                tracing::error!(export = %uid, attempts, "download failed: {error}");
+                self.store
+                    .call(move |c| downloads::fail(c, &u, &e, &n))
+                    .await
+                    .map_err(|e| format!("local database error: {e}"))?;
+                return Err(error);
+            }
+            tracing::warn!(export = %uid, attempts, "download attempt failed, will retry: {error}");
+            let _ = self
+                .store
+                .call(move |c| downloads::attempt_failed(c, &u, &e, &n))
+                .await;
+            if !link_changed {
+                tokio::time::sleep(self.delay(attempts)).await;
+            }
+        }
+    }
+
+    /// Jittered exponential backoff between attempts.
+    fn delay(&self, attempts: u32) -> Duration {
+        let (min, max) = self.backoff;
+        let exp = min
+            .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+            .min(max);
+        exp.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// A fresh presigned link from `GET /exports/{uid}/` (the one call here that carries the key).
+    async fn refresh(&self, uid: &str) -> Result<String, Refresh> {
+        let url = v1::export(&self.api, uid);
+        let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).map_err(|e| e.to_string());
+        match self.api.fetch(&url, Priority::High, parse).await {
+            Ok(f) => match (
+                f.value.get("download_url").and_then(Value::as_str),
+                f.value.get("status"),
+            ) {
+                (Some(link), _) => Ok(link.to_string()),
+                (None, status) => Err(Refresh::Gone(format!(
+                    "the export is now {} and has no download link",
+                    status.and_then(Value::as_str).unwrap_or("without a status")
+                ))),
+            },
+            Err(ApiError::NotFound(_)) => {
+                Err(Refresh::Gone("the export no longer exists (404)".into()))
+            }
+            Err(e) => Err(Refresh::Failed(e.to_string())),
+        }
+    }
+}
+
+enum Refresh {
+    /// No link will come: the export is gone or not exported any more.
+    Gone(String),
+    Failed(String),
+}
+
+/// The name an export's archive gets in the downloads directory:
+/// `<name>_<uid>.<ext>`, from `[A-Za-z0-9._-]` only, never starting with a dot,
+/// so no name from the API can leave the directory or hide in it.
+pub fn file_name(uid: &str, name: Option<&str>, url: &str) -> String {
+    fn clean(s: &str, max: usize) -> String {
+        let mut out: String = s
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        out.truncate(max);
+        let out = out.trim_matches(|c| c == '.' || c == '_');
+        out.replace("..", "_")
+    }
+    let ext = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            let last = u.path_segments()?.next_back()?.to_string();
+            let (_, ext) = last.rsplit_once('.')?;
+            (!ext.is_empty() && ext.len() <= 8 && ext.chars().all(|c| c.is_ascii_alphanumeric()))
+                .then(|| ext.to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| "zip".into());
+    let uid = match clean(uid, 64) {
+        u if u.is_empty() => "export".to_string(),
+        u => u,
+    };
+    let stem = match name.map(|n| clean(n, 80)) {
+        Some(n) if !n.is_empty() => format!("{n}_{uid}"),
+        _ => uid,
+    };
+    format!("{stem}.{ext}")
+}
+
+/// The stored name, checked again: one plain path component or it is rebuilt.
+fn safe_stored_name(job: &Job) -> String {
+    let mut parts = Path::new(&job.file_name).components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(_)), None) if !job.file_name.starts_with('.') => {
+            job.file_name.clone()
+        }
+        _ => file_name(&job.export_uid, None, &job.url),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_api_stay_inside_the_directory() {
+        let url = "https://storage.example/exports/x.zip?sig=1";
+        assert_eq!(
+            file_name("880b-07", Some("Training Data Export"), url),
+            "Training_Data_Export_880b-07.zip"
+        );
+        for hostile in [
+            "../../etc/passwd",
+            "/etc/cron.d/x",
+            "..",
+            ".hidden",
+            "a/../../b",
+            "C:\\x",
+            "",
+        ] {
+            let n = file_name("u1", Some(hostile), "https://s/e.tar.gz");
+            assert!(
+                !n.contains('/') && !n.contains('\\') && !n.starts_with('.') && !n.contains(".."),
+                "{hostile:?} gave {n:?}"
+            );
+            assert!(n.ends_with("u1.gz"), "{n}");
+        }
+        assert_eq!(file_name("../..", None, "https://s/e"), "export.zip");
+        assert_eq!(file_name("u", None, "https://s/e.php%2F..%2Fx"), "u.zip");
+        let job = Job {
+            export_uid: "u".into(),
+            url: "https://s/a.zip".into(),
+            file_name: "../escape.zip".into(),
+            attempts: 0,
+        };
+        assert_eq!(safe_stored_name(&job), "u.zip");
+    }
+}
