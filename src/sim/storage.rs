@@ -344,6 +344,8 @@ fn stream_file(
                 return None;
             }
             if cut.is_some_and(|c| sent >= c) {
+                // let what was sent reach the client before the connection goes
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 return Some((
                     Err(io::Error::new(
                         io::ErrorKind::ConnectionReset,

@@ -1,0 +1,408 @@
+//! Export archives on disk (SPEC §5): resumed, refreshed, verified, atomic, and
+//! never fetched with the API key.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use avala_mirror::download::{Downloader, MAX_ATTEMPTS};
+use common::*;
+use sha2::{Digest, Sha256};
+
+/// A download row as a user would query it.
+#[derive(Debug)]
+struct Row {
+    uid: String,
+    status: String,
+    path: Option<String>,
+    sha256: Option<String>,
+    bytes: Option<i64>,
+    attempts: i64,
+    error: Option<String>,
+}
+
+fn download_rows(env: &TestEnv) -> Vec<Row> {
+    env.store().with(|c| {
+        let mut st = c
+            .prepare("SELECT export_uid, status, path, sha256, bytes, attempts, error FROM downloads ORDER BY export_uid")
+            .unwrap();
+        st.query_map([], |r| {
+            Ok(Row {
+                uid: r.get(0)?,
+                status: r.get(1)?,
+                path: r.get(2)?,
+                sha256: r.get(3)?,
+                bytes: r.get(4)?,
+                attempts: r.get(5)?,
+                error: r.get(6)?,
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    })
+}
+
+fn downloader(env: &TestEnv) -> Downloader {
+    let s = env.syncer();
+    Downloader::new(&env.cfg, s.store, s.client).unwrap()
+}
+
+fn sha256_of(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// The SHA-256 of the archive as the simulator's storage holds it.
+async fn served_sha(env: &TestEnv, uid: &str) -> String {
+    let json = env.sim.world(|w| {
+        let e = w.exports.iter().position(|x| x.uid == uid).unwrap();
+        w.export_json(e)
+    });
+    let path = env.sim.state.archives.path(uid, json).await.unwrap();
+    sha256_of(&path)
+}
+
+fn exported_uids(env: &TestEnv) -> Vec<String> {
+    env.sim.world(|w| {
+        let mut v: Vec<String> = w
+            .exports
+            .iter()
+            .filter(|x| x.status == "exported" && !x.deleted)
+            .map(|x| x.uid.clone())
+            .collect();
+        v.sort();
+        v
+    })
+}
+
+/// Names in a directory (the `.partial` directory included when present).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn partial_dir(env: &TestEnv) -> PathBuf {
+    env.cfg.downloads.dir.join(".partial")
+}
+
+/// Every archive is in place with the storage's checksum, recorded as such, and nothing is left partial.
+async fn assert_all_downloaded(env: &TestEnv) {
+    let rows = download_rows(env);
+    assert_eq!(
+        rows.iter().map(|r| r.uid.clone()).collect::<Vec<_>>(),
+        exported_uids(env)
+    );
+    for r in &rows {
+        assert_eq!(r.status, "downloaded", "{r:?}");
+        let path = PathBuf::from(r.path.as_ref().unwrap());
+        assert_eq!(path.parent().unwrap(), env.cfg.downloads.dir, "{r:?}");
+        let want = served_sha(env, &r.uid).await;
+        assert_eq!(r.sha256.as_deref(), Some(want.as_str()), "{r:?}");
+        assert_eq!(sha256_of(&path), want, "file on disk for {r:?}");
+        assert_eq!(r.bytes, Some(std::fs::metadata(&path).unwrap().len() as i64));
+    }
+    assert_eq!(names(&partial_dir(env)), Vec::<String>::new(), "partial files left");
+}
+
+/// The storage address saw requests, and none carried the API key.
+fn assert_key_never_at_storage(env: &TestEnv) {
+    let log = env.sim.faults(|f| f.storage.log.clone());
+    assert!(!log.is_empty(), "no storage requests");
+    assert!(
+        log.iter().all(|l| !l.api_key),
+        "a storage request carried X-Avala-Api-Key"
+    );
+}
+
+fn backfill(mut env: TestEnv) -> TestEnv {
+    env.cfg.downloads.backfill = true;
+    env
+}
+
+#[tokio::test]
+async fn only_exports_that_become_exported_are_downloaded_unless_backfill() {
+    let env = start(small_world()).await;
+    env.sim.faults(|f| f.storage.redirect = true);
+    env.sync().await.unwrap();
+    assert!(download_rows(&env).is_empty(), "baseline exports were queued");
+
+    let uid = env.sim.world(|w| {
+        let e = w.add_export();
+        w.exports[e].status = "exported".into();
+        w.exports[e].uid.clone()
+    });
+    env.sync().await.unwrap();
+    let done = downloader(&env).drain().await;
+    assert_eq!(done.len(), 1);
+    let rows = download_rows(&env);
+    assert_eq!((rows.len(), rows[0].uid.as_str()), (1, uid.as_str()));
+    assert_eq!(rows[0].sha256.as_deref(), Some(served_sha(&env, &uid).await.as_str()));
+    // the event carries where the archive is and its checksum
+    let payload: serde_json::Value = env.store().with(|c| {
+        let p: String = c
+            .query_row("SELECT payload FROM events WHERE type = 'export.downloaded'", [], |r| r.get(0))
+            .unwrap();
+        serde_json::from_str(&p).unwrap()
+    });
+    assert_eq!(payload["data"]["uid"], uid.as_str());
+    assert_eq!(payload["data"]["download"]["sha256"], rows[0].sha256.as_deref().unwrap());
+    assert_eq!(payload["data"]["object"]["status"], "exported");
+    // the storage redirected each request; the client followed without the key
+    let log = env.sim.faults(|f| f.storage.log.clone());
+    assert!(log.iter().any(|l| l.status == 302) && log.iter().any(|l| l.path.starts_with("/blobs/")));
+    assert_key_never_at_storage(&env);
+
+    // with backfill, a fresh mirror takes every exported archive
+    let env = backfill(start(small_world()).await);
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    assert_eq!(download_rows(&env).len(), 3);
+    assert_all_downloaded(&env).await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_resumes_with_range() {
+    let env = backfill(start(small_world()).await);
+    env.sim.faults(|f| {
+        f.storage.drop_after = Some(20_000);
+        f.storage.drops = 2;
+    });
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    assert_all_downloaded(&env).await;
+    let log = env.sim.faults(|f| f.storage.log.clone());
+    let resumed: Vec<_> = log.iter().filter(|l| l.status == 206).collect();
+    assert_eq!(resumed.len(), 2, "{log:#?}");
+    for l in resumed {
+        let from: u64 = l.range.as_deref().unwrap()["bytes=".len()..].trim_end_matches('-').parse().unwrap();
+        assert!(from > 0 && from <= 20_000, "{l:?}");
+    }
+    assert!(download_rows(&env).iter().all(|r| r.attempts <= 2));
+    assert_key_never_at_storage(&env);
+}
+
+#[tokio::test]
+async fn a_server_ignoring_range_means_starting_over() {
+    let env = backfill(start(small_world()).await);
+    env.sim.faults(|f| {
+        f.storage.drop_after = Some(30_000);
+        f.storage.drops = 1;
+        f.storage.ignore_range = true;
+    });
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    assert_all_downloaded(&env).await;
+    let log = env.sim.faults(|f| f.storage.log.clone());
+    assert!(
+        log.iter().any(|l| l.range.is_some() && l.status == 200),
+        "no resume was attempted: {log:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_link_is_refreshed_through_the_api() {
+    let env = backfill(start(small_world()).await);
+    env.sim.faults(|f| f.storage.expire = 1);
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    assert_all_downloaded(&env).await;
+    let storage = env.sim.faults(|f| f.storage.log.clone());
+    let expired = storage.iter().find(|l| l.status == 403).expect("one expired link");
+    let uid = expired.path.trim_start_matches("/exports/").trim_end_matches(".zip");
+    // the refresh went to the API (with the key, where it belongs)…
+    let api = env.sim.faults(|f| f.log.clone());
+    assert!(
+        api.iter().any(|l| l.path == format!("/exports/{uid}/") && l.status == 200),
+        "no GET /exports/{uid}/"
+    );
+    // …and the next storage request used the new link
+    let retry = storage
+        .iter()
+        .filter(|l| l.path == expired.path && l.status == 200)
+        .last()
+        .unwrap();
+    assert_ne!(retry.query, expired.query);
+    assert_key_never_at_storage(&env);
+}
+
+#[tokio::test]
+async fn storage_404_for_good_fails_with_a_clear_error_and_exit_1() {
+    let env = start(small_world()).await;
+    let dl = env.dir.path().join("archives");
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!("[downloads]\nbackfill = true\ndir = \"{}\"\n", dl.display()),
+    );
+    env.sim.faults(|f| f.storage.not_found = u32::MAX);
+    let (code, out, err) =
+        run_binary(&["--config", cfg.to_str().unwrap(), "sync"], &[], env.dir.path()).await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("failed download of export"), "{out}");
+    assert!(out.contains("storage refused the link (404"), "{out}");
+    let rows = download_rows(&env);
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        assert_eq!(r.status, "failed");
+        assert_eq!(r.attempts, MAX_ATTEMPTS as i64);
+        assert!(r.error.as_deref().unwrap().contains("404"), "{r:?}");
+    }
+    let failed = env
+        .events()
+        .into_iter()
+        .filter(|(t, _)| t == "export.download_failed")
+        .count();
+    assert_eq!(failed, 3);
+    assert_eq!(names(&dl), vec![".partial"]);
+    assert_eq!(names(&dl.join(".partial")), Vec::<String>::new());
+    // the secret link never shows in what the user sees
+    assert!(!out.contains("signature=") && !err.contains("signature="));
+    assert_key_never_at_storage(&env);
+}
+
+#[tokio::test]
+async fn a_hostile_export_name_stays_inside_the_directory() {
+    let env = backfill(start(small_world()).await);
+    env.sim.world(|w| {
+        w.exports[0].name = "../../../tmp/evil name".into();
+        w.exports[1].name = "/etc/cron.d/job".into();
+    });
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    assert_all_downloaded(&env).await;
+    let files = names(&env.cfg.downloads.dir);
+    assert!(
+        files.iter().any(|f| f.starts_with("tmp_evil_name_")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.starts_with("etc_cron.d_job_")),
+        "{files:?}"
+    );
+    // nothing landed beside the directory
+    let beside: Vec<String> = names(env.dir.path())
+        .into_iter()
+        .filter(|n| !n.starts_with("mirror.db"))
+        .collect();
+    assert_eq!(beside, vec!["exports"]);
+}
+
+#[tokio::test]
+async fn kill_9_during_a_download_then_restart_resumes() {
+    let mut world = small_world();
+    world.exports = 1;
+    world.archive_bytes = 4 << 20;
+    let env = start(world).await;
+    let dl = env.dir.path().join("archives");
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!("[downloads]\nbackfill = true\ndir = \"{}\"\n", dl.display()),
+    );
+    let cfg = cfg.to_str().unwrap();
+    env.sim.faults(|f| f.storage.slow = Duration::from_millis(150));
+    let mut child = spawn_binary(&["--config", cfg, "sync"]);
+    let partial_len = || {
+        std::fs::read_dir(dl.join(".partial"))
+            .ok()
+            .and_then(|mut rd| rd.next())
+            .and_then(|e| e.ok()?.metadata().ok())
+            .map_or(0, |m| m.len())
+    };
+    wait_until("part of the archive on disk", || partial_len() >= 512 * 1024).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let left = partial_len();
+    assert!(left > 0 && left < 4 << 20, "{left}");
+    assert_eq!(names(&dl), vec![".partial"], "a partial file outside .partial");
+
+    env.sim.faults(|f| f.storage.slow = Duration::ZERO);
+    let (code, out, err) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = download_rows(&env).remove(0);
+    assert_eq!(r.status, "downloaded");
+    assert_eq!(r.sha256.unwrap(), served_sha(&env, &r.uid).await);
+    assert_eq!(names(&dl.join(".partial")), Vec::<String>::new());
+    let log = env.sim.faults(|f| f.storage.log.clone());
+    assert_eq!(log.last().unwrap().status, 206, "the restart resumed: {log:#?}");
+    let downloaded = env
+        .events()
+        .into_iter()
+        .filter(|(t, _)| t == "export.downloaded")
+        .count();
+    assert_eq!(downloaded, 1);
+    assert_key_never_at_storage(&env);
+}
+
+#[tokio::test]
+async fn exports_create_wait_download_from_the_command_line() {
+    let env = start(small_world()).await;
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let cfg = cfg.to_str().unwrap();
+    let dataset = env.sim.world(|w| w.datasets[0].uid.clone());
+    // the platform works on the new export while the command waits
+    let state = env.sim.state.clone();
+    let worker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut w = state.world.lock().unwrap();
+            if let Some(x) = w.exports.iter_mut().find(|x| x.name == "cli-test") {
+                x.status = match x.status.as_str() {
+                    "requested" => "exporting",
+                    _ => "exported",
+                }
+                .into();
+            }
+        }
+    });
+    let (code, out, err) = run_binary(
+        &[
+            "--config", cfg, "exports", "create", "--dataset", &dataset, "--name", "cli-test",
+            "--download", "--poll", "50ms",
+        ],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    worker.abort();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("created export"), "{out}");
+    assert!(out.contains("exporting") && out.contains("exported"), "{out}");
+    let uid = env.sim.world(|w| w.exports.iter().find(|x| x.name == "cli-test").unwrap().uid.clone());
+    assert_eq!(
+        env.sim.world(|w| w.exports.iter().find(|x| x.uid == uid).unwrap().datasets.clone()),
+        vec![dataset]
+    );
+    let path = env.dir.path().join("exports").join(format!("cli-test_{uid}.zip"));
+    assert!(out.contains(&format!("downloaded {}", "exports/")), "{out}");
+    assert_eq!(sha256_of(&path), served_sha(&env, &uid).await);
+
+    // a second download of the same export finds it done
+    let (code, out, _) =
+        run_binary(&["--config", cfg, "exports", "download", &uid], &[], env.dir.path()).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("already downloaded"), "{out}");
+
+    // the mirror lists it with its download
+    run_binary(&["--config", cfg, "sync", "--only", "exports"], &[], env.dir.path()).await;
+    let (code, out, _) = run_binary(&["--config", cfg, "exports", "list"], &[], env.dir.path()).await;
+    assert_eq!(code, 0);
+    let line = out.lines().find(|l| l.starts_with(&uid)).expect("listed");
+    assert!(line.contains("exported") && line.contains("downloaded"), "{line}");
+
+    // a bad request is reported, not retried
+    let (code, _, err) = run_binary(
+        &["--config", cfg, "exports", "create"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing to export"), "{err}");
+    assert_key_never_at_storage(&env);
+}
