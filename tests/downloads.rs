@@ -106,9 +106,16 @@ async fn assert_all_downloaded(env: &TestEnv) {
         let want = served_sha(env, &r.uid).await;
         assert_eq!(r.sha256.as_deref(), Some(want.as_str()), "{r:?}");
         assert_eq!(sha256_of(&path), want, "file on disk for {r:?}");
-        assert_eq!(r.bytes, Some(std::fs::metadata(&path).unwrap().len() as i64));
+        assert_eq!(
+            r.bytes,
+            Some(std::fs::metadata(&path).unwrap().len() as i64)
+        );
     }
-    assert_eq!(names(&partial_dir(env)), Vec::<String>::new(), "partial files left");
+    assert_eq!(
+        names(&partial_dir(env)),
+        Vec::<String>::new(),
+        "partial files left"
+    );
 }
 
 /// The storage address saw requests, and none carried the API key.
@@ -131,7 +138,10 @@ async fn only_exports_that_become_exported_are_downloaded_unless_backfill() {
     let env = start(small_world()).await;
     env.sim.faults(|f| f.storage.redirect = true);
     env.sync().await.unwrap();
-    assert!(download_rows(&env).is_empty(), "baseline exports were queued");
+    assert!(
+        download_rows(&env).is_empty(),
+        "baseline exports were queued"
+    );
 
     let uid = env.sim.world(|w| {
         let e = w.add_export();
@@ -143,20 +153,32 @@ async fn only_exports_that_become_exported_are_downloaded_unless_backfill() {
     assert_eq!(done.len(), 1);
     let rows = download_rows(&env);
     assert_eq!((rows.len(), rows[0].uid.as_str()), (1, uid.as_str()));
-    assert_eq!(rows[0].sha256.as_deref(), Some(served_sha(&env, &uid).await.as_str()));
+    assert_eq!(
+        rows[0].sha256.as_deref(),
+        Some(served_sha(&env, &uid).await.as_str())
+    );
     // the event carries where the archive is and its checksum
     let payload: serde_json::Value = env.store().with(|c| {
         let p: String = c
-            .query_row("SELECT payload FROM events WHERE type = 'export.downloaded'", [], |r| r.get(0))
+            .query_row(
+                "SELECT payload FROM events WHERE type = 'export.downloaded'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         serde_json::from_str(&p).unwrap()
     });
     assert_eq!(payload["data"]["uid"], uid.as_str());
-    assert_eq!(payload["data"]["download"]["sha256"], rows[0].sha256.as_deref().unwrap());
+    assert_eq!(
+        payload["data"]["download"]["sha256"],
+        rows[0].sha256.as_deref().unwrap()
+    );
     assert_eq!(payload["data"]["object"]["status"], "exported");
     // the storage redirected each request; the client followed without the key
     let log = env.sim.faults(|f| f.storage.log.clone());
-    assert!(log.iter().any(|l| l.status == 302) && log.iter().any(|l| l.path.starts_with("/blobs/")));
+    assert!(
+        log.iter().any(|l| l.status == 302) && log.iter().any(|l| l.path.starts_with("/blobs/"))
+    );
     assert_key_never_at_storage(&env);
 
     // with backfill, a fresh mirror takes every exported archive
@@ -181,7 +203,10 @@ async fn a_dropped_connection_resumes_with_range() {
     let resumed: Vec<_> = log.iter().filter(|l| l.status == 206).collect();
     assert_eq!(resumed.len(), 2, "{log:#?}");
     for l in resumed {
-        let from: u64 = l.range.as_deref().unwrap()["bytes=".len()..].trim_end_matches('-').parse().unwrap();
+        let from: u64 = l.range.as_deref().unwrap()["bytes=".len()..]
+            .trim_end_matches('-')
+            .parse()
+            .unwrap();
         assert!(from > 0 && from <= 20_000, "{l:?}");
     }
     assert!(download_rows(&env).iter().all(|r| r.attempts <= 2));
@@ -214,19 +239,25 @@ async fn an_expired_link_is_refreshed_through_the_api() {
     downloader(&env).drain().await;
     assert_all_downloaded(&env).await;
     let storage = env.sim.faults(|f| f.storage.log.clone());
-    let expired = storage.iter().find(|l| l.status == 403).expect("one expired link");
-    let uid = expired.path.trim_start_matches("/exports/").trim_end_matches(".zip");
+    let expired = storage
+        .iter()
+        .find(|l| l.status == 403)
+        .expect("one expired link");
+    let uid = expired
+        .path
+        .trim_start_matches("/exports/")
+        .trim_end_matches(".zip");
     // the refresh went to the API (with the key, where it belongs)…
     let api = env.sim.faults(|f| f.log.clone());
     assert!(
-        api.iter().any(|l| l.path == format!("/exports/{uid}/") && l.status == 200),
+        api.iter()
+            .any(|l| l.path == format!("/exports/{uid}/") && l.status == 200),
         "no GET /exports/{uid}/"
     );
     // …and the next storage request used the new link
     let retry = storage
         .iter()
-        .filter(|l| l.path == expired.path && l.status == 200)
-        .last()
+        .rfind(|l| l.path == expired.path && l.status == 200)
         .unwrap();
     assert_ne!(retry.query, expired.query);
     assert_key_never_at_storage(&env);
@@ -241,8 +272,12 @@ async fn storage_404_for_good_fails_with_a_clear_error_and_exit_1() {
         &format!("[downloads]\nbackfill = true\ndir = \"{}\"\n", dl.display()),
     );
     env.sim.faults(|f| f.storage.not_found = u32::MAX);
-    let (code, out, err) =
-        run_binary(&["--config", cfg.to_str().unwrap(), "sync"], &[], env.dir.path()).await;
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("failed download of export"), "{out}");
     assert!(out.contains("storage refused the link (404"), "{out}");
@@ -305,7 +340,8 @@ async fn kill_9_during_a_download_then_restart_resumes() {
         &format!("[downloads]\nbackfill = true\ndir = \"{}\"\n", dl.display()),
     );
     let cfg = cfg.to_str().unwrap();
-    env.sim.faults(|f| f.storage.slow = Duration::from_millis(150));
+    env.sim
+        .faults(|f| f.storage.slow = Duration::from_millis(300));
     let mut child = spawn_binary(&["--config", cfg, "sync"]);
     let partial_len = || {
         std::fs::read_dir(dl.join(".partial"))
@@ -314,12 +350,19 @@ async fn kill_9_during_a_download_then_restart_resumes() {
             .and_then(|e| e.ok()?.metadata().ok())
             .map_or(0, |m| m.len())
     };
-    wait_until("part of the archive on disk", || partial_len() >= 512 * 1024).await;
+    wait_until("part of the archive on disk", || {
+        partial_len() >= 512 * 1024
+    })
+    .await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let left = partial_len();
     assert!(left > 0 && left < 4 << 20, "{left}");
-    assert_eq!(names(&dl), vec![".partial"], "a partial file outside .partial");
+    assert_eq!(
+        names(&dl),
+        vec![".partial"],
+        "a partial file outside .partial"
+    );
 
     env.sim.faults(|f| f.storage.slow = Duration::ZERO);
     let (code, out, err) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
@@ -329,7 +372,11 @@ async fn kill_9_during_a_download_then_restart_resumes() {
     assert_eq!(r.sha256.unwrap(), served_sha(&env, &r.uid).await);
     assert_eq!(names(&dl.join(".partial")), Vec::<String>::new());
     let log = env.sim.faults(|f| f.storage.log.clone());
-    assert_eq!(log.last().unwrap().status, 206, "the restart resumed: {log:#?}");
+    assert_eq!(
+        log.last().unwrap().status,
+        206,
+        "the restart resumed: {log:#?}"
+    );
     let downloaded = env
         .events()
         .into_iter()
@@ -362,8 +409,17 @@ async fn exports_create_wait_download_from_the_command_line() {
     });
     let (code, out, err) = run_binary(
         &[
-            "--config", cfg, "exports", "create", "--dataset", &dataset, "--name", "cli-test",
-            "--download", "--poll", "50ms",
+            "--config",
+            cfg,
+            "exports",
+            "create",
+            "--dataset",
+            &dataset,
+            "--name",
+            "cli-test",
+            "--download",
+            "--poll",
+            "50ms",
         ],
         &[],
         env.dir.path(),
@@ -372,36 +428,65 @@ async fn exports_create_wait_download_from_the_command_line() {
     worker.abort();
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("created export"), "{out}");
-    assert!(out.contains("exporting") && out.contains("exported"), "{out}");
-    let uid = env.sim.world(|w| w.exports.iter().find(|x| x.name == "cli-test").unwrap().uid.clone());
+    assert!(
+        out.contains("exporting") && out.contains("exported"),
+        "{out}"
+    );
+    let uid = env.sim.world(|w| {
+        w.exports
+            .iter()
+            .find(|x| x.name == "cli-test")
+            .unwrap()
+            .uid
+            .clone()
+    });
     assert_eq!(
-        env.sim.world(|w| w.exports.iter().find(|x| x.uid == uid).unwrap().datasets.clone()),
+        env.sim.world(|w| w
+            .exports
+            .iter()
+            .find(|x| x.uid == uid)
+            .unwrap()
+            .datasets
+            .clone()),
         vec![dataset]
     );
-    let path = env.dir.path().join("exports").join(format!("cli-test_{uid}.zip"));
+    let path = env
+        .dir
+        .path()
+        .join("exports")
+        .join(format!("cli-test_{uid}.zip"));
     assert!(out.contains(&format!("downloaded {}", "exports/")), "{out}");
     assert_eq!(sha256_of(&path), served_sha(&env, &uid).await);
 
     // a second download of the same export finds it done
-    let (code, out, _) =
-        run_binary(&["--config", cfg, "exports", "download", &uid], &[], env.dir.path()).await;
-    assert_eq!(code, 0);
-    assert!(out.contains("already downloaded"), "{out}");
-
-    // the mirror lists it with its download
-    run_binary(&["--config", cfg, "sync", "--only", "exports"], &[], env.dir.path()).await;
-    let (code, out, _) = run_binary(&["--config", cfg, "exports", "list"], &[], env.dir.path()).await;
-    assert_eq!(code, 0);
-    let line = out.lines().find(|l| l.starts_with(&uid)).expect("listed");
-    assert!(line.contains("exported") && line.contains("downloaded"), "{line}");
-
-    // a bad request is reported, not retried
-    let (code, _, err) = run_binary(
-        &["--config", cfg, "exports", "create"],
+    let (code, out, _) = run_binary(
+        &["--config", cfg, "exports", "download", &uid],
         &[],
         env.dir.path(),
     )
     .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("already downloaded"), "{out}");
+
+    // the mirror lists it with its download
+    run_binary(
+        &["--config", cfg, "sync", "--only", "exports"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    let (code, out, _) =
+        run_binary(&["--config", cfg, "exports", "list"], &[], env.dir.path()).await;
+    assert_eq!(code, 0);
+    let line = out.lines().find(|l| l.starts_with(&uid)).expect("listed");
+    assert!(
+        line.contains("exported") && line.contains("downloaded"),
+        "{line}"
+    );
+
+    // a bad request is reported, not retried
+    let (code, _, err) =
+        run_binary(&["--config", cfg, "exports", "create"], &[], env.dir.path()).await;
     assert_eq!(code, 1);
     assert!(err.contains("nothing to export"), "{err}");
     assert_key_never_at_storage(&env);

@@ -153,7 +153,7 @@ pub async fn attempt(
     }
 
     // The network side reads; a blocking thread hashes and writes.
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let path = target.partial_path.clone();
     let writer = tokio::task::spawn_blocking(move || write_partial(&path, offset, rx));
     let mut body = resp.bytes_stream();
@@ -215,16 +215,36 @@ fn write_partial(
 ) -> io::Result<(u64, Sha256)> {
     let mut file = OpenOptions::new().create(true).append(true).open(path)?;
     let (_, mut hasher) = hash_file(path, offset)?;
+    // Writeback starts while the download goes on, so the final fsync has little left to do.
+    let (kick, kicks) = std::sync::mpsc::sync_channel::<()>(1);
+    let syncer = file.try_clone()?;
+    let background = std::thread::spawn(move || {
+        while kicks.recv().is_ok() {
+            let _ = syncer.sync_data();
+        }
+    });
     let mut out = BufWriter::with_capacity(1 << 20, &mut file);
     let mut written = offset;
+    let mut unsynced = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
         hasher.update(&chunk);
         out.write_all(&chunk)?;
         written += chunk.len() as u64;
+        unsynced += chunk.len() as u64;
+        if unsynced >= SYNC_EVERY {
+            out.flush()?;
+            let _ = kick.try_send(()); // skipped while the last one still runs
+            unsynced = 0;
+        }
     }
     out.flush()?;
+    drop(kick);
+    let _ = background.join();
     Ok((written, hasher))
 }
+
+/// How much is written between background writeback kicks.
+const SYNC_EVERY: u64 = 64 << 20;
 
 /// The SHA-256 state after the first `limit` bytes of a file, and how many there were.
 fn hash_file(path: &Path, limit: u64) -> io::Result<(u64, Sha256)> {
@@ -244,16 +264,24 @@ fn hash_file(path: &Path, limit: u64) -> io::Result<(u64, Sha256)> {
 
 /// Checks the archive, then makes it durable and visible: fsync, rename, fsync the directory.
 fn publish(partial: &Path, fin: &Path) -> Result<(), Failure> {
-    if let Err(e) = check_archive(partial) {
+    // The check reads from the page cache while the disk catches up: side by side.
+    let (checked, synced) = std::thread::scope(|s| {
+        let sync = s.spawn(|| File::open(partial).and_then(|f| f.sync_all()));
+        let checked = check_archive(partial);
+        (
+            checked,
+            sync.join()
+                .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked"))),
+        )
+    });
+    if let Err(e) = checked {
         let _ = fs::remove_file(partial);
         return Err(retry(format!(
             "the archive is corrupt ({e}); downloading it again"
         )));
     }
     let io = |what: &str, e: io::Error| retry(format!("{what} {}: {e}", fin.display()));
-    File::open(partial)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io("syncing", e))?;
+    synced.map_err(|e| io("syncing", e))?;
     fs::rename(partial, fin).map_err(|e| io("moving into place", e))?;
     if let Some(dir) = fin.parent() {
         File::open(dir)

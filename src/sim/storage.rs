@@ -157,7 +157,7 @@ pub fn signature(seed: u64, uid: &str, version: u64) -> String {
     )
 }
 
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 1 << 20;
 
 pub async fn serve(State(st): State<Arc<SimState>>, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path().to_string();
@@ -329,60 +329,48 @@ fn parse_range(r: &str, len: u64) -> Option<u64> {
     (start < len).then_some(start)
 }
 
-/// The file from `from`, in chunks; with `cut`, the connection breaks after that many bytes.
+/// The file from `from`, read ahead by a thread of its own; with `cut`, the
+/// connection breaks after that many bytes.
 fn stream_file(
     path: PathBuf,
     from: u64,
     cut: Option<u64>,
     slow: std::time::Duration,
 ) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> {
-    let state = (None::<File>, 0u64);
-    futures_util::stream::unfold(state, move |(file, sent)| {
-        let path = path.clone();
-        async move {
-            if sent == u64::MAX {
-                return None;
-            }
-            if cut.is_some_and(|c| sent >= c) {
-                // let what was sent reach the client before the connection goes
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                return Some((
-                    Err(io::Error::new(
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let read = || -> io::Result<()> {
+            let mut f = File::open(&path)?;
+            f.seek(SeekFrom::Start(from))?;
+            let mut sent = 0u64;
+            loop {
+                if cut.is_some_and(|c| sent >= c) {
+                    // let what was sent reach the client before the connection goes
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    return Err(io::Error::new(
                         io::ErrorKind::ConnectionReset,
                         "simulated drop",
-                    )),
-                    (None, u64::MAX),
-                ));
-            }
-            if !slow.is_zero() {
-                tokio::time::sleep(slow).await;
-            }
-            let want = cut.map_or(CHUNK as u64, |c| (c - sent).min(CHUNK as u64)) as usize;
-            let read = tokio::task::spawn_blocking(move || -> io::Result<(File, Vec<u8>)> {
-                let mut f = match file {
-                    Some(f) => f,
-                    None => {
-                        let mut f = File::open(&path)?;
-                        f.seek(SeekFrom::Start(from))?;
-                        f
-                    }
-                };
+                    ));
+                }
+                std::thread::sleep(slow);
+                let want = cut.map_or(CHUNK as u64, |c| (c - sent).min(CHUNK as u64)) as usize;
                 let mut buf = vec![0u8; want];
                 let n = f.read(&mut buf)?;
-                buf.truncate(n);
-                Ok((f, buf))
-            })
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r);
-            match read {
-                Ok((_, buf)) if buf.is_empty() => None,
-                Ok((f, buf)) => {
-                    let n = buf.len() as u64;
-                    Some((Ok(buf), (Some(f), sent + n)))
+                if n == 0 {
+                    return Ok(());
                 }
-                Err(e) => Some((Err(e), (None, u64::MAX))),
+                buf.truncate(n);
+                sent += n as u64;
+                if tx.blocking_send(Ok(buf)).is_err() {
+                    return Ok(()); // the client went away
+                }
             }
+        };
+        if let Err(e) = read() {
+            let _ = tx.blocking_send(Err(e));
         }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
     })
 }
