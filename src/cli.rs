@@ -23,6 +23,9 @@ pub struct Cli {
     /// Configuration file (else $AVALA_MIRROR_CONFIG, ./avala-mirror.toml, /etc/avala-mirror/config.toml)
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// Log format on stderr: text, or json (the default under systemd, i.e. with $JOURNAL_STREAM)
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -161,7 +164,11 @@ fn parse_resource(s: &str) -> Result<Resource, String> {
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
     let env: HashMap<String, String> = std::env::vars().collect();
-    init_logging(&env, matches!(cli.command, Command::Demo { .. }));
+    let json = match cli.log_format.as_deref() {
+        Some(f) => f == "json",
+        None => env.contains_key("JOURNAL_STREAM"),
+    };
+    init_logging(&env, json, matches!(cli.command, Command::Demo { .. }));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -183,13 +190,18 @@ fn load(
     env: &HashMap<String, String>,
 ) -> anyhow::Result<Arc<Config>> {
     let path = config::find_config_path(cli_config, env)?;
-    Ok(Arc::new(Config::load(&path, env)?))
+    let cfg = Config::load(&path, env)?;
+    apply_log_level(&cfg.log_level);
+    Ok(Arc::new(cfg))
 }
 
 async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> {
     let cfg_path = cli.config.as_deref();
     match cli.command {
-        Command::Run => commands::run::run(load(cfg_path, &env)?).await,
+        Command::Run => {
+            let reload = || load(cfg_path, &env);
+            commands::run::run(reload()?, reload).await
+        }
         Command::Sync { only } => commands::sync::sync(load(cfg_path, &env)?, only).await,
         Command::Status { json } => commands::status::status(&*load(cfg_path, &env)?, json),
         Command::Events {
@@ -275,16 +287,45 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
     }
 }
 
-/// Human logs on stderr; level from RUST_LOG (default info, warn for the demo whose
-/// screen is its own output).
-fn init_logging(env: &HashMap<String, String>, quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
-    let filter = env
+/// The log filter, replaceable once the configuration is read (`log.level`).
+static LOG_FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// Logs on stderr, human or JSON; level from RUST_LOG, else `log.level` once the
+/// configuration is read (default info; warn for the demo, whose screen is its own output).
+fn init_logging(env: &HashMap<String, String>, json: bool, quiet: bool) {
+    use tracing_subscriber::prelude::*;
+    let from_env = env
         .get("RUST_LOG")
-        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok());
+    let fixed = from_env.is_some() || quiet;
+    let filter = from_env
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" }));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json().flatten_event(true).boxed()
+    } else {
+        fmt.boxed()
+    };
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+        && !fixed
+    {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// Applies `log.level` from the configuration (unless RUST_LOG decided).
+pub fn apply_log_level(level: &str) {
+    if let (Some(h), Ok(f)) = (
+        LOG_FILTER.get(),
+        tracing_subscriber::EnvFilter::try_new(level),
+    ) {
+        let _ = h.reload(f);
+    }
 }

@@ -91,6 +91,10 @@ pub struct Config {
     pub downloads: DownloadsConfig,
     pub emit_initial: bool,
     pub sinks: Vec<SinkConfig>,
+    /// `[http] listen`: where `run` serves /healthz and /metrics (None: off).
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// `[log] level`: a tracing filter, used when RUST_LOG is not set.
+    pub log_level: String,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +149,8 @@ struct RawConfig {
     downloads: RawDownloads,
     events: RawEvents,
     sinks: Vec<RawSink>,
+    http: RawHttp,
+    log: RawLog,
 }
 
 #[derive(Deserialize)]
@@ -263,6 +269,35 @@ struct RawEvents {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    /// `host:port`, or "" / "off" for no server.
+    listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSink {
     #[serde(rename = "type")]
@@ -342,6 +377,7 @@ impl Config {
         raw.scope.owners = owners.iter().map(|s| s.to_string()).collect();
         raw.scope.organizations = organizations.iter().map(|s| s.to_string()).collect();
         raw.store.path = store_path.to_path_buf();
+        raw.http.listen = "off".into();
         raw.validate(&HashMap::from([(
             "AVALA_API_KEY".to_string(),
             key.to_string(),
@@ -421,11 +457,46 @@ impl RawConfig {
                     None
                 }
             },
-            _ => {
-                p.push("api key: missing; set AVALA_API_KEY or api.api_key_file".into());
-                None
-            }
+            _ => match env.get("CREDENTIALS_DIRECTORY") {
+                // systemd's LoadCredential=api_key:…
+                Some(dir) if Path::new(dir).join("api_key").is_file() => {
+                    let file = Path::new(dir).join("api_key");
+                    match std::fs::read_to_string(&file) {
+                        Ok(k) if !k.trim().is_empty() => Some(ApiKey::new(k.trim())),
+                        _ => {
+                            p.push(format!(
+                                "api key: the credential {} is empty or unreadable",
+                                file.display()
+                            ));
+                            None
+                        }
+                    }
+                }
+                _ => {
+                    p.push(
+                        "api key: missing; set AVALA_API_KEY, api.api_key_file, or a systemd credential named api_key"
+                            .into(),
+                    );
+                    None
+                }
+            },
         };
+
+        let http_listen = match self.http.listen.trim() {
+            "" | "off" => None,
+            addr => match addr.parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    p.push(format!(
+                        "http.listen: expected host:port such as \"127.0.0.1:9187\" (or \"off\"), got {addr:?}"
+                    ));
+                    None
+                }
+            },
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(format!("log.level: {e}"));
+        }
 
         let rps = self.api.requests_per_second;
         if !(rps.is_finite() && rps > 0.0) {
@@ -573,6 +644,8 @@ impl RawConfig {
             },
             emit_initial: self.events.emit_initial,
             sinks,
+            http_listen,
+            log_level: self.log.level,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! (status polls outrank crawls in the pacer). Stops on the shutdown signal:
 //! a page being written is committed or rolled back whole, never half-applied.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -10,15 +11,30 @@ use tokio::time::MissedTickBehavior;
 use crate::commands::sync::summary_line;
 use crate::config::Resource;
 use crate::error::ApiError;
-use crate::sync::Syncer;
+use crate::service::Health;
+use crate::sync::{CycleReport, Syncer};
 
-/// Runs until `shutdown` turns true, or a rejected key stops everything.
-pub async fn run(syncer: Syncer, mut shutdown: watch::Receiver<bool>) -> Result<(), ApiError> {
+/// Runs until `shutdown` turns true, or a rejected key stops everything. Each
+/// finished cycle goes to `health` (when given) and to systemd as a STATUS line;
+/// under a systemd watchdog, this loop sends WATCHDOG=1 while its tasks are alive.
+pub async fn run(
+    syncer: Syncer,
+    mut shutdown: watch::Receiver<bool>,
+    health: Option<Arc<Health>>,
+) -> Result<(), ApiError> {
     let resources = syncer.cfg.scope.resources.clone();
+    let done = move |r: Result<CycleReport, ApiError>| -> Result<(), ApiError> {
+        let report = r?;
+        if let Some(h) = &health {
+            h.cycle_done(&report);
+        }
+        log_cycle(&report);
+        Ok(())
+    };
     // Datasets first: the item and sequence listings are built from them.
     if resources.contains(&Resource::Datasets) {
         tokio::select! {
-            r = syncer.sync_resource(Resource::Datasets) => log_cycle(r)?,
+            r = syncer.sync_resource(Resource::Datasets) => done(r)?,
             _ = stopped(&mut shutdown) => return Ok(()),
         }
     }
@@ -26,6 +42,7 @@ pub async fn run(syncer: Syncer, mut shutdown: watch::Receiver<bool>) -> Result<
     let mut tasks = Vec::new();
     for res in resources {
         let (syncer, mut stop, fatal) = (syncer.clone(), shutdown.clone(), fatal_tx.clone());
+        let done = done.clone();
         let every = syncer.cfg.schedule[&res];
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
@@ -40,7 +57,7 @@ pub async fn run(syncer: Syncer, mut shutdown: watch::Receiver<bool>) -> Result<
                 }
                 tokio::select! {
                     r = syncer.sync_resource(res) => {
-                        if let Err(e) = log_cycle(r) {
+                        if let Err(e) = done(r) {
                             let _ = fatal.send(e).await;
                             return;
                         }
@@ -51,9 +68,24 @@ pub async fn run(syncer: Syncer, mut shutdown: watch::Receiver<bool>) -> Result<
         }));
     }
     drop(fatal_tx);
-    let result = tokio::select! {
-        _ = stopped(&mut shutdown) => Ok(()),
-        Some(e) = fatal_rx.recv() => Err(e),
+    // Half the watchdog period, as systemd recommends; never, without one.
+    let mut watchdog = tokio::time::interval(
+        sd_notify::watchdog_enabled()
+            .map(|d| d / 2)
+            .unwrap_or(Duration::from_secs(86_400 * 365)),
+    );
+    let result = loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => break Ok(()),
+            Some(e) = fatal_rx.recv() => break Err(e),
+            _ = watchdog.tick() => {
+                if tasks.iter().all(|t| !t.is_finished()) {
+                    crate::service::notify(&[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    tracing::error!("a resource task ended; no watchdog ping");
+                }
+            }
+        }
     };
     for t in &tasks {
         t.abort();
@@ -69,16 +101,12 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-fn log_cycle(r: Result<crate::sync::CycleReport, ApiError>) -> Result<(), ApiError> {
-    let report = r?;
+fn log_cycle(report: &CycleReport) {
+    let line = summary_line(report);
     if report.failures.is_empty() {
-        tracing::info!("{}", summary_line(&report));
+        tracing::info!("{line}");
     } else {
-        tracing::warn!(
-            "{} ({} scopes failed)",
-            summary_line(&report),
-            report.failures.len()
-        );
+        tracing::warn!("{line} ({} scopes failed)", report.failures.len());
     }
-    Ok(())
+    crate::service::notify(&[sd_notify::NotifyState::Status(&line)]);
 }

@@ -12,6 +12,7 @@ use reqwest::{StatusCode, Url};
 use super::pace::{Pacer, Priority, parse_reset};
 use crate::config::{ApiConfig, ApiKey};
 use crate::error::ApiError;
+use crate::metrics::METRICS;
 
 pub const KEY_HEADER: &str = "X-Avala-Api-Key";
 /// 429s are not failures of the server; they get their own, larger allowance.
@@ -105,7 +106,9 @@ impl Client {
         let (mut attempts, mut limited) = (0u32, 0u32);
         loop {
             attempts += 1;
+            let waited = std::time::Instant::now();
             self.pacer.acquire(prio).await;
+            METRICS.limiter_wait.inc_by(waited.elapsed().as_secs_f64());
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let err = match self.once(url, None, &parse).await {
                 Ok(ok) => {
@@ -114,6 +117,7 @@ impl Client {
                 }
                 Err(Attempt::RateLimited(retry_after)) => {
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    METRICS.api_rate_limited.inc();
                     self.pacer.on_rate_limited(retry_after);
                     limited += 1;
                     if limited <= MAX_RATE_LIMITED {
@@ -166,6 +170,7 @@ impl Client {
                 Ok(ok) => return Ok(ok.value),
                 Err(Attempt::RateLimited(retry_after)) => {
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    METRICS.api_rate_limited.inc();
                     self.pacer.on_rate_limited(retry_after);
                 }
                 Err(Attempt::Failed(e)) => return Err(e),
@@ -189,13 +194,21 @@ impl Client {
             Some(b) => self.http.post(url.clone()).json(b),
             None => self.http.get(url.clone()),
         };
+        let count = |status: String| {
+            let labels = vec![("endpoint", self.endpoint_label(url)), ("status", status)];
+            METRICS.api_requests.get_or_create(&labels).inc();
+        };
         let resp = req
             .header(KEY_HEADER, self.key.expose())
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| Attempt::Failed(transport(ep(), e)))?;
+            .map_err(|e| {
+                count("error".into());
+                Attempt::Failed(transport(ep(), e))
+            })?;
         let status = resp.status();
+        count(status.as_u16().to_string());
         let headers = resp.headers().clone();
         self.observe_rate_headers(&headers);
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -232,6 +245,29 @@ impl Client {
             },
         };
         Err(Attempt::Failed(err))
+    }
+
+    /// The endpoint as a metric label: the path under the base URL, with every
+    /// value (owner, slug, uid) replaced by `{}` so the label set stays small.
+    fn endpoint_label(&self, url: &Url) -> String {
+        const WORDS: [&str; 7] = [
+            "datasets",
+            "list",
+            "organizations",
+            "sequences",
+            "items",
+            "slices",
+            "exports",
+        ];
+        let path = url
+            .path()
+            .strip_prefix(self.base.path())
+            .unwrap_or(url.path());
+        path.split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| if WORDS.contains(&s) { s } else { "{}" })
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     fn observe_rate_headers(&self, h: &HeaderMap) {

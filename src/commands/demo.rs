@@ -105,7 +105,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
         let rx = stop_rx.clone();
         tokio::spawn(async move { d.serve(rx).await })
     });
-    let daemon = tokio::spawn(crate::scheduler::run(syncer.clone(), stop_rx));
+    let daemon = tokio::spawn(crate::scheduler::run(syncer.clone(), stop_rx, None));
     let deadline = tokio::time::Instant::now() + duration;
     let mut after = 0i64;
     let mut shown = 0u64;

@@ -163,6 +163,9 @@ pub async fn attempt(
         match chunk {
             Ok(b) => {
                 got += b.len() as u64;
+                crate::metrics::METRICS
+                    .download_bytes
+                    .inc_by(b.len() as u64);
                 if tx.send(b).await.is_err() {
                     break; // the writer failed; its error is below
                 }

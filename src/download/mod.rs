@@ -184,6 +184,7 @@ impl Downloader {
                         .await
                         .map_err(|e| format!("local database error: {e}"))?;
                     tracing::info!(export = %uid, path = %done.path.display(), bytes = done.bytes, "export downloaded");
+                    export_event_counted();
                     return Ok(done);
                 }
                 Err(f) => f,
@@ -214,6 +215,8 @@ impl Downloader {
             let (u, e, n) = (uid.clone(), error.clone(), now_rfc3339());
             if give_up {
                 tracing::error!(export = %uid, attempts, "download failed: {error}");
+                crate::metrics::METRICS.download_failures.inc();
+                export_event_counted();
                 self.store
                     .call(move |c| downloads::fail(c, &u, &e, &n))
                     .await
@@ -261,6 +264,14 @@ impl Downloader {
             Err(e) => Err(Refresh::Failed(e.to_string())),
         }
     }
+}
+
+/// `export.downloaded` / `export.download_failed` in the events metric.
+fn export_event_counted() {
+    let m = &crate::metrics::METRICS;
+    m.events_emitted
+        .get_or_create(&crate::metrics::label("resource", "exports"))
+        .inc();
 }
 
 enum Refresh {

@@ -38,6 +38,8 @@ pub struct CycleReport {
     pub queued: u64,
     /// Scopes that failed or were skipped, with the reason.
     pub failures: Vec<(String, String)>,
+    /// Of those, the ones that failed (not skipped for a 403/404 on their scope).
+    pub hard_failures: u64,
 }
 
 impl CycleReport {
@@ -150,6 +152,10 @@ impl Syncer {
             Resource::Sequences => self.sync_sequences(&mut report).await?,
             Resource::Slices => self.sync_slices(&mut report).await?,
         }
+        let m = &crate::metrics::METRICS;
+        let label = crate::metrics::label("resource", res.table());
+        m.records_synced.get_or_create(&label).inc_by(report.listed);
+        m.events_emitted.get_or_create(&label).inc_by(report.events);
         Ok(report)
     }
 
@@ -360,6 +366,9 @@ impl Syncer {
         }
         for s in scopes {
             report.failures.push((s.clone(), msg.clone()));
+        }
+        if !e.is_scope_missing() {
+            report.hard_failures += 1;
         }
     }
 

@@ -140,8 +140,14 @@ impl TestEnv {
         let key = self.dir.path().join("api_key");
         std::fs::write(&key, key_file_contents).unwrap();
         let path = self.dir.path().join("avala-mirror.toml");
+        // no /healthz server unless the test asks for one (tests run side by side)
+        let http = if extra.contains("[http]") {
+            ""
+        } else {
+            "[http]\nlisten = \"off\"\n"
+        };
         let toml = format!(
-            "[api]\nbase_url = \"{}\"\napi_key_file = \"{}\"\nbackoff_min = \"5ms\"\nbackoff_max = \"20ms\"\nrequests_per_second = 500.0\nburst = 50\n\n[scope]\nowners = [\"johndoe\"]\norganizations = [\"acme-ai\"]\n\n[store]\npath = \"{}\"\n{extra}",
+            "[api]\nbase_url = \"{}\"\napi_key_file = \"{}\"\nbackoff_min = \"5ms\"\nbackoff_max = \"20ms\"\nrequests_per_second = 500.0\nburst = 50\n\n[scope]\nowners = [\"johndoe\"]\norganizations = [\"acme-ai\"]\n\n[store]\npath = \"{}\"\n{http}{extra}",
             self.sim.base_url(),
             key.display(),
             self.cfg.store_path.display()
