@@ -31,24 +31,23 @@ pub async fn run(
         log_cycle(&report);
         Ok(())
     };
-    // Datasets first: the item and sequence listings are built from them.
-    if resources.contains(&Resource::Datasets) {
-        tokio::select! {
-            r = syncer.sync_resource(Resource::Datasets) => done(r)?,
-            _ = stopped(&mut shutdown) => return Ok(()),
-        }
-    }
+    // Datasets first: the item and sequence listings are built from them, so the
+    // other resources start once the first dataset cycle is over.
+    let (datasets_done, first) = watch::channel(!resources.contains(&Resource::Datasets));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<ApiError>(1);
     let mut tasks = Vec::new();
     for res in resources {
         let (syncer, mut stop, fatal) = (syncer.clone(), shutdown.clone(), fatal_tx.clone());
-        let done = done.clone();
+        let (done, mut first, datasets_done) = (done.clone(), first.clone(), datasets_done.clone());
         let every = syncer.cfg.schedule[&res];
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
-            if res == Resource::Datasets {
-                ticks.tick().await; // its first cycle ran above
+            if res != Resource::Datasets {
+                tokio::select! {
+                    _ = first.wait_for(|done| *done) => {}
+                    _ = stopped(&mut stop) => return,
+                }
             }
             loop {
                 tokio::select! {
@@ -61,19 +60,21 @@ pub async fn run(
                             let _ = fatal.send(e).await;
                             return;
                         }
+                        if res == Resource::Datasets {
+                            let _ = datasets_done.send(true);
+                        }
                     }
                     _ = stopped(&mut stop) => return,
                 }
             }
         }));
     }
-    drop(fatal_tx);
+    drop((fatal_tx, datasets_done));
     // Half the watchdog period, as systemd recommends; never, without one.
-    let mut watchdog = tokio::time::interval(
-        sd_notify::watchdog_enabled()
-            .map(|d| d / 2)
-            .unwrap_or(Duration::from_secs(86_400 * 365)),
-    );
+    let period = sd_notify::watchdog_enabled()
+        .map(|d| d / 2)
+        .unwrap_or(Duration::from_secs(86_400 * 365));
+    let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let result = loop {
         tokio::select! {
             _ = stopped(&mut shutdown) => break Ok(()),

@@ -248,7 +248,7 @@ impl Client {
     }
 
     /// The endpoint as a metric label: the path under the base URL, with every
-    /// value (owner, slug, uid) replaced by `{}` so the label set stays small.
+    /// value (owner, slug, uid) replaced by `*` so the label set stays small.
     fn endpoint_label(&self, url: &Url) -> String {
         const WORDS: [&str; 7] = [
             "datasets",
@@ -265,7 +265,7 @@ impl Client {
             .unwrap_or(url.path());
         path.split('/')
             .filter(|s| !s.is_empty())
-            .map(|s| if WORDS.contains(&s) { s } else { "{}" })
+            .map(|s| if WORDS.contains(&s) { s } else { "*" })
             .collect::<Vec<_>>()
             .join("/")
     }

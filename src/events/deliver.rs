@@ -231,6 +231,17 @@ impl Deliverer {
             .map(|sink| {
                 let me = self.clone();
                 tokio::spawn(async move {
+                    // the sink shows in `status` and /metrics from the start, at cursor 0
+                    let n = sink.name.clone();
+                    let _ = me
+                        .store
+                        .call(move |c| {
+                            c.execute(
+                                "INSERT OR IGNORE INTO sink_state (sink, cursor) VALUES (?1, 0)",
+                                [n],
+                            )
+                        })
+                        .await;
                     loop {
                         let wait = match me.drain(&sink).await {
                             Ok(Drained::Idle) => Duration::from_millis(500),

@@ -165,6 +165,7 @@ pub fn spawn_binary(args: &[&str]) -> tokio::process::Child {
         .env_remove("AVALA_MIRROR_CONFIG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true) // a failing test leaves no daemon behind
         .spawn()
         .unwrap()
 }

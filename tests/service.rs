@@ -1,0 +1,360 @@
+//! `run` as a service (SPEC §7): the notify protocol, /healthz, /metrics, SIGHUP
+//! reload, and SIGTERM in the middle of a large listing.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use tokio::net::UnixDatagram;
+
+/// Starts `run` with extra environment, stderr captured to `log`.
+fn spawn_run(cfg: &Path, env: &[(&str, &str)], log: &Path) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"));
+    cmd.args(["--config", cfg.to_str().unwrap(), "run"])
+        .env_remove("AVALA_API_KEY")
+        .env_remove("AVALA_MIRROR_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+async fn exit_code(child: &mut tokio::process::Child, within: Duration) -> Option<i32> {
+    tokio::time::timeout(within, child.wait())
+        .await
+        .expect("the daemon stopped in time")
+        .unwrap()
+        .code()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(db)
+        .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+/// Every resource every 500 ms: stale after 1.5 s.
+const FAST: &str = "[schedule]\ndatasets = \"500ms\"\nsequences = \"500ms\"\nitems = \"500ms\"\nslices = \"500ms\"\nexports = \"500ms\"\n";
+
+#[tokio::test]
+async fn notify_protocol_ready_watchdog_stopping_in_order() {
+    let env = start(small_world()).await;
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut child = spawn_run(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+        &env.dir.path().join("log"),
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    async fn recv(sock: &UnixDatagram, buf: &mut [u8], seen: &mut Vec<String>) {
+        let n = tokio::time::timeout(Duration::from_secs(20), sock.recv(buf))
+            .await
+            .unwrap_or_else(|_| panic!("no notify message after {seen:?}"))
+            .unwrap();
+        seen.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    while seen.iter().filter(|m| *m == "WATCHDOG=1").count() < 2
+        || !seen
+            .iter()
+            .any(|m| m.starts_with("STATUS=") && m.contains("listed"))
+    {
+        recv(&sock, &mut buf, &mut seen).await;
+    }
+    signal(&child, "-TERM");
+    while !seen.iter().any(|m| m == "STOPPING=1") {
+        recv(&sock, &mut buf, &mut seen).await;
+    }
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+    let at = |m: &str| seen.iter().position(|x| x == m).unwrap_or(usize::MAX);
+    assert!(
+        at("READY=1") < at("WATCHDOG=1") && at("WATCHDOG=1") < at("STOPPING=1"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn healthz_follows_the_api_and_metrics_parse() {
+    let env = start(small_world()).await;
+    let port = free_port();
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n{FAST}[[sinks]]\ntype = \"file\"\npath = \"{}\"\n",
+            env.dir.path().join("events.jsonl").display()
+        ),
+    );
+    let mut child = spawn_run(&cfg, &[], &env.dir.path().join("log"));
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let health = || async {
+        match http.get(format!("{base}/healthz")).send().await {
+            Ok(r) => Some((
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )),
+            Err(_) => None,
+        }
+    };
+    let db = env.cfg.store_path.clone();
+    wait_until("the first cycle", || {
+        count(&db, "SELECT count(*) FROM items") == 360
+    })
+    .await;
+    let (code, body) = health().await.expect("healthz answers");
+    let log = std::fs::read_to_string(env.dir.path().join("log")).unwrap();
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("ok")),
+        "{body}\n{log}"
+    );
+
+    // the API goes down: every resource turns stale within 3 intervals, and /healthz says which
+    env.sim.faults(|f| f.error_rate = 1.0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (code, body) = health().await.unwrap();
+        if code == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never turned 503: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["status"], "stale");
+    assert!(
+        body["stale"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "exports"),
+        "{body}"
+    );
+    // …and back
+    env.sim.faults(|f| f.error_rate = 0.0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while health().await.unwrap().0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    // the sum over the samples of `name` that carry `labels`
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let found: Vec<f64> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => panic!("{name} is not a number"),
+            })
+            .collect();
+        assert!(!found.is_empty(), "no {name} {labels:?} in\n{text}");
+        found.iter().sum()
+    };
+    let items = [("endpoint", "datasets/*/*/items"), ("status", "200")];
+    // one item listing per dataset (60 items: one page each), at least once
+    assert!(
+        value("avala_mirror_api_requests_total", &items) >= 6.0,
+        "{text}"
+    );
+    let errors: f64 = ["500", "503"]
+        .iter()
+        .filter(|s| text.contains(&format!("status=\"{s}\"")))
+        .map(|s| value("avala_mirror_api_requests_total", &[("status", s)]))
+        .sum();
+    assert!(errors > 0.0, "the outage is not in the metrics");
+    assert!(
+        value(
+            "avala_mirror_records_synced_total",
+            &[("resource", "items")]
+        ) >= 360.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = value(
+        "avala_mirror_last_success_timestamp_seconds",
+        &[("resource", "exports")],
+    );
+    assert!((now - last).abs() < 60.0, "{last} vs {now}");
+    assert!(value("avala_mirror_rate_limiter_wait_seconds_total", &[]) >= 0.0);
+    assert_eq!(
+        value("avala_mirror_sink_events_pending", &[("sink", "file-0")]),
+        0.0
+    );
+    // no label carries a uid, an owner or a slug
+    assert!(
+        !text.contains("johndoe") && !text.contains("batch-"),
+        "{text}"
+    );
+
+    signal(&child, "-TERM");
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
+    let env = start(small_world()).await;
+    let cfg = env.write_config("test-key-5f3a9c", FAST);
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let with_resources =
+        |r: &str| original.replace("[scope]\n", &format!("[scope]\nresources = [{r}]\n"));
+    std::fs::write(&cfg, with_resources("\"exports\"")).unwrap();
+    let log = env.dir.path().join("log");
+    let mut child = spawn_run(&cfg, &[], &log);
+    let db = env.cfg.store_path.clone();
+    wait_until("exports mirrored", || {
+        count(&db, "SELECT count(*) FROM exports") == 3
+    })
+    .await;
+    assert_eq!(count(&db, "SELECT count(*) FROM datasets"), 0);
+
+    // a good config: datasets join
+    std::fs::write(&cfg, with_resources("\"datasets\", \"exports\"")).unwrap();
+    signal(&child, "-HUP");
+    wait_until("datasets after the reload", || {
+        count(&db, "SELECT count(*) FROM datasets") == 6
+    })
+    .await;
+
+    // a bad config: reported, the running one kept
+    std::fs::write(
+        &cfg,
+        original.replace("burst = 50\n", "burst = 50\nbogus = 1\n"),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the reload failure logged", || {
+        logged().contains("keeping the running one")
+    })
+    .await;
+    assert!(logged().contains("bogus"), "{}", logged());
+    env.sim.world(|w| {
+        w.add_export();
+    });
+    wait_until("a new export still mirrored", || {
+        count(&db, "SELECT count(*) FROM exports") == 4
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad config stopped the daemon"
+    );
+    signal(&child, "-TERM");
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+    assert!(!logged().contains("test-key-5f3a9c"));
+}
+
+#[tokio::test]
+async fn sigterm_in_a_large_listing_stops_fast_and_the_next_start_resumes() {
+    let mut world = small_world();
+    world.items_per_dataset = 3000;
+    let env = start(world).await;
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let db = env.cfg.store_path.clone();
+    env.sim.faults(|f| f.slow = Duration::from_millis(15));
+    let mut child = spawn_run(&cfg, &[], &env.dir.path().join("log"));
+    wait_until("part of the items", || {
+        count(&db, "SELECT count(*) FROM items") >= 500
+    })
+    .await;
+    signal(&child, "-TERM");
+    let stopped = std::time::Instant::now();
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        stopped.elapsed()
+    );
+    let items = count(&db, "SELECT count(*) FROM items");
+    assert!(items < 18_000, "the listing had finished ({items})");
+    let check: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    // whole pages only: every listing page is 100 records, and pages are applied whole
+    let per_dataset: Vec<i64> = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let mut st = c
+            .prepare("SELECT count(*) FROM items GROUP BY owner_name, dataset_slug")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(per_dataset.iter().all(|n| n % 100 == 0), "{per_dataset:?}");
+
+    env.sim.faults(|f| f.slow = Duration::ZERO);
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_mirror_equals_sim(&env);
+}
