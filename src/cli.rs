@@ -303,7 +303,10 @@ fn init_logging(env: &HashMap<String, String>, json: bool, quiet: bool) {
     let filter = from_env
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" }));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let fmt = if json {
         fmt.json().flatten_event(true).boxed()
     } else {

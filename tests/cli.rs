@@ -222,6 +222,44 @@ async fn check_reports_reachability_and_rate_headers() {
 }
 
 #[tokio::test]
+async fn logs_are_json_under_systemd_or_on_request_with_the_configured_level() {
+    let env = start(small_world()).await;
+    let cfg = env.write_config("test-key-5f3a9c", "[log]\nlevel = \"warn\"\n");
+    let cfg = cfg.to_str().unwrap();
+    env.sim.faults(|f| f.fail("/exports/", None, 503, 1));
+    // $JOURNAL_STREAM (stderr is the journal) means JSON; RUST_LOG decides the level
+    let (code, _, err) = run_binary(
+        &["--config", cfg, "sync"],
+        &[("JOURNAL_STREAM", "8:12345"), ("RUST_LOG", "info")],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["level"] == "INFO"), "{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "WARN"
+                && l["message"].as_str().unwrap_or("").contains("retrying")),
+        "{err}"
+    );
+    // without RUST_LOG, `log.level = "warn"` hides info; --log-format text overrides the journal
+    env.sim.faults(|f| f.fail("/exports/", None, 503, 1));
+    let (_, _, err) = run_binary(
+        &["--config", cfg, "--log-format", "text", "sync"],
+        &[("JOURNAL_STREAM", "8:12345")],
+        env.dir.path(),
+    )
+    .await;
+    assert!(!err.contains("INFO") && err.contains("WARN"), "{err}");
+    assert!(!err.trim_start().starts_with('{'), "{err}");
+}
+
+#[tokio::test]
 async fn run_polls_on_schedule_and_stops_cleanly_on_sigterm() {
     let env = start(small_world()).await;
     let cfg = env.write_config(
