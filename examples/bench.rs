@@ -4,7 +4,9 @@
 //!     cargo run --release --example bench -- [ITEMS]      (default 1000000)
 //!
 //! Prints items/s for the first sync and for an unchanged re-sync, the requests
-//! it took, and peak RSS (VmHWM) of the whole process (simulator included).
+//! it took, and peak RSS (VmHWM) of the mirror. The simulator runs in a child
+//! process (this program again, with `--serve N`), as the real API would be
+//! elsewhere; `--in-process` keeps it in this process instead.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,14 +21,8 @@ use avala_mirror::sync::Syncer;
 mod rss;
 use rss::proc_status;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(1_000_000);
-    let world = SimConfig {
+fn world(n: u64) -> SimConfig {
+    SimConfig {
         owners: vec!["bench".into()],
         organizations: vec![],
         datasets_per_owner: 1,
@@ -36,12 +32,51 @@ async fn main() -> anyhow::Result<()> {
         exports: 0,
         max_page_size: 1000,
         ..Default::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let in_process = args.iter().any(|a| a == "--in-process");
+    if args.first().map(String::as_str) == Some("--serve") {
+        let sim = Simulator::start(world(args[1].parse()?), "127.0.0.1:0".parse()?, None).await?;
+        println!("{}", sim.base_url());
+        tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await?;
+        return Ok(());
+    }
+    let n: u64 = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    // the simulator: here, or in a child process that prints its base URL
+    let mut _child = None;
+    let mut _sim = None;
+    let base: reqwest::Url = if in_process {
+        let sim = Simulator::start(world(n), "127.0.0.1:0".parse()?, None).await?;
+        let base = sim.base_url();
+        _sim = Some(sim);
+        base
+    } else {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["--serve", &n.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+            &mut line,
+        )?;
+        _child = Some(child);
+        line.trim().parse()?
     };
-    let sim = Simulator::start(world.clone(), "127.0.0.1:0".parse()?, None).await?;
     let dir = tempfile::tempdir()?;
     let mut cfg = Config::defaults(
-        &sim.base_url(),
-        &world.api_key,
+        &base,
+        &world(n).api_key,
         &["bench"],
         &[],
         &dir.path().join("bench.db"),
@@ -56,16 +91,28 @@ async fn main() -> anyhow::Result<()> {
         cfg: Arc::new(cfg),
         progress: None,
     };
-    println!("mirroring {n} items (page_size 1000, limiter off)");
+    let where_ = if in_process {
+        "in this process"
+    } else {
+        "in a child process"
+    };
+    println!("mirroring {n} items (page_size 1000, limiter off, simulator {where_})");
+    let requests = || {
+        syncer
+            .client
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     for label in ["first sync", "unchanged re-sync"] {
-        let requests_before = sim.faults(|f| f.log.len());
+        let requests_before = requests();
         let t = Instant::now();
         syncer.sync_resource(Resource::Datasets).await?;
         let report = syncer.sync_resource(Resource::Items).await?;
         let secs = t.elapsed().as_secs_f64();
         assert_eq!(report.listed, n, "{report:?}");
         assert!(report.failures.is_empty(), "{report:?}");
-        let requests = sim.faults(|f| f.log.len()) - requests_before;
+        let requests = requests() - requests_before;
         println!(
             "{label:<18} {:>8.0} items/s  ({secs:.2} s, {requests} requests for ceil({n}/1000) = {} pages, written: {})",
             n as f64 / secs,

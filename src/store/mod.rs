@@ -91,8 +91,10 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // 32 MiB of page cache keeps the uid index of a million rows mostly in memory.
     conn.pragma_update(None, "cache_size", -32_768)?;
-    // Fewer, larger checkpoints: each one fsyncs.
-    conn.pragma_update(None, "wal_autocheckpoint", 4096)?;
+    // Checkpoints at 128 MiB of WAL: an index page rewritten by many commits of a
+    // large first sync is copied back once, not once per 32 MiB (53k → 67k items/s
+    // at a million items; the WAL file may reach 128 MiB).
+    conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
     Ok(conn)
 }
 
