@@ -214,6 +214,23 @@ async fn a_dropped_connection_resumes_with_range() {
 }
 
 #[tokio::test]
+async fn a_flaky_link_that_keeps_making_progress_is_not_given_up() {
+    let mut world = small_world();
+    world.exports = 1;
+    let env = backfill(start(world).await);
+    // every response breaks after 8 000 bytes: 9 attempts for 64 KiB, each one resuming
+    env.sim.faults(|f| {
+        f.storage.drop_after = Some(8_000);
+        f.storage.drops = 8;
+    });
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    assert_all_downloaded(&env).await;
+    let r = download_rows(&env).remove(0);
+    assert!(r.attempts > MAX_ATTEMPTS as i64, "{r:?}");
+}
+
+#[tokio::test]
 async fn a_server_ignoring_range_means_starting_over() {
     let env = backfill(start(small_world()).await);
     env.sim.faults(|f| {

@@ -23,7 +23,8 @@ use crate::store::{Store, now_rfc3339};
 
 pub use fetch::{Done, PARTIAL_DIR};
 
-/// Attempts per download before it is marked `failed` (a link refresh counts as one).
+/// Attempts in a row without progress before a download is marked `failed` (one
+/// that ends in a link refresh counts).
 pub const MAX_ATTEMPTS: u32 = 5;
 /// How often `run` looks for newly queued downloads.
 const POLL: Duration = Duration::from_secs(1);
@@ -160,7 +161,12 @@ impl Downloader {
             partial_path: self.dir.join(PARTIAL_DIR).join(format!("{name}.partial")),
         };
         let mut url = job.url.clone();
+        // Attempts in a row that added nothing to the partial file: an attempt that
+        // made progress (a long download over a flaky link) does not count against it.
+        let mut stalled = 0u32;
+        let partial_len = || std::fs::metadata(&target.partial_path).map_or(0, |m| m.len());
         loop {
+            let before = partial_len();
             let (u, n) = (uid.clone(), now_rfc3339());
             let attempts = self
                 .store
@@ -190,7 +196,12 @@ impl Downloader {
                 Err(f) => f,
             };
             let mut error = failure.to_string();
-            let mut give_up = attempts >= MAX_ATTEMPTS;
+            stalled = if partial_len() > before {
+                0
+            } else {
+                stalled + 1
+            };
+            let mut give_up = stalled >= MAX_ATTEMPTS;
             let mut link_changed = false;
             if matches!(failure, fetch::Failure::Link(_)) && !give_up {
                 match self.refresh(&uid).await {
@@ -229,7 +240,7 @@ impl Downloader {
                 .call(move |c| downloads::attempt_failed(c, &u, &e, &n))
                 .await;
             if !link_changed {
-                tokio::time::sleep(self.delay(attempts)).await;
+                tokio::time::sleep(self.delay(stalled.max(1))).await;
             }
         }
     }
