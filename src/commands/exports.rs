@@ -196,20 +196,13 @@ async fn fetch_archive(
     let (u, n) = (uid.clone(), now_rfc3339());
     let job = store
         .call(move |c| {
-            let had = downloads::get(c, &u)?;
-            let present = c
-                .query_row(
-                    "SELECT path FROM downloads WHERE export_uid = ?1 AND status = 'downloaded'",
-                    [&u],
-                    |r| r.get::<_, Option<String>>(0),
-                )
-                .ok()
-                .flatten()
-                .filter(|p| std::path::Path::new(p).exists());
-            if let Some(path) = present {
+            if let Some(path) = downloads::downloaded_path(c, &u)?
+                && std::path::Path::new(&path).exists()
+            {
                 return Ok(Err(path));
             }
-            let file_name = had.map(|j| j.file_name).unwrap_or(name);
+            // a name already given (say, to a partial file) is kept
+            let file_name = downloads::get(c, &u)?.map_or(name, |j| j.file_name);
             downloads::request(c, &u, &link, &file_name, &n)?;
             downloads::get(c, &u).map(|j| Ok(j.expect("just queued")))
         })

@@ -90,6 +90,18 @@ pub fn get(conn: &Connection, export_uid: &str) -> rusqlite::Result<Option<Job>>
     .optional()
 }
 
+/// Where a downloaded archive was put, if it was downloaded.
+pub fn downloaded_path(conn: &Connection, export_uid: &str) -> rusqlite::Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT path FROM downloads WHERE export_uid = ?1 AND status = 'downloaded'",
+            [export_uid],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
 /// One more attempt begins.
 pub fn attempt(conn: &Connection, export_uid: &str, now: &str) -> rusqlite::Result<u32> {
     conn.query_row(
