@@ -231,6 +231,44 @@ async fn a_flaky_link_that_keeps_making_progress_is_not_given_up() {
 }
 
 #[tokio::test]
+async fn an_archive_renamed_but_not_recorded_is_checked_and_recorded_without_a_download() {
+    let env = backfill(start(small_world()).await);
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    // a crash between the rename and the commit: the files are there, the rows say pending
+    env.store().with(|c| {
+        c.execute(
+            "UPDATE downloads SET status = 'pending', path = NULL, sha256 = NULL",
+            [],
+        )
+        .unwrap()
+    });
+    let requests = env.sim.faults(|f| f.storage.log.len());
+    let done = downloader(&env).drain().await;
+    assert_eq!(done.len(), 3);
+    assert_all_downloaded(&env).await;
+    assert_eq!(
+        env.sim.faults(|f| f.storage.log.len()),
+        requests,
+        "downloaded again"
+    );
+    // a file that does not check out is replaced by a fresh download
+    let r = download_rows(&env).remove(0);
+    let path = PathBuf::from(r.path.unwrap());
+    std::fs::write(&path, b"PK\x03\x04 not a zip").unwrap();
+    env.store().with(|c| {
+        c.execute(
+            "UPDATE downloads SET status = 'pending' WHERE export_uid = ?1",
+            [&r.uid],
+        )
+        .unwrap()
+    });
+    downloader(&env).drain().await;
+    assert_all_downloaded(&env).await;
+    assert_eq!(env.sim.faults(|f| f.storage.log.len()), requests + 1);
+}
+
+#[tokio::test]
 async fn a_server_ignoring_range_means_starting_over() {
     let env = backfill(start(small_world()).await);
     env.sim.faults(|f| {
