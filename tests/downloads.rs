@@ -190,6 +190,23 @@ async fn only_exports_that_become_exported_are_downloaded_unless_backfill() {
 }
 
 #[tokio::test]
+async fn at_most_downloads_concurrency_archives_at_a_time() {
+    for concurrency in [1, 2] {
+        let mut world = small_world();
+        world.exports = 4;
+        let mut env = backfill(start(world).await);
+        env.cfg.downloads.concurrency = concurrency;
+        env.sim
+            .faults(|f| f.storage.slow = Duration::from_millis(100));
+        env.sync().await.unwrap();
+        downloader(&env).drain().await;
+        assert_all_downloaded(&env).await;
+        let most = env.sim.faults(|f| f.storage.max_in_flight);
+        assert_eq!(most, concurrency as usize, "concurrency {concurrency}");
+    }
+}
+
+#[tokio::test]
 async fn a_dropped_connection_resumes_with_range() {
     let env = backfill(start(small_world()).await);
     env.sim.faults(|f| {

@@ -52,6 +52,9 @@ pub struct StorageFaults {
     /// Answer `/exports/…` with a 302 to the same archive under `/blobs/…`.
     pub redirect: bool,
     pub log: Vec<StorageLogged>,
+    /// Archive bodies being sent right now, and the most there were at once.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
 }
 
 /// The archives, made on first request.
@@ -297,7 +300,21 @@ async fn answer(
         }
     };
     let from = start.unwrap_or(0);
-    let body = Body::from_stream(stream_file(file_path, from, cut, slow));
+    {
+        let mut f = st.faults.lock().expect("faults lock");
+        f.storage.in_flight += 1;
+        f.storage.max_in_flight = f.storage.max_in_flight.max(f.storage.in_flight);
+    }
+    let st2 = st.clone();
+    let finished = move || st2.faults.lock().expect("faults lock").storage.in_flight -= 1;
+    let body = Body::from_stream(stream_file(
+        file_path,
+        from,
+        len - from,
+        cut,
+        slow,
+        finished,
+    ));
     let mut headers = vec![
         ("content-length", (len - from).to_string()),
         ("content-type", "application/zip".to_string()),
@@ -330,12 +347,14 @@ fn parse_range(r: &str, len: u64) -> Option<u64> {
 }
 
 /// The file from `from`, read ahead by a thread of its own; with `cut`, the
-/// connection breaks after that many bytes.
+/// connection breaks after that many bytes. `finished` runs when the body ends.
 fn stream_file(
     path: PathBuf,
     from: u64,
+    length: u64,
     cut: Option<u64>,
     slow: std::time::Duration,
+    finished: impl FnOnce() + Send + 'static,
 ) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
@@ -343,7 +362,7 @@ fn stream_file(
             let mut f = File::open(&path)?;
             f.seek(SeekFrom::Start(from))?;
             let mut sent = 0u64;
-            loop {
+            while sent < length {
                 if cut.is_some_and(|c| sent >= c) {
                     // let what was sent reach the client before the connection goes
                     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -365,10 +384,12 @@ fn stream_file(
                     return Ok(()); // the client went away
                 }
             }
+            Ok(())
         };
         if let Err(e) = read() {
             let _ = tx.blocking_send(Err(e));
         }
+        finished();
     });
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
