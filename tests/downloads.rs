@@ -174,6 +174,17 @@ async fn only_exports_that_become_exported_are_downloaded_unless_backfill() {
         rows[0].sha256.as_deref().unwrap()
     );
     assert_eq!(payload["data"]["object"]["status"], "exported");
+    let line = env.store().with(|c| {
+        let e = avala_mirror::store::events::list(c, 0, "export.downloaded", 10).unwrap();
+        avala_mirror::store::events::describe(&e[0])
+    });
+    assert!(
+        line.ends_with(&format!(
+            "downloaded to {}",
+            rows[0].path.as_deref().unwrap()
+        )),
+        "{line}"
+    );
     // the storage redirected each request; the client followed without the key
     let log = env.sim.faults(|f| f.storage.log.clone());
     assert!(

@@ -140,6 +140,14 @@ pub fn describe(e: &Event) -> String {
             e.old_status.as_deref().unwrap_or("(none)"),
             e.new_status.as_deref().unwrap_or("(none)")
         ),
+        "downloaded" => format!(
+            "downloaded to {}",
+            payload["data"]["download"]["path"].as_str().unwrap_or("?")
+        ),
+        "download_failed" => format!(
+            "download failed: {}",
+            payload["data"]["download"]["error"].as_str().unwrap_or("?")
+        ),
         other => other.replace('_', " "),
     };
     format!("{resource} {place}{label}: {what}")
