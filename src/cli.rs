@@ -2,6 +2,7 @@
 //! exit codes here and nowhere else.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -303,7 +304,6 @@ fn init_logging(env: &HashMap<String, String>, json: bool, quiet: bool) {
     let filter = from_env
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" }));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    use std::io::IsTerminal;
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());

@@ -704,6 +704,43 @@ mod tests {
     }
 
     #[test]
+    fn http_listen_and_log_level_are_checked() {
+        let env = [("AVALA_API_KEY", "k")];
+        let c = load(MIN, &env).unwrap();
+        assert_eq!(c.http_listen, Some("127.0.0.1:9187".parse().unwrap()));
+        let c = load(&format!("{MIN}[http]\nlisten = \"off\"\n"), &env).unwrap();
+        assert_eq!(c.http_listen, None);
+        let err = load(
+            &format!("{MIN}[http]\nlisten = \"localhost\"\n[log]\nlevel = \"avala_mirror=loud\"\n"),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("http.listen") && err.contains("log.level"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_systemd_credential_is_the_key_of_last_resort() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api_key"), "cred-key\n").unwrap();
+        let creds = dir.path().to_str().unwrap();
+        let c = load(MIN, &[("CREDENTIALS_DIRECTORY", creds)]).unwrap();
+        assert_eq!(c.api.key.expose(), "cred-key");
+        let c = load(
+            MIN,
+            &[
+                ("CREDENTIALS_DIRECTORY", creds),
+                ("AVALA_API_KEY", "env-key"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.api.key.expose(), "env-key");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = load("[api]\nbase_ur = \"x\"\n", &[("AVALA_API_KEY", "k")]).unwrap_err();
         assert!(err.to_string().contains("base_ur"), "{err}");
