@@ -76,37 +76,48 @@ impl Pager {
         Ok(Some(page))
     }
 
-    /// Fetches pages ahead on a task of their own (up to `AHEAD` waiting), turning
-    /// each into `T` there, so the next page is fetched and parsed while this one
-    /// is written.
+    /// Fetches pages ahead on a task of their own and turns each into `T` on a
+    /// second one (up to `AHEAD` waiting), so the next request goes out while this
+    /// page is converted and the one before is written.
     pub fn prefetch<T: Send + 'static>(
         mut self,
         mut convert: impl FnMut(Page) -> T + Send + 'static,
     ) -> PageStream<T> {
-        let (tx, rx) = mpsc::channel(AHEAD);
-        let task = tokio::spawn(async move {
+        let (raw_tx, mut raw_rx) = mpsc::channel::<Result<Page, ApiError>>(2);
+        let fetcher = tokio::spawn(async move {
             loop {
-                match self.next_page().await {
-                    Ok(Some(page)) => {
-                        if tx.send(Ok(convert(page))).await.is_err() {
-                            return self.unstable;
-                        }
-                    }
-                    Ok(None) => return self.unstable,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return self.unstable;
-                    }
+                let page = self.next_page().await;
+                let last = !matches!(page, Ok(Some(_)));
+                if let Some(page) = page.transpose()
+                    && raw_tx.send(page).await.is_err()
+                {
+                    return self.unstable;
+                }
+                if last {
+                    return self.unstable;
                 }
             }
         });
-        PageStream { rx, task }
+        let (tx, rx) = mpsc::channel(AHEAD);
+        let converter = tokio::spawn(async move {
+            while let Some(page) = raw_rx.recv().await {
+                if tx.send(page.map(&mut convert)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        PageStream {
+            rx,
+            fetcher,
+            converter,
+        }
     }
 }
 
 pub struct PageStream<T> {
     rx: mpsc::Receiver<Result<T, ApiError>>,
-    task: tokio::task::JoinHandle<bool>,
+    fetcher: tokio::task::JoinHandle<bool>,
+    converter: tokio::task::JoinHandle<()>,
 }
 
 impl<T> PageStream<T> {
@@ -121,13 +132,14 @@ impl<T> PageStream<T> {
 
     /// After the last page: whether the listing saw its collection change size.
     pub async fn finish(mut self) -> bool {
-        (&mut self.task).await.unwrap_or(true)
+        (&mut self.fetcher).await.unwrap_or(true)
     }
 }
 
 impl<T> Drop for PageStream<T> {
     fn drop(&mut self) {
-        self.task.abort();
+        self.fetcher.abort();
+        self.converter.abort();
     }
 }
 

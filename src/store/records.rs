@@ -2,6 +2,8 @@
 //! scan for rows a complete listing missed, and tombstones. All resource tables
 //! share their core columns, so one set of statements serves every resource.
 
+use std::collections::HashMap;
+
 use roaring::RoaringTreemap;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::Value;
@@ -77,6 +79,11 @@ pub fn apply_pages(
             "UPDATE {t} SET owner_name = ?2, dataset_slug = ?3, status = ?4, hash = ?5, raw = ?6,
              last_seen_at = ?7, deleted_at = NULL WHERE rowid = ?1"
         ))?;
+        let count = pages.iter().map(Vec::len).sum::<usize>();
+        let mut window = match pages.iter().flatten().next() {
+            Some(first) if !mostly_new => read_window(&tx, t, &first.uid, count)?,
+            _ => HashMap::new(),
+        };
         for rec in pages.iter().flatten() {
             let insert_row = |insert: &mut rusqlite::CachedStatement| {
                 insert.execute(params![
@@ -101,16 +108,11 @@ pub fn apply_pages(
                 }
                 continue;
             }
-            let stored = select
-                .query_row([&rec.uid], |r| {
-                    Ok(Stored {
-                        rowid: r.get(0)?,
-                        hash: r.get(1)?,
-                        status: r.get(2)?,
-                        deleted: r.get(3)?,
-                    })
-                })
-                .optional()?;
+            // each window entry serves once: a uid listed twice is looked up again
+            let stored = match window.remove(&rec.uid) {
+                Some(s) => Some(s),
+                None => select.query_row([&rec.uid], stored_row).optional()?,
+            };
             let decision = diff::decide(stored.as_ref(), rec);
             let rowid = match (&decision, &stored) {
                 (Decision::Unchanged, Some(s)) => {
@@ -161,6 +163,43 @@ pub fn apply_pages(
     }
     tx.commit()?;
     Ok(out)
+}
+
+fn stored_row(r: &rusqlite::Row) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        rowid: r.get(0)?,
+        hash: r.get(1)?,
+        status: r.get(2)?,
+        deleted: r.get(3)?,
+    })
+}
+
+/// The stored rows a group of `count` records most likely names, by uid. Listings
+/// keep their order and rows were inserted in the order first listed, so the rows
+/// from the first record's row on, read in rowid order (neighbouring pages, not one
+/// random index and table page per record), usually hold the whole group; the
+/// records not found here are looked up by uid.
+fn read_window(
+    tx: &Connection,
+    table: &str,
+    first_uid: &str,
+    count: usize,
+) -> rusqlite::Result<HashMap<String, Stored>> {
+    let start: Option<i64> = tx
+        .prepare_cached(&format!("SELECT rowid FROM {table} WHERE uid = ?1"))?
+        .query_row([first_uid], |r| r.get(0))
+        .optional()?;
+    let Some(start) = start else {
+        return Ok(HashMap::new());
+    };
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT rowid, hash, status, deleted_at IS NOT NULL, uid FROM {table}
+         WHERE rowid >= ?1 ORDER BY rowid LIMIT ?2"
+    ))?;
+    // some slack for rows of records that have gone since
+    let limit = (count + count / 8 + 16) as i64;
+    let rows = stmt.query_map(params![start, limit], |r| Ok((r.get(4)?, stored_row(r)?)))?;
+    rows.collect()
 }
 
 /// Queues the archive of an `exported` export that has a link.
