@@ -93,8 +93,13 @@ impl Pacer {
             s.next_slot = slot + gap;
             slot
         };
-        tokio::time::sleep_until(slot).await;
-        self.limiter.until_ready().await;
+        // A timer, even one already due, costs a tick of tokio's 1 ms clock.
+        if slot > Instant::now() {
+            tokio::time::sleep_until(slot).await;
+        }
+        if self.limiter.check().is_err() {
+            self.limiter.until_ready().await;
+        }
     }
 
     /// A 429: pause everyone for `retry_after`, then send at most half as fast as before.

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::SimState;
 use super::faults::{Logged, Verdict};
-use super::world::World;
+use super::world::{ItemWriter, World};
 
 type Query = HashMap<String, String>;
 
@@ -428,12 +428,13 @@ impl PageCtx<'_> {
         out.extend_from_slice(b"{\"previous\":null,\"results\":[");
         let mut n = 0;
         let mut last = None;
+        let writer = ItemWriter::new(w, ds);
         while i < count && n < self.limit {
             if w.item_present(ds, i) {
                 if n > 0 {
                     out.push(b',');
                 }
-                w.write_item(ds, i, &mut out);
+                writer.write(w, ds, i, &mut out);
                 last = Some(i);
                 n += 1;
             }

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
 use serde_json::{Value, json};
 
 /// Every documented sequence status, in workflow order (`customer_review` is used
@@ -180,27 +179,104 @@ fn timestamp(offset_secs: u64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-#[derive(Serialize)]
-struct ItemOut<'a> {
-    uid: String,
-    key: String,
-    status: &'a str,
-    data_url: String,
-    thumbnail_url: String,
-    metadata: ItemMeta,
-    annotations_count: u32,
-    created_at: String,
-    dataset: &'a str,
-    dataset_owner_name: &'a str,
-    dataset_slug: &'a str,
-    priority: u8,
+/// Writes the items of one dataset as JSON, the hot path of big listings: the
+/// dataset's strings are escaped once, the rest of an item is digits and hex.
+pub struct ItemWriter {
+    /// `<slug>/` as JSON string content.
+    slug_path: String,
+    /// From `,"dataset":` to `"priority":`.
+    tail: String,
 }
 
-#[derive(Serialize)]
-struct ItemMeta {
-    width: u32,
-    height: u32,
-    format: &'static str,
+impl ItemWriter {
+    pub fn new(w: &World, ds: usize) -> ItemWriter {
+        let d = &w.datasets[ds];
+        let esc = |s: &str| serde_json::to_string(s).expect("a string serializes");
+        let slug = esc(&d.slug);
+        ItemWriter {
+            slug_path: format!("{}/", &slug[1..slug.len() - 1]),
+            tail: format!(
+                ",\"dataset\":{},\"dataset_owner_name\":{},\"dataset_slug\":{slug},\"priority\":",
+                esc(&d.uid),
+                esc(&d.owner)
+            ),
+        }
+    }
+
+    /// Item `i`, in the field order of the API's item listing.
+    pub fn write(&self, w: &World, ds: usize, i: u64, out: &mut Vec<u8>) {
+        let h = w.item_hash(ds, i);
+        let space = &w.items[ds];
+        let o = (!space.overrides.is_empty())
+            .then(|| space.overrides.get(&i))
+            .flatten();
+        let mut key = *b"frame_0000000.jpg";
+        let mut n = itoa::Buffer::new();
+        let digits = n.format(i).as_bytes();
+        if digits.len() <= 7 {
+            key[13 - digits.len()..13].copy_from_slice(digits);
+        }
+        let key: &[u8] = if digits.len() <= 7 {
+            &key
+        } else {
+            &[b"frame_", digits, b".jpg"].concat()
+        };
+        out.extend_from_slice(b"{\"uid\":\"");
+        write_uuid(out, h, mix(h));
+        out.extend_from_slice(b"\",\"key\":\"");
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\",\"status\":");
+        match o.and_then(|o| o.status.as_deref()) {
+            Some(status) => serde_json::to_writer(&mut *out, status).expect("writing to a Vec"),
+            None => {
+                out.push(b'"');
+                out.extend_from_slice(ITEM_FLOW[(h % ITEM_FLOW.len() as u64) as usize].as_bytes());
+                out.push(b'"');
+            }
+        }
+        for (field, dir) in [("data_url", ""), ("thumbnail_url", "thumbnails/")] {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(field.as_bytes());
+            out.extend_from_slice(b"\":\"https://storage.invalid/datasets/");
+            out.extend_from_slice(self.slug_path.as_bytes());
+            out.extend_from_slice(dir.as_bytes());
+            out.extend_from_slice(key);
+            out.push(b'"');
+        }
+        out.extend_from_slice(
+            b",\"metadata\":{\"width\":1920,\"height\":1080,\"format\":\"jpeg\"},\"annotations_count\":",
+        );
+        let annotations = o
+            .and_then(|o| o.annotations)
+            .unwrap_or((h >> 8) as u32 % 20);
+        out.extend_from_slice(n.format(annotations).as_bytes());
+        out.extend_from_slice(b",\"created_at\":\"");
+        out.extend_from_slice(timestamp(i).as_bytes());
+        out.push(b'"');
+        out.extend_from_slice(self.tail.as_bytes());
+        out.extend_from_slice(n.format((h >> 16) as u8 % 3).as_bytes());
+        out.push(b'}');
+    }
+}
+
+/// [`uuid`], written as text into `out`.
+fn write_uuid(out: &mut Vec<u8>, a: u64, b: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let parts = [
+        (&b""[..], a >> 32, 8),
+        (b"-", (a >> 16) & 0xffff, 4),
+        (b"-4", a & 0xfff, 3),
+        (b"-8", b >> 52, 3),
+        (b"-", b & 0xffff_ffff_ffff, 12),
+    ];
+    for (sep, v, digits) in parts {
+        out.extend_from_slice(sep);
+        out.extend(
+            (0..digits)
+                .rev()
+                .map(|k| HEX[((v >> (4 * k)) & 0xf) as usize]),
+        );
+    }
 }
 
 impl World {
@@ -355,7 +431,9 @@ impl World {
     }
 
     pub fn item_present(&self, ds: usize, i: u64) -> bool {
-        i < self.items[ds].count && !self.items[ds].overrides.get(&i).is_some_and(|o| o.deleted)
+        let space = &self.items[ds];
+        i < space.count
+            && (space.deleted == 0 || !space.overrides.get(&i).is_some_and(|o| o.deleted))
     }
 
     pub fn item_uid(&self, ds: usize, i: u64) -> String {
@@ -363,39 +441,9 @@ impl World {
         uuid(h, mix(h))
     }
 
-    /// Serializes item `i` of dataset `ds` into `out` (the hot path of big listings).
+    /// Serializes item `i` of dataset `ds` into `out`.
     pub fn write_item(&self, ds: usize, i: u64, out: &mut Vec<u8>) {
-        let d = &self.datasets[ds];
-        let h = self.item_hash(ds, i);
-        let o = self.items[ds].overrides.get(&i);
-        let status = o
-            .and_then(|o| o.status.as_deref())
-            .unwrap_or(ITEM_FLOW[(h % ITEM_FLOW.len() as u64) as usize]);
-        let key = format!("frame_{i:07}.jpg");
-        let item = ItemOut {
-            uid: uuid(h, mix(h)),
-            data_url: format!("https://storage.invalid/datasets/{}/{key}", d.slug),
-            thumbnail_url: format!(
-                "https://storage.invalid/datasets/{}/thumbnails/{key}",
-                d.slug
-            ),
-            key,
-            status,
-            metadata: ItemMeta {
-                width: 1920,
-                height: 1080,
-                format: "jpeg",
-            },
-            annotations_count: o
-                .and_then(|o| o.annotations)
-                .unwrap_or((h >> 8) as u32 % 20),
-            created_at: timestamp(i),
-            dataset: &d.uid,
-            dataset_owner_name: &d.owner,
-            dataset_slug: &d.slug,
-            priority: (h >> 16) as u8 % 3,
-        };
-        serde_json::to_writer(out, &item).expect("serializing to a Vec");
+        ItemWriter::new(self, ds).write(self, ds, i, out);
     }
 
     pub fn item_json(&self, ds: usize, i: u64) -> Value {
@@ -593,6 +641,57 @@ impl World {
         }
         if self.rng.random_bool(0.25) {
             self.add_export();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The item as the API reference describes it, built the slow, obvious way.
+    fn expected(w: &World, ds: usize, i: u64) -> Value {
+        let d = &w.datasets[ds];
+        let h = w.item_hash(ds, i);
+        let o = w.items[ds].overrides.get(&i);
+        let key = format!("frame_{i:07}.jpg");
+        json!({
+            "uid": uuid(h, mix(h)),
+            "key": key,
+            "status": o.and_then(|o| o.status.clone())
+                .unwrap_or(ITEM_FLOW[(h % ITEM_FLOW.len() as u64) as usize].into()),
+            "data_url": format!("https://storage.invalid/datasets/{}/{key}", d.slug),
+            "thumbnail_url": format!("https://storage.invalid/datasets/{}/thumbnails/{key}", d.slug),
+            "metadata": {"width": 1920, "height": 1080, "format": "jpeg"},
+            "annotations_count": o.and_then(|o| o.annotations).unwrap_or((h >> 8) as u32 % 20),
+            "created_at": timestamp(i),
+            "dataset": d.uid,
+            "dataset_owner_name": d.owner,
+            "dataset_slug": d.slug,
+            "priority": (h >> 16) as u8 % 3,
+        })
+    }
+
+    #[test]
+    fn items_are_written_as_valid_json_with_every_field() {
+        let mut w = World::new(&SimConfig::default(), "http://127.0.0.1:1".into());
+        let odd = w.add_dataset("o\"wner", false, "sl\\ug/\u{e9}\"", 20_000_000);
+        w.set_item_status(odd, 3, "quote\"d\nstatus");
+        w.items[odd].overrides.entry(4).or_default().annotations = Some(77);
+        for (ds, i) in [
+            (0, 0),
+            (0, 9_999_999),
+            (odd, 3),
+            (odd, 4),
+            (odd, 12_345_678),
+        ] {
+            let mut out = Vec::new();
+            w.write_item(ds, i, &mut out);
+            let text = std::str::from_utf8(&out).unwrap();
+            assert!(text.starts_with("{\"uid\":\""), "{text}");
+            let got: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(got, expected(&w, ds, i), "item {i} of dataset {ds}");
         }
     }
 }
