@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::BackoffBuilder;
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 
@@ -92,7 +93,7 @@ impl Client {
         &self,
         url: &Url,
         prio: Priority,
-        parse: impl Fn(&[u8]) -> Result<T, String>,
+        parse: impl Fn(&Bytes) -> Result<T, String>,
     ) -> Result<Fetched<T>, ApiError> {
         if !self.is_api_host(url) {
             return Err(ApiError::ForeignHost(endpoint(url)));
@@ -158,7 +159,7 @@ impl Client {
         &self,
         url: &Url,
         body: &serde_json::Value,
-        parse: impl Fn(&[u8]) -> Result<T, String>,
+        parse: impl Fn(&Bytes) -> Result<T, String>,
     ) -> Result<T, ApiError> {
         if !self.is_api_host(url) {
             return Err(ApiError::ForeignHost(endpoint(url)));
@@ -187,7 +188,7 @@ impl Client {
         &self,
         url: &Url,
         body: Option<&serde_json::Value>,
-        parse: &impl Fn(&[u8]) -> Result<T, String>,
+        parse: &impl Fn(&Bytes) -> Result<T, String>,
     ) -> Result<Fetched<T>, Attempt> {
         let ep = || endpoint(url);
         let req = match body {

@@ -3,8 +3,10 @@
 //! so following `next` covers both. A `count` that changes mid-listing marks the
 //! listing unstable (records may have shifted between pages).
 
+use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::Value;
@@ -15,15 +17,27 @@ use super::client::Client;
 use super::pace::Priority;
 use crate::error::ApiError;
 
-/// One page; records stay unparsed JSON text until the diff needs them.
 /// Pages fetched ahead of the writer; when the writer falls behind they are
 /// written together, one transaction for all (fewer commits, far fewer pages
 /// of the uid index written again).
 pub const AHEAD: usize = 16;
 
+/// One page; records stay unparsed JSON text until the diff needs them.
 pub struct Page {
-    pub records: Vec<Box<RawValue>>,
+    body: Bytes,
+    /// Where each record of `results` is in `body` (found by the one parse that
+    /// finds `next`, without copying a record).
+    records: Vec<Range<usize>>,
     pub count: Option<u64>,
+}
+
+impl Page {
+    /// The records, as JSON texts borrowed from the body.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.records.iter().map(|r| {
+            std::str::from_utf8(&self.body[r.clone()]).expect("JSON text checked by the parser")
+        })
+    }
 }
 
 pub struct Pager {
@@ -144,40 +158,47 @@ impl<T> Drop for PageStream<T> {
 }
 
 #[derive(Deserialize)]
-struct Body {
-    results: Vec<Box<RawValue>>,
+struct Body<'a> {
+    #[serde(borrow)]
+    results: Vec<&'a RawValue>,
     #[serde(default)]
     next: Value,
     #[serde(default)]
     count: Value,
 }
 
-fn parse_page(body: &[u8]) -> Result<(Page, Option<String>), String> {
+fn parse_page(body: &Bytes) -> Result<(Page, Option<String>), String> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'[') {
-        let records: Vec<Box<RawValue>> =
-            serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-        return Ok((
-            Page {
-                records,
-                count: None,
-            },
-            None,
-        ));
-    }
-    if first != Some(&b'{') {
-        return Err("a page must be an object with `results`".into());
-    }
-    let b: Body = serde_json::from_slice(body).map_err(|e| format!("not a page: {e}"))?;
-    let next = match b.next {
-        Value::String(s) if !s.is_empty() => Some(s),
-        Value::String(_) | Value::Null => None,
-        _ => return Err("`next` is neither a URL nor null".into()),
+    let (results, count, next) = match first {
+        Some(b'[') => {
+            let all: Vec<&RawValue> =
+                serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+            (all, None, None)
+        }
+        Some(b'{') => {
+            let b: Body = serde_json::from_slice(body).map_err(|e| format!("not a page: {e}"))?;
+            let next = match b.next {
+                Value::String(s) if !s.is_empty() => Some(s),
+                Value::String(_) | Value::Null => None,
+                _ => return Err("`next` is neither a URL nor null".into()),
+            };
+            (b.results, b.count.as_u64(), next)
+        }
+        _ => return Err("a page must be an object with `results`".into()),
     };
+    let base = body.as_ptr() as usize;
+    let records = results
+        .iter()
+        .map(|r| {
+            let start = r.get().as_ptr() as usize - base;
+            start..start + r.get().len()
+        })
+        .collect();
     Ok((
         Page {
-            records: b.results,
-            count: b.count.as_u64(),
+            body: body.clone(),
+            records,
+            count,
         },
         next,
     ))
@@ -189,21 +210,23 @@ mod tests {
 
     #[test]
     fn both_styles_parse() {
-        let (p, next) = parse_page(
+        let parse = |b: &'static [u8]| parse_page(&Bytes::from_static(b));
+        let (p, next) = parse(
             br#"{"count":3,"next":"https://h/x?page=2","previous":null,"results":[{"uid":"a"}]}"#,
         )
         .unwrap();
         assert_eq!(
-            (p.records.len(), p.count, next.as_deref()),
+            (p.records().len(), p.count, next.as_deref()),
             (1, Some(3), Some("https://h/x?page=2"))
         );
-        let (p, next) =
-            parse_page(br#"{"next":null,"previous":null,"results":[],"extra":1}"#).unwrap();
-        assert_eq!((p.records.len(), p.count, next), (0, None, None));
-        assert!(parse_page(b"{\"detail\":\"x\"}").is_err());
-        assert!(parse_page(br#"{"results":[],"next":5}"#).is_err());
-        let (p, _) = parse_page(br#"[{"uid":"a"},{"uid":"b"}]"#).unwrap();
-        assert_eq!(p.records.len(), 2);
-        assert!(parse_page(b"<html>").is_err());
+        assert_eq!(p.records().next(), Some(r#"{"uid":"a"}"#));
+        let (p, next) = parse(br#"{"next":null,"previous":null,"results":[],"extra":1}"#).unwrap();
+        assert_eq!((p.records().len(), p.count, next), (0, None, None));
+        assert!(parse(b"{\"detail\":\"x\"}").is_err());
+        assert!(parse(br#"{"results":[],"next":5}"#).is_err());
+        assert!(parse(br#"{"results":{"uid":"a"},"next":null}"#).is_err());
+        let (p, _) = parse(b" [{\"uid\":\"a\"},\n {\"uid\":\"b\"}] ").unwrap();
+        assert_eq!(p.records().len(), 2);
+        assert!(parse(b"<html>").is_err());
     }
 }

@@ -164,7 +164,7 @@ fn open(cfg: &Config) -> anyhow::Result<(Store, Arc<Client>)> {
     Ok((store, client))
 }
 
-fn parse_json(b: &[u8]) -> Result<Value, String> {
+fn parse_json(b: &bytes::Bytes) -> Result<Value, String> {
     serde_json::from_slice(b).map_err(|e| e.to_string())
 }
 

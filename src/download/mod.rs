@@ -257,7 +257,8 @@ impl Downloader {
     /// A fresh presigned link from `GET /exports/{uid}/` (the one call here that carries the key).
     async fn refresh(&self, uid: &str) -> Result<String, Refresh> {
         let url = v1::export(&self.api, uid);
-        let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).map_err(|e| e.to_string());
+        let parse =
+            |b: &bytes::Bytes| serde_json::from_slice::<Value>(b).map_err(|e| e.to_string());
         match self.api.fetch(&url, Priority::High, parse).await {
             Ok(f) => match (
                 f.value.get("download_url").and_then(Value::as_str),

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 /// What the store holds for a uid.
@@ -22,14 +23,26 @@ pub struct Head {
     pub dataset_uid: Option<String>,
 }
 
+/// The head fields as their JSON text, borrowed from the record (no allocation
+/// for the fields skipped or the ones read).
 #[derive(Deserialize)]
-struct HeadWire {
-    #[serde(default)]
-    uid: Value,
-    #[serde(default)]
-    status: Value,
-    #[serde(default)]
-    dataset_uid: Value,
+struct HeadWire<'a> {
+    #[serde(default, borrow)]
+    uid: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    dataset_uid: Option<&'a RawValue>,
+}
+
+/// A head field as text: a string's value, another scalar's JSON, None for null/absent.
+fn field_text(v: Option<&RawValue>) -> Option<String> {
+    let json = v?.get();
+    match json.as_bytes()[0] {
+        b'"' => serde_json::from_str::<String>(json).ok(),
+        b'n' => None,
+        _ => Some(json.to_string()),
+    }
 }
 
 impl Head {
@@ -39,20 +52,16 @@ impl Head {
             return Err(Rejected::NotAnObject);
         }
         let w: HeadWire = serde_json::from_str(raw).map_err(|_| Rejected::NotAnObject)?;
-        let uid = match w.uid {
-            Value::String(s) if !s.trim().is_empty() => s,
-            Value::Number(n) => n.to_string(),
-            _ => return Err(Rejected::NoUid),
-        };
-        let text = |v: Value| match v {
-            Value::String(s) => Some(s),
-            Value::Null => None,
-            other => Some(other.to_string()),
-        };
+        // a uid is a non-blank string or a number
+        let uid = match w.uid.map(|v| v.get().as_bytes()[0]) {
+            Some(b'"' | b'-' | b'0'..=b'9') => field_text(w.uid).filter(|u| !u.trim().is_empty()),
+            _ => None,
+        }
+        .ok_or(Rejected::NoUid)?;
         Ok(Head {
             uid,
-            status: text(w.status),
-            dataset_uid: text(w.dataset_uid),
+            status: field_text(w.status),
+            dataset_uid: field_text(w.dataset_uid),
         })
     }
 }

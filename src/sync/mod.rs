@@ -300,10 +300,7 @@ impl Syncer {
             .map_err(db_error)?;
         let url = v1::slice_items(&self.client, owner, slug);
         let mut pages = Pager::new(self.client.clone(), url, Priority::Low).prefetch(|page| {
-            let heads = page
-                .records
-                .iter()
-                .filter_map(|r| Head::parse(r.get()).ok());
+            let heads = page.records().filter_map(|r| Head::parse(r).ok());
             heads.map(|h| h.uid).collect::<Vec<String>>()
         });
         let mut total = 0u64;
@@ -566,12 +563,14 @@ fn convert(
     owner: Option<&str>,
 ) -> Converted {
     let mut out = Converted {
-        batch: Vec::with_capacity(page.records.len()),
+        batch: Vec::new(),
         rejected: vec![],
         needs_split: false,
     };
-    for (i, raw) in page.records.into_iter().enumerate() {
-        let raw = String::from(Box::<str>::from(raw));
+    let records = page.records();
+    out.batch.reserve(records.len());
+    for (i, raw) in records.enumerate() {
+        let raw = raw.to_string();
         let head = match Head::parse(&raw) {
             Ok(head) => head,
             Err(why) => {
