@@ -17,10 +17,9 @@ use super::client::Client;
 use super::pace::Priority;
 use crate::error::ApiError;
 
-/// Pages fetched ahead of the writer; when the writer falls behind they are
-/// written together, one transaction for all (fewer commits, far fewer pages
-/// of the uid index written again).
-pub const AHEAD: usize = 16;
+/// Pages fetched and converted ahead of the writer: enough to keep the writer
+/// busy across a slow response, few enough to keep memory flat.
+pub const AHEAD: usize = 4;
 
 /// One page; records stay unparsed JSON text until the diff needs them.
 pub struct Page {

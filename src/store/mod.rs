@@ -1,5 +1,14 @@
 //! SQLite and nothing else: open (WAL, busy timeout), migrations from `migrations/`,
-//! and a way to run a closure on the connection off the async threads.
+//! and one thread that owns the writer connection and runs closures on it in turn.
+//!
+//! A listing's pages may share one transaction ([`Batch`]): committed after
+//! [`BATCH_WINDOW`], before any other work runs on the connection, or when the
+//! listing asks. At a million rows a commit rewrites most of the random-uid index,
+//! so fewer, larger commits are what makes a first sync fast. A page is never
+//! half-applied: when work in a batch fails, the batch's whole transaction is rolled
+//! back (the next sync finds the same differences again and writes them then), and
+//! a page's events always commit with its rows.
+//! A second thread checkpoints the WAL after each commit, on the other core.
 
 pub mod downloads;
 pub mod events;
@@ -7,8 +16,11 @@ pub mod records;
 pub mod state;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::SystemTime;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use include_dir::{Dir, include_dir};
@@ -19,11 +31,41 @@ static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 static MIGRATIONS: LazyLock<Migrations<'static>> =
     LazyLock::new(|| Migrations::from_directory(&MIGRATIONS_DIR).expect("valid migrations/"));
 
-/// The mirror database. Cloning shares the one writer connection.
+/// How long a batch's transaction stays open at most: the lag readers see.
+pub const BATCH_WINDOW: Duration = Duration::from_secs(1);
+
+/// WAL frames (of 8 KiB) past which the writer checkpoints itself (waiting for the
+/// fsync) so that the WAL starts over: it grows to 256 MiB and one commit at most.
+/// A checkpoint of the writer's own after every 128 MiB cost a million-item
+/// first sync a fifth of its time.
+const WAL_CAP_FRAMES: u64 = 32_768;
+
+/// A closure for the store thread; false when it failed (a batch is then rolled back).
+type Work = Box<dyn FnOnce(&mut Connection, Option<rusqlite::Error>) -> bool + Send>;
+
+enum Job {
+    /// Runs on its own: an open batch is committed first.
+    Alone(Work),
+    /// Runs inside batch `key`'s transaction (begun if needed); gets the error of
+    /// a failed commit of that batch instead of running.
+    Batched(u64, Work),
+    /// Hands the connection to a caller's thread until it sends it back.
+    Lend(mpsc::SyncSender<(Connection, mpsc::SyncSender<Connection>)>),
+    /// Commits batch `key` now, answering with the outcome.
+    Commit(u64, tokio::sync::oneshot::Sender<rusqlite::Result<()>>),
+}
+
+/// The mirror database. Cloning shares the one writer thread.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
     path: PathBuf,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Store {
@@ -37,9 +79,36 @@ impl Store {
         MIGRATIONS
             .to_latest(&mut conn)
             .with_context(|| format!("migrating {}", path.display()))?;
+        // the writer wakes the checkpointer after each commit; it ends with the writer
+        let (committed, wake) = mpsc::sync_channel(1);
+        let checkpointer = Connection::open(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                // never waits: a busy checkpoint is simply tried again later
+                c.busy_timeout(Duration::ZERO)?;
+                Ok(std::thread::Builder::new()
+                    .name("checkpoint".into())
+                    .spawn(move || checkpoint_loop(c, wake))?)
+            })
+            .map_err(|e| tracing::warn!("no background checkpoints: {e}"))
+            .ok();
+        if checkpointer.is_some() {
+            // the checkpointer's job now, but for the cap in `serve` (replaces
+            // the writer's own checkpoints at `wal_autocheckpoint`)
+            conn.wal_hook(Some(note_wal_frames));
+        }
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || serve(conn, rx, committed))
+            .context("starting the store thread")?;
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-            path: path.to_path_buf(),
+            inner: Arc::new(Inner {
+                jobs: Mutex::new(Some(tx)),
+                path: path.to_path_buf(),
+                writer: Mutex::new(Some(writer)),
+                checkpointer: Mutex::new(checkpointer),
+            }),
         })
     }
 
@@ -56,29 +125,272 @@ impl Store {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
-    /// Runs `f` with the connection on a blocking thread.
+    fn send(&self, job: Job) {
+        assert!(self.try_send(job), "store thread alive");
+    }
+
+    fn try_send(&self, job: Job) -> bool {
+        let jobs = self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
+    }
+
+    /// Runs `f` with the connection on the store thread.
     pub async fn call<F, R>(&self, f: F) -> R
     where
         F: FnOnce(&mut Connection) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .expect("store task panicked")
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Job::Alone(Box::new(move |c, _| {
+            let _ = tx.send(f(c));
+            true
+        })));
+        rx.await.expect("store task panicked")
     }
 
-    /// Runs `f` with the connection on this thread (tests, short reads).
+    /// Runs `f` with the connection on this thread (tests, short reads): the store
+    /// thread lends its connection and waits for it back.
     pub fn with<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
-        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Job::Lend(tx));
+        let (conn, back) = rx.recv().expect("store thread alive");
+        let mut lent = Lent(Some(conn), back);
+        f(lent.0.as_mut().expect("lent"))
     }
+
+    /// A new batch: work that may share one transaction (one listing's pages).
+    pub fn batch(&self) -> Batch {
+        static KEYS: AtomicU64 = AtomicU64::new(1);
+        Batch {
+            store: self.clone(),
+            key: KEYS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// Work sharing one transaction; see the module documentation.
+pub struct Batch {
+    store: Store,
+    key: u64,
+}
+
+impl Batch {
+    /// Runs `f` inside the batch's transaction. When `f` fails, the batch's whole
+    /// transaction is rolled back (so `f` is never half-applied, and no savepoint
+    /// journals every page it touches); an error of an earlier commit of this
+    /// batch comes back instead of running `f`.
+    pub async fn call<F, R>(&self, f: F) -> rusqlite::Result<R>
+    where
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.send(Job::Batched(
+            self.key,
+            Box::new(move |c, failed| {
+                let result = match failed {
+                    Some(e) => Err(e),
+                    None => f(c),
+                };
+                let ok = result.is_ok();
+                let _ = tx.send(result);
+                ok
+            }),
+        ));
+        rx.await.expect("store task panicked")
+    }
+
+    /// Commits what the batch has written (or reports why an earlier commit failed).
+    pub async fn commit(&self) -> rusqlite::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.send(Job::Commit(self.key, tx));
+        rx.await.expect("store task panicked")
+    }
+}
+
+impl Drop for Batch {
+    /// Commits now rather than at the end of the window (a listing that stopped early).
+    fn drop(&mut self) {
+        let (tx, _) = tokio::sync::oneshot::channel();
+        self.store.try_send(Job::Commit(self.key, tx));
+    }
+}
+
+/// A lent connection, returned to the store thread when dropped (even by a panic).
+struct Lent(Option<Connection>, mpsc::SyncSender<Connection>);
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            let _ = self.1.send(conn);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // the writer commits an open batch once its queue is closed
+        drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer
+            && w.thread().id() != std::thread::current().id()
+        {
+            let _ = w.join();
+        }
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = checkpointer {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The store thread: runs jobs in order, keeping a batch's transaction open
+/// between its jobs for up to [`BATCH_WINDOW`].
+fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>, committed: mpsc::SyncSender<()>) {
+    let mut open: Option<(u64, Instant)> = None;
+    let mut failed: Option<(u64, rusqlite::Error)> = None;
+    loop {
+        if open.is_none() {
+            // All written is committed. The checkpointer copies it back while the
+            // writer goes on, so the WAL restarts only when a write finds it all
+            // copied; past the cap the writer checkpoints itself to make that so.
+            if WAL_FRAMES.get() > WAL_CAP_FRAMES {
+                // busy when the checkpointer is at it: tried again after the next job
+                if let Ok((0, log, done)) = checkpoint(&conn)
+                    && log == done
+                {
+                    WAL_FRAMES.set(0);
+                }
+            } else {
+                let _ = committed.try_send(());
+            }
+        }
+        let job = match open {
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Some((_, deadline)) => {
+                match jobs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        end_batch(&mut conn, &mut open, &mut failed);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        end_batch(&mut conn, &mut open, &mut failed);
+                        return;
+                    }
+                }
+            }
+        };
+        match job {
+            Job::Alone(work) => {
+                end_batch(&mut conn, &mut open, &mut failed);
+                work(&mut conn, None);
+            }
+            Job::Lend(to) => {
+                end_batch(&mut conn, &mut open, &mut failed);
+                let (back, returned) = mpsc::sync_channel(1);
+                conn = match to.send((conn, back)) {
+                    Ok(()) => match returned.recv() {
+                        Ok(conn) => conn,
+                        Err(_) => return,
+                    },
+                    Err(mpsc::SendError((conn, _))) => conn,
+                };
+            }
+            Job::Commit(key, reply) => {
+                if open.is_some_and(|(k, _)| k == key) {
+                    end_batch(&mut conn, &mut open, &mut failed);
+                }
+                let _ = reply.send(match failed.take_if(|(k, _)| *k == key) {
+                    Some((_, e)) => Err(e),
+                    None => Ok(()),
+                });
+            }
+            Job::Batched(key, work) => {
+                if open.is_some_and(|(k, _)| k != key) {
+                    end_batch(&mut conn, &mut open, &mut failed);
+                }
+                if let Some((_, e)) = failed.take_if(|(k, _)| *k == key) {
+                    work(&mut conn, Some(e));
+                    continue;
+                }
+                if open.is_none() {
+                    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                        work(&mut conn, Some(e));
+                        continue;
+                    }
+                    open = Some((key, Instant::now() + BATCH_WINDOW));
+                }
+                let ok = work(&mut conn, None);
+                if !ok && !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                if conn.is_autocommit() {
+                    // rolled back, here or by SQLite itself (an I/O error, a full disk)
+                    open = None;
+                } else if open.is_some_and(|(_, deadline)| Instant::now() >= deadline) {
+                    end_batch(&mut conn, &mut open, &mut failed);
+                }
+            }
+        }
+    }
+}
+
+/// Commits the open batch, if any; a failed commit is rolled back and kept for
+/// the batch's next job.
+fn end_batch(
+    conn: &mut Connection,
+    open: &mut Option<(u64, Instant)>,
+    failed: &mut Option<(u64, rusqlite::Error)>,
+) {
+    let Some((key, _)) = open.take() else {
+        return;
+    };
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        tracing::error!("committing a batch of pages: {e}");
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        *failed = Some((key, e));
+    }
+}
+
+/// Copies committed WAL frames into the database off the writer's thread (on the
+/// other core, while the writer goes on), so the writer's own checkpoint (at
+/// `wal_autocheckpoint`) finds little left to do.
+fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>) {
+    while wake.recv().is_ok() {
+        if let Err(e) = checkpoint(&conn) {
+            tracing::debug!("background checkpoint: {e}");
+        }
+    }
+}
+
+thread_local! {
+    /// Frames in the WAL after the last commit on this thread (the store thread).
+    static WAL_FRAMES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.set(frames.max(0) as u64);
+    Ok(())
+}
+
+/// A passive checkpoint: (busy, frames in the WAL, frames copied back).
+fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 fn open_connection(path: &Path) -> anyhow::Result<Connection> {
@@ -89,12 +401,14 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // 32 MiB of page cache keeps the uid index of a million rows mostly in memory.
-    conn.pragma_update(None, "cache_size", -32_768)?;
-    // Checkpoints at 128 MiB of WAL: an index page rewritten by many commits of a
-    // large first sync is copied back once, not once per 32 MiB (53k → 67k items/s
-    // at a million items; the WAL file may reach 128 MiB).
+    // 64 MiB of page cache holds the uid index of about a million rows.
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    // Without the background checkpointer: checkpoints at 128 MiB of WAL, so an
+    // index page rewritten by many commits of a large first sync is copied back
+    // once, not once per 32 MiB.
     conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
+    // After the WAL starts over, its file is cut back to 64 MiB.
+    conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
     Ok(conn)
 }
 
@@ -105,8 +419,98 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn migrations_are_valid() {
         super::MIGRATIONS.validate().unwrap();
+    }
+
+    /// A store with a scratch table, and a second connection reading like another process.
+    fn scratch() -> (tempfile::TempDir, Store, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let store = Store::open(&path).unwrap();
+        store.with(|c| c.execute_batch("CREATE TABLE t (x INTEGER)").unwrap());
+        let reader = Connection::open(&path).unwrap();
+        (dir, store, reader)
+    }
+
+    fn rows(reader: &Connection) -> i64 {
+        reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn insert(c: &mut Connection) -> rusqlite::Result<()> {
+        c.execute("INSERT INTO t VALUES (1)", []).map(drop)
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_seen_by_readers_once_committed() {
+        let (_dir, store, reader) = scratch();
+        let batch = store.batch();
+        batch.call(insert).await.unwrap();
+        batch.call(insert).await.unwrap();
+        assert_eq!(rows(&reader), 0, "open batch is not visible yet");
+        batch.commit().await.unwrap();
+        assert_eq!(rows(&reader), 2);
+    }
+
+    #[tokio::test]
+    async fn other_work_commits_an_open_batch_first() {
+        let (_dir, store, reader) = scratch();
+        let batch = store.batch();
+        batch.call(insert).await.unwrap();
+        let n: i64 = store
+            .call(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(rows(&reader), 1, "committed before the other job ran");
+        // a second batch's work also closes the first
+        batch.call(insert).await.unwrap();
+        let second = store.batch();
+        second.call(insert).await.unwrap();
+        assert_eq!(rows(&reader), 2, "the first batch, not yet the second");
+    }
+
+    #[tokio::test]
+    async fn failed_work_rolls_back_the_whole_batch() {
+        let (_dir, store, reader) = scratch();
+        let batch = store.batch();
+        batch.call(insert).await.unwrap();
+        let err = batch
+            .call(|c| {
+                insert(c)?;
+                c.execute("INSERT INTO missing VALUES (1)", []).map(drop)
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        batch.commit().await.unwrap();
+        assert_eq!(rows(&reader), 0, "no part of the batch is kept");
+        // the batch goes on in a new transaction
+        batch.call(insert).await.unwrap();
+        batch.commit().await.unwrap();
+        assert_eq!(rows(&reader), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_commits_when_dropped_or_after_its_window() {
+        let (_dir, store, reader) = scratch();
+        let batch = store.batch();
+        batch.call(insert).await.unwrap();
+        drop(batch);
+        store.with(|_| ()); // after the commit the drop queued
+        assert_eq!(rows(&reader), 1);
+
+        let batch = store.batch();
+        batch.call(insert).await.unwrap();
+        let deadline = Instant::now() + BATCH_WINDOW * 5;
+        while rows(&reader) < 2 {
+            assert!(Instant::now() < deadline, "not committed after its window");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -46,14 +46,15 @@ impl QueueRule {
     }
 }
 
-/// Applies pages of records in one transaction; events go in the same one, for
+/// Applies pages of records inside the caller's transaction (a [`crate::store::Batch`]);
+/// events go in the same one, for
 /// the records whose scope `emit` says is past its silent baseline, and so do the
 /// downloads `queue` asks for. `seen` collects the rowids of every record present
 /// in the listing. With `mostly_new` (a scope's first listing) a record is inserted
 /// first and looked up only if it was there already, saving one index search per new row.
 #[allow(clippy::too_many_arguments)]
 pub fn apply_pages(
-    conn: &mut Connection,
+    conn: &Connection,
     res: Resource,
     pages: &[Vec<Incoming>],
     emit: &dyn Fn(&Incoming) -> bool,
@@ -63,28 +64,27 @@ pub fn apply_pages(
     seen: &mut RoaringTreemap,
 ) -> rusqlite::Result<PageOutcome> {
     let t = res.table();
-    let tx = conn.transaction()?;
     let mut out = PageOutcome::default();
     {
-        let mut select = tx.prepare_cached(&format!(
+        let mut select = conn.prepare_cached(&format!(
             "SELECT rowid, hash, status, deleted_at IS NOT NULL FROM {t} WHERE uid = ?1"
         ))?;
         // Insert and update stay two statements: one upsert with RETURNING rowid
         // measured 2-3x slower on a first sync.
-        let mut insert = tx.prepare_cached(&format!(
+        let mut insert = conn.prepare_cached(&format!(
             "INSERT INTO {t} (uid, owner_name, dataset_slug, status, hash, raw, first_seen_at, last_seen_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT(uid) DO NOTHING"
         ))?;
-        let mut update = tx.prepare_cached(&format!(
+        let mut update = conn.prepare_cached(&format!(
             "UPDATE {t} SET owner_name = ?2, dataset_slug = ?3, status = ?4, hash = ?5, raw = ?6,
              last_seen_at = ?7, deleted_at = NULL WHERE rowid = ?1"
         ))?;
-        let count = pages.iter().map(Vec::len).sum::<usize>();
-        let mut window = match pages.iter().flatten().next() {
-            Some(first) if !mostly_new => read_window(&tx, t, &first.uid, count)?,
-            _ => HashMap::new(),
+        let recs: Vec<&Incoming> = pages.iter().flatten().collect();
+        let mut window = match mostly_new {
+            true => vec![None; recs.len()],
+            false => read_window(conn, t, &recs)?,
         };
-        for rec in pages.iter().flatten() {
+        for (i, &rec) in recs.iter().enumerate() {
             let insert_row = |insert: &mut rusqlite::CachedStatement| {
                 insert.execute(params![
                     rec.uid,
@@ -97,19 +97,18 @@ pub fn apply_pages(
                 ])
             };
             if mostly_new && insert_row(&mut insert)? == 1 {
-                seen.insert(tx.last_insert_rowid() as u64);
+                seen.insert(conn.last_insert_rowid() as u64);
                 out.created += 1;
                 if queue.is_some_and(|q| q.wants(&Decision::Created, rec)) {
-                    out.queued += queue_download(&tx, rec, now)? as u64;
+                    out.queued += queue_download(conn, rec, now)? as u64;
                 }
                 if emit(rec) {
-                    append_event(&tx, res, rec, &Decision::Created, now)?;
+                    append_event(conn, res, rec, &Decision::Created, now)?;
                     out.events += 1;
                 }
                 continue;
             }
-            // each window entry serves once: a uid listed twice is looked up again
-            let stored = match window.remove(&rec.uid) {
+            let stored = match window[i].take() {
                 Some(s) => Some(s),
                 None => select.query_row([&rec.uid], stored_row).optional()?,
             };
@@ -119,7 +118,7 @@ pub fn apply_pages(
                     out.unchanged += 1;
                     if res == Resource::Exports {
                         // The hash ignores a re-signed download link; keep the fresh one, silently.
-                        tx.prepare_cached(
+                        conn.prepare_cached(
                             "UPDATE exports SET raw = ?2 WHERE rowid = ?1 AND raw IS NOT ?2",
                         )?
                         .execute(params![s.rowid, rec.raw])?;
@@ -140,14 +139,14 @@ pub fn apply_pages(
                 }
                 (_, None) => {
                     insert_row(&mut insert)?;
-                    tx.last_insert_rowid()
+                    conn.last_insert_rowid()
                 }
             };
             if !seen.insert(rowid as u64) {
                 out.duplicates += 1;
             }
             if queue.is_some_and(|q| q.wants(&decision, rec)) {
-                out.queued += queue_download(&tx, rec, now)? as u64;
+                out.queued += queue_download(conn, rec, now)? as u64;
             }
             match &decision {
                 Decision::Unchanged => continue,
@@ -156,12 +155,11 @@ pub fn apply_pages(
                 Decision::StatusChanged { .. } => out.status_changed += 1,
             }
             if emit(rec) {
-                append_event(&tx, res, rec, &decision, now)?;
+                append_event(conn, res, rec, &decision, now)?;
                 out.events += 1;
             }
         }
     }
-    tx.commit()?;
     Ok(out)
 }
 
@@ -174,32 +172,58 @@ fn stored_row(r: &rusqlite::Row) -> rusqlite::Result<Stored> {
     })
 }
 
-/// The stored rows a group of `count` records most likely names, by uid. Listings
-/// keep their order and rows were inserted in the order first listed, so the rows
-/// from the first record's row on, read in rowid order (neighbouring pages, not one
-/// random index and table page per record), usually hold the whole group; the
-/// records not found here are looked up by uid.
+/// The stored row of each record, where the window finds it. Listings keep their
+/// order and rows were inserted in the order first listed, so the rows from the
+/// first record's row on, read in rowid order (neighbouring pages, not one random
+/// index and table page per record), usually match the records one for one. Rows
+/// out of step are matched by uid; a record left without one is looked up by the
+/// caller, and so is a uid listed twice (its row serves the first listing only).
 fn read_window(
-    tx: &Connection,
+    conn: &Connection,
     table: &str,
-    first_uid: &str,
-    count: usize,
-) -> rusqlite::Result<HashMap<String, Stored>> {
-    let start: Option<i64> = tx
+    recs: &[&Incoming],
+) -> rusqlite::Result<Vec<Option<Stored>>> {
+    let mut found: Vec<Option<Stored>> = vec![None; recs.len()];
+    let Some(first) = recs.first() else {
+        return Ok(found);
+    };
+    let start: Option<i64> = conn
         .prepare_cached(&format!("SELECT rowid FROM {table} WHERE uid = ?1"))?
-        .query_row([first_uid], |r| r.get(0))
+        .query_row([&first.uid], |r| r.get(0))
         .optional()?;
     let Some(start) = start else {
-        return Ok(HashMap::new());
+        return Ok(found);
     };
-    let mut stmt = tx.prepare_cached(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT rowid, hash, status, deleted_at IS NOT NULL, uid FROM {table}
          WHERE rowid >= ?1 ORDER BY rowid LIMIT ?2"
     ))?;
     // some slack for rows of records that have gone since
-    let limit = (count + count / 8 + 16) as i64;
-    let rows = stmt.query_map(params![start, limit], |r| Ok((r.get(4)?, stored_row(r)?)))?;
-    rows.collect()
+    let limit = (recs.len() + recs.len() / 8 + 16) as i64;
+    let mut rows = stmt.query(params![start, limit])?;
+    let mut next = 0;
+    let mut strays: HashMap<String, Stored> = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let uid = row.get_ref(4)?.as_str()?;
+        // the next few records: one that is new since leaves a gap of one
+        match (next..recs.len().min(next + 4)).find(|&k| recs[k].uid == uid) {
+            Some(k) => {
+                found[k] = Some(stored_row(row)?);
+                next = k + 1;
+            }
+            None => {
+                strays.insert(uid.to_owned(), stored_row(row)?);
+            }
+        }
+    }
+    if !strays.is_empty() {
+        for (k, rec) in recs.iter().enumerate() {
+            if found[k].is_none() {
+                found[k] = strays.remove(&rec.uid);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Queues the archive of an `exported` export that has a link.

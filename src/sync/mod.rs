@@ -409,9 +409,11 @@ impl Syncer {
         let mut pages = Pager::new(self.client.clone(), l.url.clone(), l.prio)
             .prefetch(move |page| convert(page, &attribution, owner.as_deref()));
         let mut seen = RoaringTreemap::new();
+        // the listing's pages share transactions (committed at least every second)
+        let batch = self.store.batch();
         let (mut listed, mut skipped, mut duplicates) = (0u64, 0u64, 0u64);
         while let Some(first) = pages.next().await {
-            // Take what else is already waiting: pages written together, one transaction.
+            // Take what else is already waiting: pages written together, by one job.
             let mut group = vec![first?];
             let mut after = None;
             while group.len() < crate::api::page::AHEAD {
@@ -444,8 +446,7 @@ impl Syncer {
             let count: u64 = batches.iter().map(|b| b.len() as u64).sum();
             let emit = emit_by_slug.clone();
             let n = now.clone();
-            let (outcome, s) = self
-                .store
+            let (outcome, s, applied) = batch
                 .call(move |c| {
                     let mut seen = seen;
                     let on =
@@ -459,12 +460,14 @@ impl Syncer {
                         first_listing,
                         &n,
                         &mut seen,
-                    );
-                    (out, seen)
+                    )?;
+                    // the records go back to be freed where they were allocated
+                    Ok((out, seen, batches))
                 })
-                .await;
+                .await
+                .map_err(db_error)?;
+            drop(applied);
             seen = s;
-            let outcome = outcome.map_err(db_error)?;
             report.add(&outcome);
             duplicates += outcome.duplicates;
             listed += count;
@@ -477,6 +480,7 @@ impl Syncer {
             }
         }
         report.skipped += skipped;
+        batch.commit().await.map_err(db_error)?;
         let unstable = pages.finish().await || duplicates > 0;
 
         if unstable {
