@@ -104,6 +104,17 @@ async fn main() -> anyhow::Result<()> {
             .requests
             .load(std::sync::atomic::Ordering::Relaxed)
     };
+    println!("  RSS before syncing {}", proc_status("VmRSS:"));
+    // the WAL's largest size, sampled every 50 ms
+    let wal_peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (wal, peak) = (dir.path().join("bench.db-wal"), wal_peak.clone());
+    tokio::spawn(async move {
+        loop {
+            let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            peak.fetch_max(len, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
     for label in ["first sync", "unchanged re-sync"] {
         let requests_before = requests();
         let t = Instant::now();
@@ -119,6 +130,12 @@ async fn main() -> anyhow::Result<()> {
             n.div_ceil(1000),
             report.created + report.updated + report.status_changed
         );
+        println!(
+            "  peak RSS so far {} (anon {}, file {})",
+            proc_status("VmHWM:"),
+            proc_status("RssAnon:"),
+            proc_status("RssFile:")
+        );
     }
     println!(
         "peak RSS (VmHWM) {}; RSS now {}",
@@ -126,6 +143,11 @@ async fn main() -> anyhow::Result<()> {
         proc_status("VmRSS:")
     );
     let db = std::fs::metadata(dir.path().join("bench.db"))?.len();
-    println!("database size {:.1} MiB", db as f64 / (1 << 20) as f64);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "database size {:.1} MiB; WAL at most {:.1} MiB",
+        mib(db),
+        mib(wal_peak.load(std::sync::atomic::Ordering::Relaxed))
+    );
     Ok(())
 }
