@@ -385,6 +385,30 @@ async fn storage_404_for_good_fails_with_a_clear_error_and_exit_1() {
 }
 
 #[tokio::test]
+async fn an_archive_larger_than_the_free_space_fails_with_a_clear_error() {
+    let env = backfill(start(small_world()).await);
+    // an exbibyte: more than any disk this test runs on has free
+    env.sim.faults(|f| f.storage.claim_length = Some(1 << 60));
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    let rows = download_rows(&env);
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        assert_eq!(r.status, "failed", "{r:?}");
+        assert_eq!(r.attempts, MAX_ATTEMPTS as i64);
+        let error = r.error.as_deref().unwrap();
+        assert!(error.contains("not enough free space"), "{error}");
+        assert!(
+            error.contains("the archive needs 1152921504606846976 more bytes"),
+            "{error}"
+        );
+    }
+    let dl = &env.cfg.downloads.dir;
+    assert_eq!(names(dl), vec![".partial"]);
+    assert_eq!(names(&dl.join(".partial")), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_hostile_export_name_stays_inside_the_directory() {
     let env = backfill(start(small_world()).await);
     env.sim.world(|w| {

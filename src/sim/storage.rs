@@ -51,6 +51,9 @@ pub struct StorageFaults {
     pub slow: std::time::Duration,
     /// Answer `/exports/…` with a 302 to the same archive under `/blobs/…`.
     pub redirect: bool,
+    /// Announce an archive of this many bytes and send none of it (a download
+    /// larger than the disk has room for).
+    pub claim_length: Option<u64>,
     pub log: Vec<StorageLogged>,
     /// Archive bodies being sent right now, and the most there were at once.
     pub in_flight: usize,
@@ -238,7 +241,7 @@ async fn answer(
             None => return no_such_key(),
         }
     };
-    let (slow, cut, ignore_range, redirect) = {
+    let (slow, cut, ignore_range, redirect, claim) = {
         let mut f = st.faults.lock().expect("faults lock");
         let s = &mut f.storage;
         if s.not_found > 0 {
@@ -257,7 +260,7 @@ async fn answer(
         if cut.is_some() {
             s.drops -= 1;
         }
-        (s.slow, cut, s.ignore_range, s.redirect)
+        (s.slow, cut, s.ignore_range, s.redirect, s.claim_length)
     };
     let valid = q.get("v").and_then(|v| v.parse::<u64>().ok()) == Some(version)
         && q.get("signature").map(String::as_str)
@@ -268,6 +271,12 @@ async fn answer(
     if redirect && !is_blob {
         let to = format!("/blobs/{file}?{query}");
         return ((StatusCode::FOUND, [("location", to)]).into_response(), 302);
+    }
+    if let Some(len) = claim {
+        let body = Body::from_stream(futures_util::stream::pending::<io::Result<Vec<u8>>>());
+        let mut resp = (StatusCode::OK, body).into_response();
+        resp.headers_mut().insert("content-length", len.into());
+        return (resp, 200);
     }
     let file_path = match st.archives.path(uid, export).await {
         Ok(p) => p,
