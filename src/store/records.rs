@@ -46,10 +46,9 @@ impl QueueRule {
     }
 }
 
-/// Applies pages of records inside the caller's transaction (a [`crate::store::Batch`]);
-/// events go in the same one, for
-/// the records whose scope `emit` says is past its silent baseline, and so do the
-/// downloads `queue` asks for. `seen` collects the rowids of every record present
+/// Applies pages of records inside the caller's transaction (a [`crate::store::Batch`]).
+/// Events go in the same one, for the records whose scope `emit` says is past its
+/// silent baseline, and so do the downloads `queue` asks for. `seen` collects the rowids of every record present
 /// in the listing. With `mostly_new` (a scope's first listing) a record is inserted
 /// first and looked up only if it was there already, saving one index search per new row.
 #[allow(clippy::too_many_arguments)]
