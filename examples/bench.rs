@@ -1,10 +1,11 @@
-//! Throughput and memory of a full mirror of N items, against the in-process
+//! Throughput and memory of a full mirror of N items, against the built-in
 //! simulator with the rate limiter effectively off and `page_size` 1000.
 //!
 //!     cargo run --release --example bench -- [ITEMS]      (default 1000000)
 //!
 //! Prints items/s for the first sync and for an unchanged re-sync, the requests
-//! it took, and peak RSS (VmHWM) of the mirror. The simulator runs in a child
+//! it took, peak RSS (VmHWM) of the mirror, and the database's and the WAL's
+//! largest sizes. The simulator runs in a child
 //! process (this program again, with `--serve N`), as the real API would be
 //! elsewhere; `--in-process` keeps it in this process instead.
 
