@@ -164,14 +164,9 @@ pub fn mix(mut z: u64) -> u64 {
 
 /// A UUID-shaped id from two hashes.
 fn uuid(a: u64, b: u64) -> String {
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        b >> 52,
-        b & 0xffff_ffff_ffff
-    )
+    let mut out = Vec::with_capacity(36);
+    write_uuid(&mut out, a, b);
+    String::from_utf8(out).expect("hex digits and dashes")
 }
 
 fn timestamp(offset_secs: u64) -> String {
@@ -259,7 +254,7 @@ impl ItemWriter {
     }
 }
 
-/// [`uuid`], written as text into `out`.
+/// A version-4-shaped UUID made of `a` and `b`, written as text into `out`.
 fn write_uuid(out: &mut Vec<u8>, a: u64, b: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let parts = [
@@ -656,8 +651,12 @@ mod tests {
         let h = w.item_hash(ds, i);
         let o = w.items[ds].overrides.get(&i);
         let key = format!("frame_{i:07}.jpg");
+        let b = mix(h);
         json!({
-            "uid": uuid(h, mix(h)),
+            "uid": format!(
+                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                h >> 32, (h >> 16) & 0xffff, h & 0xfff, b >> 52, b & 0xffff_ffff_ffff
+            ),
             "key": key,
             "status": o.and_then(|o| o.status.clone())
                 .unwrap_or(ITEM_FLOW[(h % ITEM_FLOW.len() as u64) as usize].into()),
