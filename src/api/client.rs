@@ -321,6 +321,11 @@ fn httpdate(v: &str) -> Option<SystemTime> {
     })
 }
 
+/// A response body as one JSON value (the parser for single-object endpoints).
+pub fn json_value(body: &Bytes) -> Result<serde_json::Value, String> {
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
 /// Scheme, host and path of a URL: enough to name an endpoint, nothing that could be a secret.
 pub fn endpoint(url: &Url) -> String {
     format!(

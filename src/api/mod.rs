@@ -4,5 +4,5 @@ pub mod pace;
 pub mod page;
 pub mod v1;
 
-pub use client::Client;
+pub use client::{Client, json_value};
 pub use pace::Priority;

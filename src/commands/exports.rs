@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use crate::api::{Client, Priority, v1};
+use crate::api::{Client, Priority, json_value, v1};
 use crate::config::Config;
 use crate::download::{self, Downloader, ProgressFn};
 use crate::error::{EXIT_OK, EXIT_WORK_FAILED};
@@ -112,7 +112,7 @@ pub async fn create(cfg: &Config, a: CreateArgs) -> anyhow::Result<u8> {
         "projects": a.projects, "slices": a.slices,
     });
     let created = client
-        .post(&v1::exports(&client), &body, parse_json)
+        .post(&v1::exports(&client), &body, json_value)
         .await
         .context("creating the export")?;
     let uid = created
@@ -164,13 +164,9 @@ fn open(cfg: &Config) -> anyhow::Result<(Store, Arc<Client>)> {
     Ok((store, client))
 }
 
-fn parse_json(b: &bytes::Bytes) -> Result<Value, String> {
-    serde_json::from_slice(b).map_err(|e| e.to_string())
-}
-
 async fn get_export(client: &Client, uid: &str) -> anyhow::Result<Value> {
     client
-        .fetch(&v1::export(client, uid), Priority::High, parse_json)
+        .fetch(&v1::export(client, uid), Priority::High, json_value)
         .await
         .map(|f| f.value)
         .with_context(|| format!("reading export {uid}"))

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::api::{Client, Priority, v1};
+use crate::api::{Client, Priority, json_value, v1};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::store::downloads::{self, Job};
@@ -257,9 +257,7 @@ impl Downloader {
     /// A fresh presigned link from `GET /exports/{uid}/` (the one call here that carries the key).
     async fn refresh(&self, uid: &str) -> Result<String, Refresh> {
         let url = v1::export(&self.api, uid);
-        let parse =
-            |b: &bytes::Bytes| serde_json::from_slice::<Value>(b).map_err(|e| e.to_string());
-        match self.api.fetch(&url, Priority::High, parse).await {
+        match self.api.fetch(&url, Priority::High, json_value).await {
             Ok(f) => match (
                 f.value.get("download_url").and_then(Value::as_str),
                 f.value.get("status"),
