@@ -410,7 +410,7 @@ impl Syncer {
             .prefetch(move |page| convert(page, &attribution, owner.as_deref()));
         let mut seen = RoaringTreemap::new();
         // the listing's pages share transactions (committed at least every second)
-        let batch = self.store.batch();
+        let writes = self.store.batch();
         let (mut listed, mut skipped, mut duplicates) = (0u64, 0u64, 0u64);
         while let Some(first) = pages.next().await {
             // Take what else is already waiting: pages written together, by one job.
@@ -446,7 +446,7 @@ impl Syncer {
             let count: u64 = batches.iter().map(|b| b.len() as u64).sum();
             let emit = emit_by_slug.clone();
             let n = now.clone();
-            let (outcome, s, applied) = batch
+            let (outcome, s, applied) = writes
                 .call(move |c| {
                     let mut seen = seen;
                     let on =
@@ -480,7 +480,7 @@ impl Syncer {
             }
         }
         report.skipped += skipped;
-        batch.commit().await.map_err(db_error)?;
+        writes.commit().await.map_err(db_error)?;
         let unstable = pages.finish().await || duplicates > 0;
 
         if unstable {
@@ -566,13 +566,12 @@ fn convert(
     attribution: &Attribution,
     owner: Option<&str>,
 ) -> Converted {
+    let records = page.records();
     let mut out = Converted {
-        batch: Vec::new(),
+        batch: Vec::with_capacity(records.len()),
         rejected: vec![],
         needs_split: false,
     };
-    let records = page.records();
-    out.batch.reserve(records.len());
     for (i, raw) in records.enumerate() {
         let raw = raw.to_string();
         let head = match Head::parse(&raw) {
@@ -607,6 +606,6 @@ fn convert(
 }
 
 fn db_error(e: rusqlite::Error) -> ApiError {
-    // Ends the listing; the page's transaction was rolled back, nothing half-applied.
+    // Ends the listing; the batch was rolled back to its last commit, nothing half-applied.
     ApiError::Store(e.to_string())
 }
