@@ -366,8 +366,8 @@ fn end_batch(
 }
 
 /// Copies committed WAL frames into the database off the writer's thread (on the
-/// other core, while the writer goes on), so the writer's own checkpoint (at
-/// `wal_autocheckpoint`) finds little left to do.
+/// other core, while the writer goes on); the writer checkpoints only past
+/// [`WAL_CAP_FRAMES`], and then finds little left to copy.
 fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>) {
     while wake.recv().is_ok() {
         if let Err(e) = checkpoint(&conn) {
@@ -494,6 +494,35 @@ mod tests {
         batch.call(insert).await.unwrap();
         batch.commit().await.unwrap();
         assert_eq!(rows(&reader), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_rolls_back_and_is_reported_to_the_batch() {
+        let (_dir, store, reader) = scratch();
+        // a deferred foreign key fails at COMMIT, not at the insert
+        store.with(|c| {
+            c.execute_batch(
+                "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                 CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);",
+            )
+            .unwrap()
+        });
+        let orphan = |c: &mut Connection| c.execute("INSERT INTO child VALUES (7)", []).map(drop);
+        let batch = store.batch();
+        batch.call(insert).await.unwrap();
+        batch.call(orphan).await.unwrap();
+        let err = batch.commit().await.unwrap_err();
+        assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+        assert_eq!(rows(&reader), 0, "the failed commit kept nothing");
+
+        // committed by other work: the error waits for the batch's next job
+        batch.call(orphan).await.unwrap();
+        store.call(|_| ()).await;
+        let err = batch.call(insert).await.unwrap_err();
+        assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+        batch.call(insert).await.unwrap();
+        batch.commit().await.unwrap();
+        assert_eq!(rows(&reader), 1, "the batch goes on after the error");
     }
 
     #[tokio::test]
