@@ -20,7 +20,7 @@ use avala_mirror::sync::Syncer;
 
 #[path = "common/rss.rs"]
 mod rss;
-use rss::proc_status;
+use rss::{proc_status, thread_cpu_secs};
 
 fn world(n: u64) -> SimConfig {
     SimConfig {
@@ -118,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
     });
     for label in ["first sync", "unchanged re-sync"] {
         let requests_before = requests();
+        let cpu_before = thread_cpu_secs("store");
         let t = Instant::now();
         syncer.sync_resource(Resource::Datasets).await?;
         let report = syncer.sync_resource(Resource::Items).await?;
@@ -130,6 +131,10 @@ async fn main() -> anyhow::Result<()> {
             n as f64 / secs,
             n.div_ceil(1000),
             report.created + report.updated + report.status_changed
+        );
+        println!(
+            "  the writer thread was on the CPU {:.2} s of the {secs:.2} s",
+            thread_cpu_secs("store") - cpu_before
         );
         println!(
             "  peak RSS so far {} (anon {}, file {})",

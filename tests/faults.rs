@@ -99,14 +99,16 @@ async fn persistent_5xx_fails_that_resource_and_others_go_on() {
 #[tokio::test]
 async fn export_poll_overtakes_an_item_crawl() {
     let mut world = small_world();
-    world.items_per_dataset = 400;
+    world.items_per_dataset = 200;
     world.organizations.clear();
     world.datasets_per_owner = 1;
     let mut env = start(world).await;
     env.cfg.scope.organizations.clear();
-    env.cfg.api.requests_per_second = 20.0;
+    // a 40-page crawl, 4 s at 10/s: a slot of 100 ms leaves the export sync time
+    // to read its state before its request, even on a loaded machine
+    env.cfg.api.requests_per_second = 10.0;
     env.cfg.api.burst = 1;
-    env.cfg.api.page_size = 5; // an 80-page crawl, 4 s at 20/s
+    env.cfg.api.page_size = 5;
     let s = env.syncer();
     s.sync_resource(Resource::Datasets).await.unwrap();
     let crawler = s.clone();

@@ -34,11 +34,12 @@ static MIGRATIONS: LazyLock<Migrations<'static>> =
 /// How long a batch's transaction stays open at most: the lag readers see.
 pub const BATCH_WINDOW: Duration = Duration::from_secs(1);
 
-/// WAL frames (of 8 KiB) past which the writer checkpoints itself (waiting for the
-/// fsync) so that the WAL starts over: it grows to 256 MiB and one commit at most.
-/// A checkpoint of the writer's own after every 128 MiB cost a million-item
-/// first sync a fifth of its time.
+/// WAL frames (of 8 KiB) past which the writer drains the WAL so that it starts
+/// over (see [`WalCap`]): it grows to 256 MiB and about two seconds of writes.
 const WAL_CAP_FRAMES: u64 = 32_768;
+
+/// What the WAL file is cut back to after it starts over, outside a listing.
+const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// A closure for the store thread; false when it failed (a batch is then rolled back).
 type Work = Box<dyn FnOnce(&mut Connection, Option<rusqlite::Error>) -> bool + Send>;
@@ -71,6 +72,10 @@ struct Inner {
 impl Store {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
+        Store::open_with_wal_cap(path, WAL_CAP_FRAMES)
+    }
+
+    fn open_with_wal_cap(path: &Path, wal_cap_frames: u64) -> anyhow::Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the directory of {}", path.display()))?;
@@ -81,6 +86,14 @@ impl Store {
             .with_context(|| format!("migrating {}", path.display()))?;
         // the writer wakes the checkpointer after each commit; it ends with the writer
         let (committed, wake) = mpsc::sync_channel(1);
+        let wal = WalCap {
+            cap: wal_cap_frames,
+            copied: Arc::new(AtomicU64::new(0)),
+            draining: false,
+            last: 0,
+            before_last: 0,
+        };
+        let copied = wal.copied.clone();
         let checkpointer = Connection::open(path)
             .map_err(anyhow::Error::from)
             .and_then(|c| {
@@ -88,7 +101,7 @@ impl Store {
                 c.busy_timeout(Duration::ZERO)?;
                 Ok(std::thread::Builder::new()
                     .name("checkpoint".into())
-                    .spawn(move || checkpoint_loop(c, wake))?)
+                    .spawn(move || checkpoint_loop(c, wake, copied))?)
             })
             .map_err(|e| tracing::warn!("no background checkpoints: {e}"))
             .ok();
@@ -100,7 +113,7 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || serve(conn, rx, committed))
+            .spawn(move || serve(conn, rx, committed, wal))
             .context("starting the store thread")?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -253,24 +266,17 @@ impl Drop for Inner {
 
 /// The store thread: runs jobs in order, keeping a batch's transaction open
 /// between its jobs for up to [`BATCH_WINDOW`].
-fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>, committed: mpsc::SyncSender<()>) {
+fn serve(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    committed: mpsc::SyncSender<()>,
+    mut wal: WalCap,
+) {
     let mut open: Option<(u64, Instant)> = None;
     let mut failed: Option<(u64, rusqlite::Error)> = None;
     loop {
         if open.is_none() {
-            // All written is committed. The checkpointer copies it back while the
-            // writer goes on, so the WAL restarts only when a write finds it all
-            // copied; past the cap the writer checkpoints itself to make that so.
-            if WAL_FRAMES.get() > WAL_CAP_FRAMES {
-                // busy when the checkpointer is at it: tried again after the next job
-                if let Ok((0, log, done)) = checkpoint(&conn)
-                    && log == done
-                {
-                    WAL_FRAMES.set(0);
-                }
-            } else {
-                let _ = committed.try_send(());
-            }
+            wal.after_job(&conn, &committed);
         }
         let job = match open {
             None => match jobs.recv() {
@@ -325,7 +331,9 @@ fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>, committed: mpsc::SyncS
                     continue;
                 }
                 if open.is_none() {
-                    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                    // the WAL file keeps its size while a listing writes (see `end_batch`)
+                    let begin = "PRAGMA journal_size_limit = -1; BEGIN IMMEDIATE";
+                    if let Err(e) = conn.execute_batch(begin) {
                         work(&mut conn, Some(e));
                         continue;
                     }
@@ -338,7 +346,9 @@ fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>, committed: mpsc::SyncS
                 if conn.is_autocommit() {
                     // rolled back, here or by SQLite itself (an I/O error, a full disk)
                     open = None;
-                } else if open.is_some_and(|(_, deadline)| Instant::now() >= deadline) {
+                } else if open.is_some_and(|(_, deadline)| Instant::now() >= deadline)
+                    || wal.drained()
+                {
                     end_batch(&mut conn, &mut open, &mut failed);
                 }
             }
@@ -363,15 +373,68 @@ fn end_batch(
         }
         *failed = Some((key, e));
     }
+    // Once the WAL has started over, its next commit outside a batch cuts the file
+    // back; within a listing, rewriting it in place spares the kernel allocating it again.
+    let _ = conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT);
+}
+
+/// The writer's side of the WAL's growth. The checkpointer copies commits back
+/// while the writer goes on, so the WAL never finds everything copied at the
+/// start of a write, which is when it starts over. Past [`WAL_CAP_FRAMES`] the
+/// writer drains it: the batch then open ends as soon as the checkpointer has
+/// copied every earlier commit, and the writer itself checkpoints that short
+/// batch (waiting for its fsync) before it writes again.
+struct WalCap {
+    /// [`WAL_CAP_FRAMES`] (less in tests).
+    cap: u64,
+    /// Frames copied back by the checkpointer's last pass.
+    copied: Arc<AtomicU64>,
+    draining: bool,
+    /// WAL frames after the last commit, and after the one before it.
+    last: u64,
+    before_last: u64,
+}
+
+impl WalCap {
+    /// After a job, with no transaction open: wakes the checkpointer, or past the
+    /// cap and once only the last commit is left to copy, checkpoints here.
+    fn after_job(&mut self, conn: &Connection, checkpointer: &mpsc::SyncSender<()>) {
+        let frames = WAL_FRAMES.get();
+        if frames != self.last {
+            (self.before_last, self.last) = (self.last, frames);
+        }
+        if frames <= self.cap {
+            self.draining = false;
+        } else if !self.draining {
+            self.draining = true;
+        } else if self.copied.load(Ordering::Relaxed) >= self.before_last {
+            // busy when the checkpointer is at it: tried again after the next job
+            if let Ok((0, log, done)) = checkpoint(conn)
+                && log == done
+            {
+                WAL_FRAMES.set(0);
+                self.copied.store(0, Ordering::Relaxed);
+                (self.draining, self.last, self.before_last) = (false, 0, 0);
+            }
+            return;
+        }
+        let _ = checkpointer.try_send(());
+    }
+
+    /// Whether the open batch should end now, to drain the WAL.
+    fn drained(&self) -> bool {
+        self.draining && self.copied.load(Ordering::Relaxed) >= self.last
+    }
 }
 
 /// Copies committed WAL frames into the database off the writer's thread (on the
-/// other core, while the writer goes on); the writer checkpoints only past
-/// [`WAL_CAP_FRAMES`], and then finds little left to copy.
-fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>) {
+/// other core, while the writer goes on), and says how far it got.
+fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>, copied: Arc<AtomicU64>) {
     while wake.recv().is_ok() {
-        if let Err(e) = checkpoint(&conn) {
-            tracing::debug!("background checkpoint: {e}");
+        match checkpoint(&conn) {
+            Ok((0, _, done)) => copied.store(done.max(0) as u64, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("background checkpoint: {e}"),
         }
     }
 }
@@ -407,8 +470,7 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     // index page rewritten by many commits of a large first sync is copied back
     // once, not once per 32 MiB.
     conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
-    // After the WAL starts over, its file is cut back to 64 MiB.
-    conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     Ok(conn)
 }
 
@@ -541,5 +603,40 @@ mod tests {
             assert!(Instant::now() < deadline, "not committed after its window");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    #[tokio::test]
+    async fn a_long_listing_lets_the_wal_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        // a cap of 1 MiB; the listing writes 30 MiB at most 10 MiB/s
+        let store = Store::open_with_wal_cap(&path, 128).unwrap();
+        store.with(|c| c.execute_batch("CREATE TABLE b (x BLOB)").unwrap());
+        let wal = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let wal_path = dir.path().join("m.db-wal");
+        let batch = store.batch();
+        let mut largest = 0;
+        for _ in 0..300 {
+            batch
+                .call(|c| {
+                    c.execute_batch(
+                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 25)
+                         INSERT INTO b SELECT randomblob(4000) FROM n",
+                    )
+                })
+                .await
+                .unwrap();
+            largest = largest.max(wal(&wal_path));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        batch.commit().await.unwrap();
+        let rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM b", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 300 * 25);
+        // without draining, the checkpointer never catches up with the writer
+        // between two commits, and the WAL holds all 30 MiB
+        assert!(largest < 20 << 20, "the WAL grew to {largest} bytes");
     }
 }
