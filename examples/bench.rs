@@ -98,6 +98,10 @@ async fn main() -> anyhow::Result<()> {
         "in a child process"
     };
     println!("mirroring {n} items (page_size 1000, limiter off, simulator {where_})");
+    println!(
+        "  this machine now: {:.0} MiB/s of SHA-256 on one core",
+        sha256_speed()
+    );
     let requests = || {
         syncer
             .client
@@ -156,4 +160,18 @@ async fn main() -> anyhow::Result<()> {
         mib(wal_peak.load(std::sync::atomic::Ordering::Relaxed))
     );
     Ok(())
+}
+
+/// How fast one core hashes right now: the machine's speed swings from one
+/// minute to the next, and figures from runs at different speeds do not compare.
+fn sha256_speed() -> f64 {
+    use sha2::Digest;
+    let block = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut h = sha2::Sha256::new();
+    for _ in 0..256 {
+        h.update(&block);
+    }
+    std::hint::black_box(h.finalize());
+    256.0 / t.elapsed().as_secs_f64()
 }
