@@ -3,9 +3,11 @@
 //!
 //!     cargo run --release --example bench -- [ITEMS]      (default 1000000)
 //!
-//! Prints items/s for the first sync and for an unchanged re-sync, the requests
-//! it took, peak RSS (VmHWM) of the mirror, and the database's and the WAL's
-//! largest sizes. The simulator runs in a child
+//! Prints one core's SHA-256 speed first (the machine's speed swings, and runs
+//! at different speeds do not compare), then items/s for the first sync and for
+//! an unchanged re-sync, the requests and the writer thread's CPU time each took,
+//! peak RSS (VmHWM) of the mirror, and the database's and the WAL's largest
+//! sizes. The simulator runs in a child
 //! process (this program again, with `--serve N`), as the real API would be
 //! elsewhere; `--in-process` keeps it in this process instead.
 

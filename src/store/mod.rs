@@ -107,8 +107,8 @@ impl Store {
             .map_err(|e| tracing::warn!("no background checkpoints: {e}"))
             .ok();
         if checkpointer.is_some() {
-            // the checkpointer's job now, but for the cap in `serve` (replaces
-            // the writer's own checkpoints at `wal_autocheckpoint`)
+            // the checkpointer's job now, but for the writer's drain past the cap
+            // (`WalCap`); replaces the writer's own checkpoints at `wal_autocheckpoint`
             conn.wal_hook(Some(note_wal_frames));
         }
         let (tx, rx) = mpsc::channel();
