@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::Value;
@@ -23,7 +24,7 @@ pub const AHEAD: usize = 4;
 
 /// One page; records stay unparsed JSON text until the diff needs them.
 pub struct Page {
-    body: Bytes,
+    body: ByteString,
     /// Where each record of `results` is in `body` (found by the one parse that
     /// finds `next`, without copying a record).
     records: Vec<Range<usize>>,
@@ -31,11 +32,11 @@ pub struct Page {
 }
 
 impl Page {
-    /// The records, as JSON texts borrowed from the body.
-    pub fn records(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.records.iter().map(|r| {
-            std::str::from_utf8(&self.body[r.clone()]).expect("JSON text checked by the parser")
-        })
+    /// The records, as JSON texts sharing the body's buffer.
+    pub fn records(&self) -> impl ExactSizeIterator<Item = ByteString> + '_ {
+        self.records
+            .iter()
+            .map(|r| self.body.slice_ref(&self.body[r.clone()]))
     }
 }
 
@@ -167,15 +168,15 @@ struct Body<'a> {
 }
 
 fn parse_page(body: &Bytes) -> Result<(Page, Option<String>), String> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    let (results, count, next) = match first {
+    let body = ByteString::try_from(body.clone()).map_err(|e| format!("not JSON: {e}"))?;
+    let (results, count, next) = match body.trim_start().as_bytes().first() {
         Some(b'[') => {
             let all: Vec<&RawValue> =
-                serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+                serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}"))?;
             (all, None, None)
         }
         Some(b'{') => {
-            let b: Body = serde_json::from_slice(body).map_err(|e| format!("not a page: {e}"))?;
+            let b: Body = serde_json::from_str(&body).map_err(|e| format!("not a page: {e}"))?;
             let next = match b.next {
                 Value::String(s) if !s.is_empty() => Some(s),
                 Value::String(_) | Value::Null => None,
@@ -218,7 +219,7 @@ mod tests {
             (p.records().len(), p.count, next.as_deref()),
             (1, Some(3), Some("https://h/x?page=2"))
         );
-        assert_eq!(p.records().next(), Some(r#"{"uid":"a"}"#));
+        assert_eq!(p.records().next().as_deref(), Some(r#"{"uid":"a"}"#));
         let (p, next) = parse(br#"{"next":null,"previous":null,"results":[],"extra":1}"#).unwrap();
         assert_eq!((p.records().len(), p.count, next), (0, None, None));
         assert!(parse(b"{\"detail\":\"x\"}").is_err());

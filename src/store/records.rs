@@ -113,7 +113,9 @@ pub fn apply_pages(
                     continue;
                 }
                 // some were there already (or listed twice): find which rows are new
-                let stored = select.query_row([&rec.uid], stored_row).optional()?;
+                let stored = select
+                    .query_row([&*rec.uid], |r| stored_row(r, None))
+                    .optional()?;
                 match stored {
                     Some(s)
                         if last - inserted < s.rowid
@@ -136,7 +138,9 @@ pub fn apply_pages(
         }
         let stored = match window[i - 1].take() {
             Some(s) => Some(s),
-            None => select.query_row([&rec.uid], stored_row).optional()?,
+            None => select
+                .query_row([&*rec.uid], |r| stored_row(r, None))
+                .optional()?,
         };
         ap.diff(rec, stored, &mut insert, &mut update)?;
     }
@@ -172,12 +176,12 @@ fn insert_rows(
     stmt.raw_bind_parameter(1, now)?;
     for (r, rec) in recs.iter().enumerate() {
         let p = 2 + 6 * r;
-        stmt.raw_bind_parameter(p, &rec.uid)?;
-        stmt.raw_bind_parameter(p + 1, &rec.owner)?;
-        stmt.raw_bind_parameter(p + 2, &rec.dataset_slug)?;
-        stmt.raw_bind_parameter(p + 3, &rec.status)?;
+        stmt.raw_bind_parameter(p, &*rec.uid)?;
+        stmt.raw_bind_parameter(p + 1, rec.owner.as_deref())?;
+        stmt.raw_bind_parameter(p + 2, rec.dataset_slug.as_deref())?;
+        stmt.raw_bind_parameter(p + 3, rec.status.as_deref())?;
         stmt.raw_bind_parameter(p + 4, &rec.hash[..])?;
-        stmt.raw_bind_parameter(p + 5, &rec.raw)?;
+        stmt.raw_bind_parameter(p + 5, &*rec.raw)?;
     }
     stmt.raw_execute()
 }
@@ -211,18 +215,18 @@ impl Apply<'_> {
                         .prepare_cached(
                             "UPDATE exports SET raw = ?2 WHERE rowid = ?1 AND raw IS NOT ?2",
                         )?
-                        .execute(params![s.rowid, rec.raw])?;
+                        .execute(params![s.rowid, &*rec.raw])?;
                 }
                 s.rowid
             }
             (_, Some(s)) => {
                 update.execute(params![
                     s.rowid,
-                    rec.owner,
-                    rec.dataset_slug,
-                    rec.status,
+                    rec.owner.as_deref(),
+                    rec.dataset_slug.as_deref(),
+                    rec.status.as_deref(),
                     &rec.hash[..],
-                    rec.raw,
+                    &*rec.raw,
                     self.now
                 ])?;
                 s.rowid
@@ -260,12 +264,20 @@ impl Apply<'_> {
     }
 }
 
-fn stored_row(r: &rusqlite::Row) -> rusqlite::Result<Stored> {
+/// A row as the diff needs it. Its status is read only if its hash differs from
+/// `incoming` (or there is none to compare): an unchanged row needs no status.
+fn stored_row(r: &rusqlite::Row, incoming: Option<&[u8; 16]>) -> rusqlite::Result<Stored> {
+    // a hash of another length (none is written) never matches
+    let hash: [u8; 16] = r.get_ref(1)?.as_blob()?.try_into().unwrap_or_default();
+    let deleted: bool = r.get(3)?;
     Ok(Stored {
         rowid: r.get(0)?,
-        hash: r.get(1)?,
-        status: r.get(2)?,
-        deleted: r.get(3)?,
+        status: match incoming {
+            Some(h) if *h == hash && !deleted => None,
+            _ => r.get(2)?,
+        },
+        hash,
+        deleted,
     })
 }
 
@@ -286,7 +298,7 @@ fn read_window(
     };
     let start: Option<i64> = conn
         .prepare_cached(&format!("SELECT rowid FROM {table} WHERE uid = ?1"))?
-        .query_row([&first.uid], |r| r.get(0))
+        .query_row([&*first.uid], |r| r.get(0))
         .optional()?;
     let Some(start) = start else {
         return Ok(found);
@@ -305,18 +317,18 @@ fn read_window(
         // the next few records: one that is new since leaves a gap of one
         match (next..recs.len().min(next + 4)).find(|&k| recs[k].uid == uid) {
             Some(k) => {
-                found[k] = Some(stored_row(row)?);
+                found[k] = Some(stored_row(row, Some(&recs[k].hash))?);
                 next = k + 1;
             }
             None => {
-                strays.insert(uid.to_owned(), stored_row(row)?);
+                strays.insert(uid.to_owned(), stored_row(row, None)?);
             }
         }
     }
     if !strays.is_empty() {
         for (k, rec) in recs.iter().enumerate() {
             if found[k].is_none() {
-                found[k] = strays.remove(&rec.uid);
+                found[k] = strays.remove(&*rec.uid);
             }
         }
     }
@@ -560,11 +572,10 @@ pub fn finish_slice_items(
 mod tests {
     use super::*;
     use crate::store::Store;
-    use crate::sync::diff::Head;
 
     fn rec(uid: &str, version: u32) -> Incoming {
         let raw = format!(r#"{{"uid":"{uid}","status":"pending","version":{version}}}"#);
-        Incoming::new(Head::parse(&raw).unwrap(), raw, Some("o"), Some("d"))
+        Incoming::from_text(&raw, "o", "d")
     }
 
     #[test]
@@ -615,8 +626,8 @@ mod tests {
         });
         assert_eq!(rows.len(), 350);
         for (rowid, uid, raw, deleted_at) in &rows {
-            let listed = listing.iter().find(|r| &r.uid == uid).unwrap();
-            assert_eq!(raw, &listed.raw, "{uid}");
+            let listed = listing.iter().find(|r| r.uid == uid).unwrap();
+            assert_eq!(listed.raw, raw, "{uid}");
             assert_eq!(deleted_at, &None, "{uid}");
             assert!(seen.contains(*rowid as u64), "{uid}");
         }

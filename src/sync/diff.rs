@@ -1,80 +1,182 @@
 //! The diff as a pure function: (stored row, incoming record) → decision.
 //! No DB, no network; the store applies what this decides.
 
-use serde::Deserialize;
+use std::borrow::Cow;
+
+use bytestring::ByteString;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 /// What the store holds for a uid.
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub rowid: i64,
-    pub hash: Vec<u8>,
+    pub hash: [u8; 16],
+    /// May be left unread (None) when `hash` matches the incoming record's.
     pub status: Option<String>,
     pub deleted: bool,
 }
 
-/// The few fields the mirror reads from a record; everything else stays in `raw`.
+/// The few fields the mirror reads from a record, borrowed from its text where
+/// they need no decoding; everything else stays in `raw`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Head {
-    pub uid: String,
-    pub status: Option<String>,
-    pub dataset_uid: Option<String>,
+pub struct Head<'a> {
+    pub uid: Cow<'a, str>,
+    pub status: Option<Cow<'a, str>>,
+    pub dataset_uid: Option<Cow<'a, str>>,
+    /// The record has a top-level `download_url`.
+    pub link: bool,
 }
 
-/// The head fields as their JSON text, borrowed from the record (no allocation
-/// for the fields skipped or the ones read).
-#[derive(Deserialize)]
-struct HeadWire<'a> {
-    #[serde(default, borrow)]
-    uid: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    status: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    dataset_uid: Option<&'a RawValue>,
-}
-
-/// A head field as text: a string's value, another scalar's JSON, None for null/absent.
-fn field_text(v: Option<&RawValue>) -> Option<String> {
-    let json = v?.get();
-    match json.as_bytes()[0] {
-        b'"' => serde_json::from_str::<String>(json).ok(),
+/// A head field as text: a string's value, another scalar's JSON, None for null.
+fn field_text(json: &str) -> Option<Cow<'_, str>> {
+    match json.as_bytes().first()? {
+        b'"' => {
+            let inner = &json[1..json.len() - 1];
+            match inner.contains('\\') {
+                false => Some(inner.into()),
+                true => serde_json::from_str::<String>(json).ok().map(Cow::Owned),
+            }
+        }
         b'n' => None,
-        _ => Some(json.to_string()),
+        _ => Some(json.into()),
     }
 }
 
-impl Head {
-    /// Reads the head of a record's JSON text, checking its shape.
-    pub fn parse(raw: &str) -> Result<Head, Rejected> {
-        if !raw.trim_start().starts_with('{') {
-            return Err(Rejected::NotAnObject);
-        }
-        let w: HeadWire = serde_json::from_str(raw).map_err(|_| Rejected::NotAnObject)?;
+impl<'a> Head<'a> {
+    /// Reads the head of a record's JSON text. The text must be JSON a parser has
+    /// checked (a page's records are: [`crate::api::page`] parses each page
+    /// whole first); this only finds where the top-level members are.
+    pub fn parse(raw: &'a str) -> Result<Head<'a>, Rejected> {
+        let (mut uid, mut status, mut dataset_uid, mut link) = (None, None, None, false);
+        members(raw, |key, value| match key {
+            "uid" => uid = Some(value),
+            "status" => status = Some(value),
+            "dataset_uid" => dataset_uid = Some(value),
+            "download_url" => link = true,
+            _ => {}
+        })
+        .ok_or(Rejected::NotAnObject)?;
         // a uid is a non-blank string or a number
-        let uid = match w.uid.map(|v| v.get().as_bytes()[0]) {
-            Some(b'"' | b'-' | b'0'..=b'9') => field_text(w.uid).filter(|u| !u.trim().is_empty()),
+        let uid = match uid.and_then(|v| v.as_bytes().first()) {
+            Some(b'"' | b'-' | b'0'..=b'9') => {
+                uid.and_then(field_text).filter(|u| !u.trim().is_empty())
+            }
             _ => None,
         }
         .ok_or(Rejected::NoUid)?;
         Ok(Head {
             uid,
-            status: field_text(w.status),
-            dataset_uid: field_text(w.dataset_uid),
+            status: status.and_then(field_text),
+            dataset_uid: dataset_uid.and_then(field_text),
+            link,
         })
     }
 }
 
-/// A record from a listing, with its scope taken from the listing (SPEC §3).
+/// Calls `f(key, value)` for each top-level member of the JSON object `json`, in
+/// order (so of a key given twice, the last one wins); a key with escapes is
+/// decoded first. `json` must already be checked JSON: values are skipped by
+/// matching quotes and brackets. None when `json` is not an object.
+fn members<'a>(json: &'a str, mut f: impl FnMut(&str, &'a str)) -> Option<()> {
+    let b = json.as_bytes();
+    let ws = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = ws(0);
+    (b.get(i) == Some(&b'{')).then_some(())?;
+    i = ws(i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some(());
+    }
+    loop {
+        (b.get(i) == Some(&b'"')).then_some(())?;
+        let (key_end, escaped) = string_end(b, i)?;
+        let key = &json[i..key_end];
+        i = ws(key_end);
+        (b.get(i) == Some(&b':')).then_some(())?;
+        let start = ws(i + 1);
+        let end = value_end(b, start)?;
+        match escaped {
+            false => f(&key[1..key.len() - 1], &json[start..end]),
+            true => f(
+                &serde_json::from_str::<String>(key).ok()?,
+                &json[start..end],
+            ),
+        }
+        i = ws(end);
+        match b.get(i) {
+            Some(b',') => i = ws(i + 1),
+            Some(b'}') => return Some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// Where the string that starts at `b[i]` (a quote) ends, just past its closing
+/// quote, and whether it has escapes.
+fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        match b[j] {
+            b'\\' => {
+                escaped = true;
+                j += 2;
+            }
+            _ => return Some((j + 1, escaped)),
+        }
+    }
+}
+
+/// Where the value that starts at `b[i]` ends.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => Some(string_end(b, i)?.0),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *b.get(j)? {
+                    b'"' => j = string_end(b, j)?.0,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        j += 1;
+                    }
+                    b'}' | b']' => {
+                        depth -= 1;
+                        j += 1;
+                        if depth == 0 {
+                            return Some(j);
+                        }
+                    }
+                    _ => j += 1,
+                }
+            }
+        }
+        _ => Some(
+            i + b[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace())
+                .unwrap_or(b.len() - i),
+        ),
+    }
+}
+
+/// A record from a listing, with its scope taken from the listing (SPEC §3). Its
+/// texts share the page's buffer (the uid and status too, unless they had escapes).
 #[derive(Debug, Clone)]
 pub struct Incoming {
-    pub uid: String,
-    pub status: Option<String>,
-    pub owner: Option<String>,
-    pub dataset_slug: Option<String>,
+    pub uid: ByteString,
+    pub status: Option<ByteString>,
+    pub owner: Option<ByteString>,
+    pub dataset_slug: Option<ByteString>,
     /// The JSON object as received, stored in `raw`.
-    pub raw: String,
+    pub raw: ByteString,
     pub hash: [u8; 16],
 }
 
@@ -102,28 +204,45 @@ impl Incoming {
     /// The content hash covers the record's text and its scope columns (a record
     /// moving to another scope is a change too), but not the query of a
     /// `download_url`: a presigned link re-signed on every call is not a change.
+    /// `head` is `raw`'s.
     pub fn new(
-        head: Head,
-        raw: String,
-        owner: Option<&str>,
-        dataset_slug: Option<&str>,
+        head: Head<'_>,
+        raw: &ByteString,
+        owner: Option<&ByteString>,
+        dataset_slug: Option<&ByteString>,
     ) -> Incoming {
         let mut h = Sha256::new();
-        h.update(owner.unwrap_or("").as_bytes());
+        h.update(owner.map_or("", |o| o).as_bytes());
         h.update([0]);
-        h.update(dataset_slug.unwrap_or("").as_bytes());
+        h.update(dataset_slug.map_or("", |d| d).as_bytes());
         h.update([0]);
-        h.update(without_link_signature(&raw).as_bytes());
+        match head.link {
+            true => h.update(without_link_signature(raw).as_bytes()),
+            false => h.update(raw.as_bytes()),
+        }
         let mut hash = [0u8; 16];
         hash.copy_from_slice(&h.finalize()[..16]);
+        // a field borrowed from `raw` shares its buffer
+        let text = |f: Cow<'_, str>| match f {
+            Cow::Borrowed(s) => raw.slice_ref(s),
+            Cow::Owned(s) => s.into(),
+        };
         Incoming {
-            uid: head.uid,
-            status: head.status,
-            owner: owner.map(str::to_owned),
-            dataset_slug: dataset_slug.map(str::to_owned),
-            raw,
+            uid: text(head.uid),
+            status: head.status.map(text),
+            owner: owner.cloned(),
+            dataset_slug: dataset_slug.cloned(),
+            raw: raw.clone(),
             hash,
         }
+    }
+
+    /// A record of the listing of `owner`'s dataset `slug`, from its text.
+    #[cfg(test)]
+    pub fn from_text(raw: &str, owner: &str, slug: &str) -> Incoming {
+        let raw = ByteString::from(raw);
+        let (owner, slug) = (ByteString::from(owner), ByteString::from(slug));
+        Incoming::new(Head::parse(&raw).unwrap(), &raw, Some(&owner), Some(&slug))
     }
 
     /// The record as JSON (for event payloads).
@@ -134,10 +253,7 @@ impl Incoming {
 
 /// The record's text with the query (the signature, the expiry) cut from its
 /// `download_url`; the text itself when there is none.
-fn without_link_signature(raw: &str) -> std::borrow::Cow<'_, str> {
-    if !raw.contains("\"download_url\"") {
-        return raw.into();
-    }
+fn without_link_signature(raw: &str) -> Cow<'_, str> {
     let Ok(mut v) = serde_json::from_str::<Value>(raw) else {
         return raw.into();
     };
@@ -155,9 +271,9 @@ pub fn decide(old: Option<&Stored>, new: &Incoming) -> Decision {
         None => Decision::Created,
         Some(o) if o.deleted => Decision::Created,
         Some(o) if o.hash == new.hash => Decision::Unchanged,
-        Some(o) if o.status != new.status => Decision::StatusChanged {
+        Some(o) if o.status.as_deref() != new.status.as_deref() => Decision::StatusChanged {
             old: o.status.clone(),
-            new: new.status.clone(),
+            new: new.status.as_deref().map(str::to_owned),
         },
         Some(_) => Decision::Updated,
     }
@@ -178,19 +294,25 @@ mod tests {
     use super::*;
 
     fn inc(raw: &str) -> Incoming {
+        incoming(raw, "d")
+    }
+
+    fn incoming(raw: &str, slug: &str) -> Incoming {
+        let raw = ByteString::from(raw);
+        let scope = |s: &str| Some(ByteString::from(s));
         Incoming::new(
-            Head::parse(raw).unwrap(),
-            raw.to_string(),
-            Some("o"),
-            Some("d"),
+            Head::parse(&raw).unwrap(),
+            &raw,
+            scope("o").as_ref(),
+            scope(slug).as_ref(),
         )
     }
 
     fn stored(i: &Incoming, deleted: bool) -> Stored {
         Stored {
             rowid: 1,
-            hash: i.hash.to_vec(),
-            status: i.status.clone(),
+            hash: i.hash,
+            status: i.status.as_deref().map(str::to_owned),
             deleted,
         }
     }
@@ -216,12 +338,7 @@ mod tests {
     #[test]
     fn scope_is_part_of_the_content() {
         let raw = r#"{"uid":"u","a":1}"#;
-        let moved = Incoming::new(
-            Head::parse(raw).unwrap(),
-            raw.into(),
-            Some("o"),
-            Some("other"),
-        );
+        let moved = Incoming::from_text(raw, "o", "other");
         assert_ne!(inc(raw).hash, moved.hash);
     }
 
@@ -241,24 +358,73 @@ mod tests {
 
     #[test]
     fn head_reads_uid_status_and_checks_shape() {
-        let h =
-            Head::parse(r#"{"uid": 12, "status": "done", "dataset_uid": "d1", "x": {"y": [1]}}"#)
-                .unwrap();
+        let h = Head::parse(
+            r#"{"uid": 12, "status": "done", "dataset_uid": "d1", "x": {"y": [1, "}"]}}"#,
+        )
+        .unwrap();
         assert_eq!(
             h,
             Head {
                 uid: "12".into(),
                 status: Some("done".into()),
-                dataset_uid: Some("d1".into())
+                dataset_uid: Some("d1".into()),
+                link: false,
             }
         );
         assert_eq!(Head::parse(r#"{"key": "x"}"#).unwrap_err(), Rejected::NoUid);
         assert_eq!(Head::parse(r#"{"uid": ""}"#).unwrap_err(), Rejected::NoUid);
+        assert_eq!(Head::parse(r#"{"uid": " "}"#).unwrap_err(), Rejected::NoUid);
         assert_eq!(
             Head::parse(r#"{"uid": null}"#).unwrap_err(),
             Rejected::NoUid
         );
+        assert_eq!(
+            Head::parse(r#"{"uid": true}"#).unwrap_err(),
+            Rejected::NoUid
+        );
+        assert_eq!(
+            Head::parse(r#"{"uid": ["a"]}"#).unwrap_err(),
+            Rejected::NoUid
+        );
+        assert_eq!(Head::parse("{}").unwrap_err(), Rejected::NoUid);
         assert_eq!(Head::parse("[1]").unwrap_err(), Rejected::NotAnObject);
         assert_eq!(Head::parse("\"uid\"").unwrap_err(), Rejected::NotAnObject);
+        assert_eq!(Head::parse("").unwrap_err(), Rejected::NotAnObject);
+    }
+
+    #[test]
+    fn head_finds_top_level_members_only() {
+        // nested members, strings holding quotes, brackets and keys, escaped keys
+        let raw = r#" {
+            "meta": {"uid": "inner", "status": "no", "list": [{"uid": 1}, "]}"]},
+            "note": "a \"uid\": \"fake\" }",
+            "st\u0061tus": "labeling_2d",
+            "u\u0069d": "a\/b",
+            "n": -1.5e3, "t": true, "z": null,
+            "download_url": "https://s/x.zip?sig=1"
+        } "#;
+        let h = Head::parse(raw).unwrap();
+        assert_eq!(h.uid, "a/b");
+        assert_eq!(h.status.as_deref(), Some("labeling_2d"));
+        assert_eq!(h.dataset_uid, None);
+        assert!(h.link);
+        // unicode around and inside the fields
+        let h = Head::parse(r#"{"ü":"é","uid":"ü-1","status":"naïve ✓"}"#).unwrap();
+        assert_eq!((&*h.uid, h.status.as_deref()), ("ü-1", Some("naïve ✓")));
+        // of a key given twice, the last wins
+        let h = Head::parse(r#"{"uid":"a","status":"x","uid":"b"}"#).unwrap();
+        assert_eq!(h.uid, "b");
+        // a number uid and a non-string status keep their JSON text
+        let h = Head::parse(r#"{"status":{"a":1},"uid":-7}"#).unwrap();
+        assert_eq!((&*h.uid, h.status.as_deref()), ("-7", Some(r#"{"a":1}"#)));
+    }
+
+    #[test]
+    fn fields_without_escapes_share_the_record_text() {
+        let raw = ByteString::from(r#"{"uid":"abc","status":"done","x":1}"#);
+        let rec = Incoming::new(Head::parse(&raw).unwrap(), &raw, None, None);
+        let within = |s: &str| raw.as_bytes().as_ptr_range().contains(&s.as_ptr());
+        assert!(within(&rec.uid) && within(rec.status.as_deref().unwrap()));
+        assert_eq!((&*rec.uid, rec.status.as_deref()), ("abc", Some("done")));
     }
 }

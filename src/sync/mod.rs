@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytestring::ByteString;
 use reqwest::Url;
 use roaring::RoaringTreemap;
 use serde_json::Value;
@@ -67,9 +68,9 @@ pub struct Syncer {
 /// How a listing fills the scoping columns of its records (from the listing, SPEC §3).
 #[derive(Clone)]
 enum Attribution {
-    Fixed(Option<String>),
+    Fixed(Option<ByteString>),
     /// Cross-dataset listing: a record's `dataset_uid` names its dataset among these.
-    ByDatasetUid(HashMap<String, String>),
+    ByDatasetUid(HashMap<String, ByteString>),
 }
 
 struct Listing {
@@ -144,7 +145,7 @@ impl Syncer {
                     let mut l =
                         self.simple(res, v1::items_of(&self.client, &owner, &slug), Some(&owner));
                     l.prio = Priority::Low;
-                    l.attribution = Attribution::Fixed(Some(slug.clone()));
+                    l.attribution = Attribution::Fixed(Some(slug.as_str().into()));
                     l.slugs = vec![slug];
                     self.run_reported(&l, &mut report).await?;
                 }
@@ -208,7 +209,10 @@ impl Syncer {
                         owner: Some(owner.clone()),
                         slugs: slugs.clone(),
                         attribution: Attribution::ByDatasetUid(
-                            batch.iter().map(|(s, u)| (u.clone(), s.clone())).collect(),
+                            batch
+                                .iter()
+                                .map(|(s, u)| (u.clone(), s.as_str().into()))
+                                .collect(),
                         ),
                     };
                     matches!(
@@ -226,7 +230,7 @@ impl Syncer {
                             prio: Priority::High,
                             owner: Some(owner.clone()),
                             slugs: vec![slug.clone()],
-                            attribution: Attribution::Fixed(Some(slug)),
+                            attribution: Attribution::Fixed(Some(slug.into())),
                         };
                         self.run_reported(&l, report).await?;
                     }
@@ -300,8 +304,10 @@ impl Syncer {
             .map_err(db_error)?;
         let url = v1::slice_items(&self.client, owner, slug);
         let mut pages = Pager::new(self.client.clone(), url, Priority::Low).prefetch(|page| {
-            let heads = page.records().filter_map(|r| Head::parse(r).ok());
-            heads.map(|h| h.uid).collect::<Vec<String>>()
+            let uids = page
+                .records()
+                .filter_map(|r| Some(Head::parse(&r).ok()?.uid.into_owned()));
+            uids.collect::<Vec<String>>()
         });
         let mut total = 0u64;
         while let Some(uids) = pages.next().await {
@@ -399,9 +405,9 @@ impl Syncer {
                 past_baseline: !first_listing,
             },
         );
-        let emit_by_slug: HashMap<Option<String>, bool> = baseline
+        let emit_by_slug: HashMap<Option<ByteString>, bool> = baseline
             .into_iter()
-            .map(|(slug, done)| (slug, done || emit_initial))
+            .map(|(slug, done)| (slug.map(ByteString::from), done || emit_initial))
             .collect();
 
         let attribution = l.attribution.clone();
@@ -495,7 +501,7 @@ impl Syncer {
             for m in missing {
                 if self.confirm_gone(res, &m).await? {
                     let emit = emit_by_slug
-                        .get(&m.dataset_slug)
+                        .get(&m.dataset_slug.as_deref().map(ByteString::from))
                         .copied()
                         .unwrap_or(emit_initial);
                     let n = now.clone();
@@ -567,13 +573,13 @@ fn convert(
     owner: Option<&str>,
 ) -> Converted {
     let records = page.records();
+    let owner = owner.map(ByteString::from);
     let mut out = Converted {
         batch: Vec::with_capacity(records.len()),
         rejected: vec![],
         needs_split: false,
     };
     for (i, raw) in records.enumerate() {
-        let raw = raw.to_string();
         let head = match Head::parse(&raw) {
             Ok(head) => head,
             Err(why) => {
@@ -588,10 +594,10 @@ fn convert(
             }
         };
         let slug = match attribution {
-            Attribution::Fixed(slug) => slug.clone(),
+            Attribution::Fixed(slug) => slug.as_ref(),
             Attribution::ByDatasetUid(map) => {
-                match head.dataset_uid.as_ref().and_then(|u| map.get(u)) {
-                    Some(slug) => Some(slug.clone()),
+                match head.dataset_uid.as_ref().and_then(|u| map.get(&**u)) {
+                    Some(slug) => Some(slug),
                     None => {
                         out.needs_split = true;
                         return out;
@@ -600,7 +606,7 @@ fn convert(
             }
         };
         out.batch
-            .push(Incoming::new(head, raw, owner, slug.as_deref()));
+            .push(Incoming::new(head, &raw, owner.as_ref(), slug));
     }
     out
 }
