@@ -5,7 +5,7 @@
 //!
 //! Prints one core's SHA-256 speed first (the machine's speed swings, and runs
 //! at different speeds do not compare), then items/s for the first sync and for
-//! an unchanged re-sync, the requests and the writer thread's CPU time each took,
+//! an unchanged re-sync, the requests and the CPU time (the mirror's, the writer thread's) each took,
 //! peak RSS (VmHWM) of the mirror, and the database's and the WAL's largest
 //! sizes. The simulator runs in a child
 //! process (this program again, with `--serve N`), as the real API would be
@@ -22,7 +22,7 @@ use avala_mirror::sync::Syncer;
 
 #[path = "common/rss.rs"]
 mod rss;
-use rss::{proc_status, thread_cpu_secs};
+use rss::{proc_status, process_cpu_secs, thread_cpu_secs};
 
 fn world(n: u64) -> SimConfig {
     SimConfig {
@@ -124,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     });
     for label in ["first sync", "unchanged re-sync"] {
         let requests_before = requests();
-        let cpu_before = thread_cpu_secs("store");
+        let (cpu_before, writer_before) = (process_cpu_secs(), thread_cpu_secs("store"));
         let t = Instant::now();
         syncer.sync_resource(Resource::Datasets).await?;
         let report = syncer.sync_resource(Resource::Items).await?;
@@ -139,8 +139,9 @@ async fn main() -> anyhow::Result<()> {
             report.created + report.updated + report.status_changed
         );
         println!(
-            "  the writer thread was on the CPU {:.2} s of the {secs:.2} s",
-            thread_cpu_secs("store") - cpu_before
+            "  the mirror used {:.2} s of CPU, the writer thread {:.2} s of it",
+            process_cpu_secs() - cpu_before,
+            thread_cpu_secs("store") - writer_before
         );
         println!(
             "  peak RSS so far {} (anon {}, file {})",

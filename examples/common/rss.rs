@@ -11,21 +11,28 @@ pub fn proc_status(field: &str) -> String {
 /// CPU seconds (user + system) used so far by this process's threads named `name`.
 #[allow(dead_code)] // not every example reads it
 pub fn thread_cpu_secs(name: &str) -> f64 {
-    let ticks: u64 = std::fs::read_dir("/proc/self/task")
+    std::fs::read_dir("/proc/self/task")
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|task| {
-            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            if comm.trim() != name {
-                return None;
-            }
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            // the fields after the parenthesised name; utime and stime are 14th and 15th
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split(' ').collect();
-            Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
         })
-        .sum();
-    ticks as f64 / 100.0
+        .filter_map(|task| stat_cpu_secs(&task.path().join("stat")))
+        .sum()
+}
+
+/// CPU seconds (user + system) used so far by this whole process.
+#[allow(dead_code)] // not every example reads it
+pub fn process_cpu_secs() -> f64 {
+    stat_cpu_secs(std::path::Path::new("/proc/self/stat")).unwrap_or(0.0)
+}
+
+/// utime + stime of a /proc stat file, in seconds.
+fn stat_cpu_secs(path: &std::path::Path) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // the fields after the parenthesised name; utime and stime are 14th and 15th
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    Some((f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?) as f64 / 100.0)
 }
