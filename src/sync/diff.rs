@@ -24,8 +24,6 @@ pub struct Head<'a> {
     pub uid: Cow<'a, str>,
     pub status: Option<Cow<'a, str>>,
     pub dataset_uid: Option<Cow<'a, str>>,
-    /// The record has a top-level `download_url`.
-    pub link: bool,
 }
 
 /// A head field as text: a string's value, another scalar's JSON, None for null.
@@ -44,17 +42,23 @@ fn field_text(json: &str) -> Option<Cow<'_, str>> {
 }
 
 impl<'a> Head<'a> {
-    /// Reads the head of a record's JSON text. The text must be JSON a parser has
-    /// checked (a page's records are: [`crate::api::page`] parses each page
-    /// whole first); this only finds where the top-level members are.
-    pub fn parse(raw: &'a str) -> Result<Head<'a>, Rejected> {
-        let (mut uid, mut status, mut dataset_uid, mut link) = (None, None, None, false);
-        members(raw, |key, value| match key {
-            "uid" => uid = Some(value),
-            "status" => status = Some(value),
-            "dataset_uid" => dataset_uid = Some(value),
-            "download_url" => link = true,
-            _ => {}
+    /// Reads the head of a record's JSON text, `dataset_uid` only when asked
+    /// (records of a cross-dataset listing), and stops once it has what it
+    /// reads. Of a field given twice the first counts, as in SQLite's JSON
+    /// functions, so the columns agree with `raw->>'status'`. The text must be
+    /// JSON a parser has checked (a page's records are: [`crate::api::page`]
+    /// parses each page whole first); this only finds the top-level members.
+    pub fn parse(raw: &'a str, with_dataset_uid: bool) -> Result<Head<'a>, Rejected> {
+        let (mut uid, mut status, mut dataset_uid) = (None, None, None);
+        members(raw, |key, value| {
+            let field = match key {
+                "uid" => &mut uid,
+                "status" => &mut status,
+                "dataset_uid" if with_dataset_uid => &mut dataset_uid,
+                _ => return true,
+            };
+            field.get_or_insert(value);
+            uid.is_none() || status.is_none() || (with_dataset_uid && dataset_uid.is_none())
         })
         .ok_or(Rejected::NotAnObject)?;
         // a uid is a non-blank string or a number
@@ -69,16 +73,15 @@ impl<'a> Head<'a> {
             uid,
             status: status.and_then(field_text),
             dataset_uid: dataset_uid.and_then(field_text),
-            link,
         })
     }
 }
 
 /// Calls `f(key, value)` for each top-level member of the JSON object `json`, in
-/// order (so of a key given twice, the last one wins); a key with escapes is
-/// decoded first. `json` must already be checked JSON: values are skipped by
-/// matching quotes and brackets. None when `json` is not an object.
-fn members<'a>(json: &'a str, mut f: impl FnMut(&str, &'a str)) -> Option<()> {
+/// order, until `f` returns false; a key with escapes is decoded first. `json`
+/// must already be checked JSON: values are skipped by matching quotes and
+/// brackets. None when `json` is not an object.
+fn members<'a>(json: &'a str, mut f: impl FnMut(&str, &'a str) -> bool) -> Option<()> {
     let b = json.as_bytes();
     let ws = |mut i: usize| {
         while b.get(i).is_some_and(u8::is_ascii_whitespace) {
@@ -100,17 +103,17 @@ fn members<'a>(json: &'a str, mut f: impl FnMut(&str, &'a str)) -> Option<()> {
         (b.get(i) == Some(&b':')).then_some(())?;
         let start = ws(i + 1);
         let end = value_end(b, start)?;
-        match escaped {
+        let more = match escaped {
             false => f(&key[1..key.len() - 1], &json[start..end]),
             true => f(
                 &serde_json::from_str::<String>(key).ok()?,
                 &json[start..end],
             ),
-        }
+        };
         i = ws(end);
         match b.get(i) {
-            Some(b',') => i = ws(i + 1),
-            Some(b'}') => return Some(()),
+            Some(b',') if more => i = ws(i + 1),
+            Some(b',' | b'}') => return Some(()),
             _ => return None,
         }
     }
@@ -216,10 +219,7 @@ impl Incoming {
         h.update([0]);
         h.update(dataset_slug.map_or("", |d| d).as_bytes());
         h.update([0]);
-        match head.link {
-            true => h.update(without_link_signature(raw).as_bytes()),
-            false => h.update(raw.as_bytes()),
-        }
+        h.update(without_link_signature(raw).as_bytes());
         let mut hash = [0u8; 16];
         hash.copy_from_slice(&h.finalize()[..16]);
         // a field borrowed from `raw` shares its buffer
@@ -242,7 +242,12 @@ impl Incoming {
     pub fn from_text(raw: &str, owner: &str, slug: &str) -> Incoming {
         let raw = ByteString::from(raw);
         let (owner, slug) = (ByteString::from(owner), ByteString::from(slug));
-        Incoming::new(Head::parse(&raw).unwrap(), &raw, Some(&owner), Some(&slug))
+        Incoming::new(
+            Head::parse(&raw, true).unwrap(),
+            &raw,
+            Some(&owner),
+            Some(&slug),
+        )
     }
 
     /// The record as JSON (for event payloads).
@@ -254,6 +259,9 @@ impl Incoming {
 /// The record's text with the query (the signature, the expiry) cut from its
 /// `download_url`; the text itself when there is none.
 fn without_link_signature(raw: &str) -> Cow<'_, str> {
+    if !raw.contains("\"download_url\"") {
+        return raw.into();
+    }
     let Ok(mut v) = serde_json::from_str::<Value>(raw) else {
         return raw.into();
     };
@@ -294,18 +302,7 @@ mod tests {
     use super::*;
 
     fn inc(raw: &str) -> Incoming {
-        incoming(raw, "d")
-    }
-
-    fn incoming(raw: &str, slug: &str) -> Incoming {
-        let raw = ByteString::from(raw);
-        let scope = |s: &str| Some(ByteString::from(s));
-        Incoming::new(
-            Head::parse(&raw).unwrap(),
-            &raw,
-            scope("o").as_ref(),
-            scope(slug).as_ref(),
-        )
+        Incoming::from_text(raw, "o", "d")
     }
 
     fn stored(i: &Incoming, deleted: bool) -> Stored {
@@ -358,38 +355,32 @@ mod tests {
 
     #[test]
     fn head_reads_uid_status_and_checks_shape() {
-        let h = Head::parse(
-            r#"{"uid": 12, "status": "done", "dataset_uid": "d1", "x": {"y": [1, "}"]}}"#,
-        )
-        .unwrap();
+        let raw = r#"{"uid": 12, "x": {"y": [1, "}"]}, "dataset_uid": "d1", "status": "done"}"#;
+        let h = Head::parse(raw, true).unwrap();
         assert_eq!(
             h,
             Head {
                 uid: "12".into(),
                 status: Some("done".into()),
                 dataset_uid: Some("d1".into()),
-                link: false,
             }
         );
-        assert_eq!(Head::parse(r#"{"key": "x"}"#).unwrap_err(), Rejected::NoUid);
-        assert_eq!(Head::parse(r#"{"uid": ""}"#).unwrap_err(), Rejected::NoUid);
-        assert_eq!(Head::parse(r#"{"uid": " "}"#).unwrap_err(), Rejected::NoUid);
-        assert_eq!(
-            Head::parse(r#"{"uid": null}"#).unwrap_err(),
-            Rejected::NoUid
-        );
-        assert_eq!(
-            Head::parse(r#"{"uid": true}"#).unwrap_err(),
-            Rejected::NoUid
-        );
-        assert_eq!(
-            Head::parse(r#"{"uid": ["a"]}"#).unwrap_err(),
-            Rejected::NoUid
-        );
-        assert_eq!(Head::parse("{}").unwrap_err(), Rejected::NoUid);
-        assert_eq!(Head::parse("[1]").unwrap_err(), Rejected::NotAnObject);
-        assert_eq!(Head::parse("\"uid\"").unwrap_err(), Rejected::NotAnObject);
-        assert_eq!(Head::parse("").unwrap_err(), Rejected::NotAnObject);
+        assert_eq!(Head::parse(raw, false).unwrap().dataset_uid, None);
+        for no_uid in [
+            r#"{"key": "x"}"#,
+            r#"{"uid": ""}"#,
+            r#"{"uid": " "}"#,
+            r#"{"uid": null}"#,
+            r#"{"uid": true}"#,
+            r#"{"uid": ["a"]}"#,
+            "{}",
+        ] {
+            assert_eq!(Head::parse(no_uid, true), Err(Rejected::NoUid), "{no_uid}");
+        }
+        for not_an_object in ["[1]", "\"uid\"", "", "7"] {
+            let got = Head::parse(not_an_object, true);
+            assert_eq!(got, Err(Rejected::NotAnObject), "{not_an_object}");
+        }
     }
 
     #[test]
@@ -398,31 +389,40 @@ mod tests {
         let raw = r#" {
             "meta": {"uid": "inner", "status": "no", "list": [{"uid": 1}, "]}"]},
             "note": "a \"uid\": \"fake\" }",
+            "n": -1.5e3, "t": true, "z": null, "e": {}, "a": [],
             "st\u0061tus": "labeling_2d",
-            "u\u0069d": "a\/b",
-            "n": -1.5e3, "t": true, "z": null,
-            "download_url": "https://s/x.zip?sig=1"
+            "u\u0069d": "a\/b"
         } "#;
-        let h = Head::parse(raw).unwrap();
+        let h = Head::parse(raw, true).unwrap();
         assert_eq!(h.uid, "a/b");
         assert_eq!(h.status.as_deref(), Some("labeling_2d"));
         assert_eq!(h.dataset_uid, None);
-        assert!(h.link);
         // unicode around and inside the fields
-        let h = Head::parse(r#"{"ü":"é","uid":"ü-1","status":"naïve ✓"}"#).unwrap();
+        let h = Head::parse(r#"{"ü":"é","uid":"ü-1","status":"naïve ✓"}"#, false).unwrap();
         assert_eq!((&*h.uid, h.status.as_deref()), ("ü-1", Some("naïve ✓")));
-        // of a key given twice, the last wins
-        let h = Head::parse(r#"{"uid":"a","status":"x","uid":"b"}"#).unwrap();
-        assert_eq!(h.uid, "b");
         // a number uid and a non-string status keep their JSON text
-        let h = Head::parse(r#"{"status":{"a":1},"uid":-7}"#).unwrap();
+        let h = Head::parse(r#"{"status":{"a":1},"uid":-7}"#, false).unwrap();
         assert_eq!((&*h.uid, h.status.as_deref()), ("-7", Some(r#"{"a":1}"#)));
+    }
+
+    #[test]
+    fn of_a_field_given_twice_the_head_reads_what_sqlite_reads() {
+        let raw = r#"{"uid":"a","status":"first","uid":"b","status":"second"}"#;
+        let h = Head::parse(raw, false).unwrap();
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        let (uid, status): (String, String) = db
+            .query_row("SELECT ?1 ->> 'uid', ?1 ->> 'status'", [raw], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((&*h.uid, h.status.as_deref()), (&*uid, Some(&*status)));
+        assert_eq!(uid, "a");
     }
 
     #[test]
     fn fields_without_escapes_share_the_record_text() {
         let raw = ByteString::from(r#"{"uid":"abc","status":"done","x":1}"#);
-        let rec = Incoming::new(Head::parse(&raw).unwrap(), &raw, None, None);
+        let rec = Incoming::new(Head::parse(&raw, false).unwrap(), &raw, None, None);
         let within = |s: &str| raw.as_bytes().as_ptr_range().contains(&s.as_ptr());
         assert!(within(&rec.uid) && within(rec.status.as_deref().unwrap()));
         assert_eq!((&*rec.uid, rec.status.as_deref()), ("abc", Some("done")));

@@ -306,7 +306,7 @@ impl Syncer {
         let mut pages = Pager::new(self.client.clone(), url, Priority::Low).prefetch(|page| {
             let uids = page
                 .records()
-                .filter_map(|r| Some(Head::parse(&r).ok()?.uid.into_owned()));
+                .filter_map(|r| Some(Head::parse(&r, false).ok()?.uid.into_owned()));
             uids.collect::<Vec<String>>()
         });
         let mut total = 0u64;
@@ -574,13 +574,14 @@ fn convert(
 ) -> Converted {
     let records = page.records();
     let owner = owner.map(ByteString::from);
+    let by_dataset_uid = matches!(attribution, Attribution::ByDatasetUid(_));
     let mut out = Converted {
         batch: Vec::with_capacity(records.len()),
         rejected: vec![],
         needs_split: false,
     };
     for (i, raw) in records.enumerate() {
-        let head = match Head::parse(&raw) {
+        let head = match Head::parse(&raw, by_dataset_uid) {
             Ok(head) => head,
             Err(why) => {
                 out.rejected.push((
