@@ -139,7 +139,12 @@ async fn main() -> anyhow::Result<()> {
             report.created + report.updated + report.status_changed
         );
         println!(
-            "  the mirror used {:.2} s of CPU, the writer thread {:.2} s of it",
+            "  the {} used {:.2} s of CPU, the writer thread {:.2} s of it",
+            if in_process {
+                "mirror and simulator"
+            } else {
+                "mirror"
+            },
             process_cpu_secs() - cpu_before,
             thread_cpu_secs("store") - writer_before
         );
