@@ -87,10 +87,16 @@ async fn second_sync_writes_exactly_the_expected_events() {
 async fn status_changed_event_carries_the_spec_document() {
     let env = start(small_world()).await;
     env.sync().await.unwrap();
-    let uid = env.sim.world(|w| {
+    let (uid, old, new) = env.sim.world(|w| {
         let s = w.sequences_of(1)[0];
-        w.sequences[s].status = "labeling_2d".into();
-        w.sequences[s].uid.clone()
+        let old = w.sequences[s].status.clone();
+        let new = if old == "labeling_2d" {
+            "review_2d"
+        } else {
+            "labeling_2d"
+        };
+        w.sequences[s].status = new.into();
+        (w.sequences[s].uid.clone(), old, new)
     });
     env.sync().await.unwrap();
     let payload: String = env.store().with(|c| {
@@ -112,8 +118,10 @@ async fn status_changed_event_carries_the_spec_document() {
         (d["owner"].as_str(), d["dataset_slug"].as_str()),
         (Some("johndoe"), Some("batch-002"))
     );
-    assert_eq!(d["new_status"], "labeling_2d");
-    assert!(d["old_status"].is_string());
+    assert_eq!(
+        (d["old_status"].as_str(), d["new_status"].as_str()),
+        (Some(old.as_str()), Some(new))
+    );
     assert_eq!(d["object"]["uid"], uid.as_str());
 }
 
