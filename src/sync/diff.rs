@@ -103,13 +103,11 @@ fn members<'a>(json: &'a str, mut f: impl FnMut(&str, &'a str) -> bool) -> Optio
         (b.get(i) == Some(&b':')).then_some(())?;
         let start = ws(i + 1);
         let end = value_end(b, start)?;
-        let more = match escaped {
-            false => f(&key[1..key.len() - 1], &json[start..end]),
-            true => f(
-                &serde_json::from_str::<String>(key).ok()?,
-                &json[start..end],
-            ),
+        let key = match escaped {
+            false => Cow::Borrowed(&key[1..key.len() - 1]),
+            true => field_text(key)?,
         };
+        let more = f(&key, &json[start..end]);
         i = ws(end);
         match b.get(i) {
             Some(b',') if more => i = ws(i + 1),
