@@ -1,9 +1,9 @@
 //! SQLite and nothing else: open (WAL, busy timeout), migrations from `migrations/`,
 //! and one thread that owns the writer connection and runs closures on it in turn.
 //!
-//! A listing's pages may share one transaction ([`Batch`]): committed after
-//! [`BATCH_WINDOW`], before any other work runs on the connection, or when the
-//! listing asks. At a million rows a commit rewrites most of the random-uid index,
+//! A listing's pages may share one transaction ([`Batch`]), with the pages of the
+//! other listings running side by side: committed after [`BATCH_WINDOW`], before
+//! any other work runs on the connection, or when a listing asks. At a million rows a commit rewrites most of the random-uid index,
 //! so fewer, larger commits are what makes a first sync fast. A page is never
 //! half-applied: when work in a batch fails, the batch's whole transaction is rolled
 //! back (the next sync finds the same differences again and writes them then), and
@@ -15,6 +15,7 @@ pub mod events;
 pub mod records;
 pub mod state;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -47,8 +48,8 @@ type Work = Box<dyn FnOnce(&mut Connection, Option<rusqlite::Error>) -> bool + S
 enum Job {
     /// Runs on its own: an open batch is committed first.
     Alone(Work),
-    /// Runs inside batch `key`'s transaction (begun if needed); gets the error of
-    /// a failed commit of that batch instead of running.
+    /// Runs inside the shared transaction (begun if needed); gets the error of a
+    /// failed commit or rollback of batch `key`'s earlier work instead of running.
     Batched(u64, Work),
     /// Hands the connection to a caller's thread until it sends it back.
     Lend(mpsc::SyncSender<(Connection, mpsc::SyncSender<Connection>)>),
@@ -265,27 +266,36 @@ impl Drop for Inner {
     }
 }
 
-/// The store thread: runs jobs in order, keeping a batch's transaction open
-/// between its jobs for up to [`BATCH_WINDOW`].
+/// The transaction the batches writing at the time share, open for up to
+/// [`BATCH_WINDOW`]; `keys` are the batches with work in it.
+struct Open {
+    deadline: Instant,
+    keys: Vec<u64>,
+}
+
+/// The store thread: runs jobs in order, keeping one transaction open across the
+/// jobs of every batch (listings side by side) for up to [`BATCH_WINDOW`]. When
+/// that transaction is rolled back, each batch with work in it is told, by its
+/// next job or commit, so no listing counts rolled-back pages as written.
 fn serve(
     mut conn: Connection,
     jobs: mpsc::Receiver<Job>,
     committed: mpsc::SyncSender<()>,
     mut wal: WalCap,
 ) {
-    let mut open: Option<(u64, Instant)> = None;
-    let mut failed: Option<(u64, rusqlite::Error)> = None;
+    let mut open: Option<Open> = None;
+    let mut failed: HashMap<u64, rusqlite::Error> = HashMap::new();
     loop {
         if open.is_none() {
             wal.after_job(&conn, &committed);
         }
-        let job = match open {
+        let job = match &open {
             None => match jobs.recv() {
                 Ok(job) => job,
                 Err(_) => return,
             },
-            Some((_, deadline)) => {
-                match jobs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Some(o) => {
+                match jobs.recv_timeout(o.deadline.saturating_duration_since(Instant::now())) {
                     Ok(job) => job,
                     Err(RecvTimeoutError::Timeout) => {
                         end_batch(&mut conn, &mut open, &mut failed);
@@ -315,19 +325,19 @@ fn serve(
                 };
             }
             Job::Commit(key, reply) => {
-                if open.is_some_and(|(k, _)| k == key) {
+                if open.as_ref().is_some_and(|o| o.keys.contains(&key)) {
                     end_batch(&mut conn, &mut open, &mut failed);
                 }
-                let _ = reply.send(match failed.take_if(|(k, _)| *k == key) {
-                    Some((_, e)) => Err(e),
-                    None => Ok(()),
-                });
+                let outcome = failed.remove(&key).map_or(Ok(()), Err);
+                if let Err(Err(e)) = reply.send(outcome) {
+                    // a batch dropped before its end: its listing is not complete anyway
+                    tracing::warn!(
+                        "the last writes of a listing that stopped early were lost: {e}"
+                    );
+                }
             }
             Job::Batched(key, work) => {
-                if open.is_some_and(|(k, _)| k != key) {
-                    end_batch(&mut conn, &mut open, &mut failed);
-                }
-                if let Some((_, e)) = failed.take_if(|(k, _)| *k == key) {
+                if let Some(e) = failed.remove(&key) {
                     work(&mut conn, Some(e));
                     continue;
                 }
@@ -338,16 +348,27 @@ fn serve(
                         work(&mut conn, Some(e));
                         continue;
                     }
-                    open = Some((key, Instant::now() + BATCH_WINDOW));
+                    open = Some(Open {
+                        deadline: Instant::now() + BATCH_WINDOW,
+                        keys: vec![],
+                    });
+                }
+                if let Some(o) = open.as_mut().filter(|o| !o.keys.contains(&key)) {
+                    o.keys.push(key);
                 }
                 let ok = work(&mut conn, None);
                 if !ok && !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
                 if conn.is_autocommit() {
-                    // rolled back, here or by SQLite itself (an I/O error, a full disk)
-                    open = None;
-                } else if open.is_some_and(|(_, deadline)| Instant::now() >= deadline)
+                    // rolled back, here or by SQLite itself (an I/O error, a full disk):
+                    // the other batches' earlier work in it is gone too
+                    let keys = open.take().map(|o| o.keys).unwrap_or_default();
+                    for k in keys.into_iter().filter(|k| ok || *k != key) {
+                        let why = "rolled back with another listing's failed write";
+                        failed.insert(k, shared_error(why, None));
+                    }
+                } else if open.as_ref().is_some_and(|o| Instant::now() >= o.deadline)
                     || wal.drained()
                 {
                     end_batch(&mut conn, &mut open, &mut failed);
@@ -357,14 +378,14 @@ fn serve(
     }
 }
 
-/// Commits the open batch, if any; a failed commit is rolled back and kept for
-/// the batch's next job.
+/// Commits the open transaction, if any; a failed commit is rolled back and kept
+/// for the next job or commit of each batch that had work in it.
 fn end_batch(
     conn: &mut Connection,
-    open: &mut Option<(u64, Instant)>,
-    failed: &mut Option<(u64, rusqlite::Error)>,
+    open: &mut Option<Open>,
+    failed: &mut HashMap<u64, rusqlite::Error>,
 ) {
-    let Some((key, _)) = open.take() else {
+    let Some(Open { keys, .. }) = open.take() else {
         return;
     };
     if let Err(e) = conn.execute_batch("COMMIT") {
@@ -372,11 +393,29 @@ fn end_batch(
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
-        *failed = Some((key, e));
+        for k in keys {
+            failed.insert(k, shared_error("commit failed", Some(&e)));
+        }
     }
     // Once the WAL has started over, its next commit outside a batch cuts the file
     // back; within a listing, rewriting it in place spares the kernel allocating it again.
     let _ = conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT);
+}
+
+/// One error for each of the batches a failed transaction held (the error type
+/// cannot be cloned): SQLite's code, and `why` with the original message.
+fn shared_error(why: &str, e: Option<&rusqlite::Error>) -> rusqlite::Error {
+    use rusqlite::ffi;
+    let code = match e {
+        Some(rusqlite::Error::SqliteFailure(code, _)) => *code,
+        Some(_) => ffi::Error::new(ffi::SQLITE_ERROR),
+        None => ffi::Error::new(ffi::SQLITE_ABORT),
+    };
+    let message = match e {
+        Some(e) => format!("{why}: {e}"),
+        None => why.to_string(),
+    };
+    rusqlite::Error::SqliteFailure(code, Some(message))
 }
 
 /// The writer's side of the WAL's growth. The checkpointer copies commits back
@@ -533,11 +572,65 @@ mod tests {
             .unwrap();
         assert_eq!(n, 1);
         assert_eq!(rows(&reader), 1, "committed before the other job ran");
-        // a second batch's work also closes the first
-        batch.call(insert).await.unwrap();
-        let second = store.batch();
+    }
+
+    #[tokio::test]
+    async fn batches_side_by_side_share_one_transaction() {
+        let (_dir, store, reader) = scratch();
+        let (first, second) = (store.batch(), store.batch());
+        for _ in 0..3 {
+            first.call(insert).await.unwrap();
+            second.call(insert).await.unwrap();
+        }
+        assert_eq!(
+            rows(&reader),
+            0,
+            "interleaved work did not commit each time"
+        );
+        second.commit().await.unwrap();
+        assert_eq!(rows(&reader), 6);
+        first.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failure_in_one_of_two_interleaved_batches_is_reported_to_both() {
+        let (_dir, store, reader) = scratch();
+        let (first, second) = (store.batch(), store.batch());
+        first.call(insert).await.unwrap();
         second.call(insert).await.unwrap();
-        assert_eq!(rows(&reader), 2, "the first batch, not yet the second");
+        let missing =
+            |c: &mut Connection| c.execute("INSERT INTO missing VALUES (1)", []).map(drop);
+        second.call(missing).await.unwrap_err();
+        // the first batch's page went with the rollback: it must not count as written
+        let err = first.commit().await.unwrap_err();
+        assert!(err.to_string().contains("rolled back"), "{err}");
+        assert!(
+            second.commit().await.is_ok(),
+            "the failing batch saw its own error"
+        );
+        assert_eq!(rows(&reader), 0);
+
+        // a failed commit (a deferred foreign key: at COMMIT, as a full disk would)
+        // leaves both unfinished, and a third failure does not hide the first
+        store.with(|c| {
+            c.execute_batch(
+                "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                 CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);",
+            )
+            .unwrap()
+        });
+        let orphan = |c: &mut Connection| c.execute("INSERT INTO child VALUES (7)", []).map(drop);
+        let third = store.batch();
+        first.call(insert).await.unwrap();
+        second.call(orphan).await.unwrap();
+        let err = second.commit().await.unwrap_err();
+        assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+        third.call(insert).await.unwrap();
+        third.call(missing).await.unwrap_err();
+        let err = first.commit().await.unwrap_err();
+        assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+        third.commit().await.unwrap();
+        assert_eq!(rows(&reader), 0);
     }
 
     #[tokio::test]
