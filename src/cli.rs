@@ -100,6 +100,9 @@ pub enum Command {
         /// Size in bytes of each export archive on the storage address
         #[arg(long, default_value_t = 256 * 1024)]
         archive_bytes: u64,
+        /// Added to every API answer, as a network's round trip would (e.g. 200ms)
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        latency: Duration,
     },
 }
 
@@ -272,6 +275,7 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
             items,
             tick,
             archive_bytes,
+            latency,
         } => {
             let cfg = crate::sim::SimConfig {
                 seed,
@@ -281,7 +285,7 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
                 archive_bytes,
                 ..Default::default()
             };
-            commands::simulate::simulate(cfg, listen, tick)
+            commands::simulate::simulate(cfg, listen, tick, latency)
                 .await
                 .map(|_| EXIT_OK)
         }

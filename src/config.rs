@@ -105,6 +105,8 @@ pub struct ApiConfig {
     pub burst: u32,
     pub timeout: Duration,
     pub page_size: u32,
+    /// Requests in flight at once, all within the one quota (`api.concurrency`).
+    pub concurrency: u32,
     pub max_retries: u32,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -137,6 +139,10 @@ pub struct SinkConfig {
     pub events: Vec<String>,
 }
 
+/// The most requests `api.concurrency` lets be in flight: more only queues on the
+/// rate limit, and each listing in flight holds its pages in memory.
+pub const MAX_CONCURRENCY: u32 = 64;
+
 // ---- the file's shape, before validation ----
 
 #[derive(Deserialize, Default)]
@@ -162,6 +168,7 @@ struct RawApi {
     burst: u32,
     timeout: String,
     page_size: u32,
+    concurrency: u32,
     max_retries: u32,
     backoff_min: String,
     backoff_max: String,
@@ -176,6 +183,7 @@ impl Default for RawApi {
             burst: 5,
             timeout: "30s".into(),
             page_size: 100,
+            concurrency: 8,
             max_retries: 6,
             backoff_min: "500ms".into(),
             backoff_max: "60s".into(),
@@ -513,6 +521,12 @@ impl RawConfig {
                 self.api.page_size
             ));
         }
+        if !(1..=MAX_CONCURRENCY).contains(&self.api.concurrency) {
+            p.push(format!(
+                "api.concurrency: must be 1..={MAX_CONCURRENCY}, got {}",
+                self.api.concurrency
+            ));
+        }
         let timeout = duration(&mut p, "api.timeout", &self.api.timeout);
         let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);
         let backoff_max = duration(&mut p, "api.backoff_max", &self.api.backoff_max);
@@ -624,6 +638,7 @@ impl RawConfig {
                 burst: self.api.burst,
                 timeout,
                 page_size: self.api.page_size,
+                concurrency: self.api.concurrency,
                 max_retries: self.api.max_retries,
                 backoff_min,
                 backoff_max,

@@ -25,6 +25,8 @@ pub struct Client {
     key: ApiKey,
     pacer: Pacer,
     cfg: ApiConfig,
+    /// Pages fetched ahead of the writer, over every listing using this client.
+    pub pages: super::page::PageBudget,
     pub stats: ClientStats,
 }
 
@@ -57,14 +59,20 @@ impl Client {
             http,
             base,
             key: cfg.key.clone(),
-            pacer: Pacer::new(cfg.requests_per_second, cfg.burst),
+            pacer: Pacer::new(cfg.requests_per_second, cfg.burst, cfg.concurrency),
             cfg: cfg.clone(),
+            pages: Default::default(),
             stats: ClientStats::default(),
         }))
     }
 
     pub fn page_size(&self) -> u32 {
         self.cfg.page_size
+    }
+
+    /// Requests in flight at most (`api.concurrency`).
+    pub fn concurrency(&self) -> usize {
+        self.cfg.concurrency as usize
     }
 
     /// The base URL plus path segments (each percent-encoded, a trailing slash
@@ -108,10 +116,12 @@ impl Client {
         loop {
             attempts += 1;
             let waited = std::time::Instant::now();
-            self.pacer.acquire(prio).await;
+            let in_flight = self.pacer.acquire(prio).await;
             METRICS.limiter_wait.inc_by(waited.elapsed().as_secs_f64());
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let err = match self.once(url, None, &parse).await {
+            let outcome = self.once(url, None, &parse).await;
+            drop(in_flight);
+            let err = match outcome {
                 Ok(ok) => {
                     self.pacer.on_success();
                     return Ok(ok);
@@ -165,9 +175,11 @@ impl Client {
             return Err(ApiError::ForeignHost(endpoint(url)));
         }
         for _ in 0..=MAX_RATE_LIMITED {
-            self.pacer.acquire(Priority::High).await;
+            let in_flight = self.pacer.acquire(Priority::High).await;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            match self.once(url, Some(body), &parse).await {
+            let outcome = self.once(url, Some(body), &parse).await;
+            drop(in_flight);
+            match outcome {
                 Ok(ok) => return Ok(ok.value),
                 Err(Attempt::RateLimited(retry_after)) => {
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);

@@ -1,17 +1,21 @@
-//! Request pacing shared by every API call: a governor quota (the configured rate),
-//! an extra spacing that grows after a 429 or when `X-RateLimit-Remaining` runs low,
-//! and two priorities so short status polls go ahead of long crawls.
+//! Request pacing shared by every API call: a bound on requests in flight
+//! (`api.concurrency`), a governor quota (the configured rate), an extra spacing
+//! that grows after a 429 or when `X-RateLimit-Remaining` runs low, and two
+//! priorities so short status polls go ahead of long crawls.
 //!
-//! Order of waits for one request: (1) low priority waits while any high-priority
-//! request is waiting; (2) a spacing slot is reserved (Retry-After pause, 429
-//! slowdown, header pacing); (3) a governor token is taken right before sending.
-//! The governor is last so no wait can release a burst above the configured rate.
+//! Order of waits for one request: (1) a slot among the requests in flight; (2)
+//! the spacing (Retry-After pause, 429 slowdown, header pacing), claimed at the
+//! moment it is free rather than reserved ahead, so queued crawl requests never
+//! push a status poll back; (3) a governor token, taken right before sending, so
+//! no wait can release a burst above the configured rate. At every step a
+//! low-priority request yields while a high-priority one is waiting: a status poll
+//! waits at most for the first of the requests already in flight to finish.
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -26,10 +30,11 @@ pub enum Priority {
 
 pub struct Pacer {
     limiter: DefaultDirectRateLimiter,
+    clock: DefaultClock,
     period: Duration,
     state: Mutex<PaceState>,
-    high_waiting: AtomicUsize,
-    high_done: Notify,
+    /// A slot was freed or the last high-priority request stopped waiting.
+    changed: Notify,
 }
 
 struct PaceState {
@@ -40,65 +45,113 @@ struct PaceState {
     /// Gap derived from rate-limit headers, valid until `header_until`.
     header_gap: Duration,
     header_until: Instant,
-    next_slot: Instant,
+    /// When the last request was let through.
+    last_sent: Option<Instant>,
+    /// Free slots among the requests in flight.
+    free: usize,
+    /// High-priority requests waiting for a slot: low ones take none meanwhile.
+    high_waiting: usize,
+    /// High-priority requests holding a slot, waiting for their turn to send:
+    /// low ones holding slots let them go first.
+    high_ready: usize,
+}
+
+/// A request's place among those in flight; freed when dropped (after the body is read).
+pub struct InFlight<'a>(&'a Pacer);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("pacer lock").free += 1;
+        self.0.changed.notify_waiters();
+    }
 }
 
 impl Pacer {
-    pub fn new(requests_per_second: f64, burst: u32) -> Pacer {
+    pub fn new(requests_per_second: f64, burst: u32, concurrency: u32) -> Pacer {
         let period = Duration::from_secs_f64(1.0 / requests_per_second.max(1e-6));
         let burst = NonZeroU32::new(burst.max(1)).expect("max(1)");
         let quota = Quota::with_period(period)
             .expect("positive period")
             .allow_burst(burst);
+        let clock = DefaultClock::default();
         let now = Instant::now();
         Pacer {
-            limiter: RateLimiter::direct(quota),
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
             period,
             state: Mutex::new(PaceState {
                 paused_until: now,
                 slowdown: Duration::ZERO,
                 header_gap: Duration::ZERO,
                 header_until: now,
-                next_slot: now,
+                last_sent: None,
+                free: concurrency.max(1) as usize,
+                high_waiting: 0,
+                high_ready: 0,
             }),
-            high_waiting: AtomicUsize::new(0),
-            high_done: Notify::new(),
+            changed: Notify::new(),
         }
     }
 
-    /// Waits until this request may be sent.
-    pub async fn acquire(&self, prio: Priority) {
-        let _high = match prio {
-            Priority::High => Some(HighGuard::new(self)),
-            Priority::Low => {
-                loop {
-                    let notified = self.high_done.notified();
-                    if self.high_waiting.load(Ordering::Acquire) == 0 {
-                        break;
-                    }
-                    notified.await;
+    /// Waits until this request may be sent; it stays in flight until the guard drops.
+    pub async fn acquire(&self, prio: Priority) -> InFlight<'_> {
+        let high = prio == Priority::High;
+        let waiting = high.then(|| HighCount::new(self, |s| &mut s.high_waiting));
+        // (1) a slot
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut s = self.state.lock().expect("pacer lock");
+                if s.free > 0 && (high || s.high_waiting == 0) {
+                    s.free -= 1;
+                    break;
                 }
-                None
             }
-        };
-        let slot = {
-            let mut s = self.state.lock().expect("pacer lock");
-            let now = Instant::now();
-            let gap = if now < s.header_until {
-                s.slowdown.max(s.header_gap)
-            } else {
-                s.slowdown
-            };
-            let slot = now.max(s.paused_until).max(s.next_slot);
-            s.next_slot = slot + gap;
-            slot
-        };
-        // A timer, even one already due, costs a tick of tokio's 1 ms clock.
-        if slot > Instant::now() {
-            tokio::time::sleep_until(slot).await;
+            changed.await;
         }
-        if self.limiter.check().is_err() {
-            self.limiter.until_ready().await;
+        let slot = InFlight(self);
+        drop(waiting);
+        let _ready = high.then(|| HighCount::new(self, |s| &mut s.high_ready));
+        // (2) the spacing, then (3) a token, both claimed under the lock
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait = {
+                let mut s = self.state.lock().expect("pacer lock");
+                let now = Instant::now();
+                if !high && s.high_ready > 0 {
+                    None
+                } else {
+                    let gap = if now < s.header_until {
+                        s.slowdown.max(s.header_gap)
+                    } else {
+                        s.slowdown
+                    };
+                    let at = s
+                        .last_sent
+                        .map_or(s.paused_until, |l| s.paused_until.max(l + gap));
+                    if at > now {
+                        Some(at - now)
+                    } else {
+                        match self.limiter.check() {
+                            Ok(()) => {
+                                s.last_sent = Some(now);
+                                return slot;
+                            }
+                            Err(not_until) => Some(not_until.wait_time_from(self.clock.now())),
+                        }
+                    }
+                }
+            };
+            match wait {
+                // A timer, even one already due, costs a tick of tokio's 1 ms clock.
+                Some(d) => tokio::time::sleep(d.max(Duration::from_micros(100))).await,
+                // a low-priority request looks again once no high one is ready
+                None => changed.await,
+            }
         }
     }
 
@@ -147,19 +200,24 @@ impl Pacer {
     }
 }
 
-struct HighGuard<'a>(&'a Pacer);
+/// Counts a high-priority request in one of the pacer's counters while it lives.
+struct HighCount<'a>(&'a Pacer, fn(&mut PaceState) -> &mut usize);
 
-impl<'a> HighGuard<'a> {
-    fn new(p: &'a Pacer) -> Self {
-        p.high_waiting.fetch_add(1, Ordering::AcqRel);
-        HighGuard(p)
+impl<'a> HighCount<'a> {
+    fn new(p: &'a Pacer, counter: fn(&mut PaceState) -> &mut usize) -> Self {
+        *counter(&mut p.state.lock().expect("pacer lock")) += 1;
+        HighCount(p, counter)
     }
 }
 
-impl Drop for HighGuard<'_> {
+impl Drop for HighCount<'_> {
     fn drop(&mut self) {
-        if self.0.high_waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.high_done.notify_waiters();
+        let mut s = self.0.state.lock().expect("pacer lock");
+        let n = (self.1)(&mut s);
+        *n -= 1;
+        if *n == 0 {
+            drop(s);
+            self.0.changed.notify_waiters();
         }
     }
 }
@@ -194,14 +252,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_pauses_and_slows() {
-        let p = Pacer::new(10.0, 1);
-        p.acquire(Priority::High).await;
+        let p = Pacer::new(10.0, 1, 1);
+        drop(p.acquire(Priority::High).await);
         p.on_rate_limited(Some(Duration::from_secs(2)));
         let t = Instant::now();
-        p.acquire(Priority::High).await;
+        drop(p.acquire(Priority::High).await);
         assert!(t.elapsed() >= Duration::from_secs(2));
         let t = Instant::now();
-        p.acquire(Priority::High).await;
+        drop(p.acquire(Priority::High).await);
         // slowed to at most half the configured rate (0.1 s period)
         assert!(
             t.elapsed() >= Duration::from_millis(100),
@@ -212,12 +270,89 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn low_headers_spread_requests() {
-        let p = Pacer::new(1000.0, 100);
+        let p = Pacer::new(1000.0, 100, 8);
         p.on_headers(Some(100), Some(3), Some(Duration::from_secs(4)));
         let t = Instant::now();
         for _ in 0..3 {
-            p.acquire(Priority::Low).await;
+            drop(p.acquire(Priority::Low).await);
         }
         assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
     }
+
+    #[tokio::test]
+    async fn requests_in_flight_are_bounded_and_a_poll_takes_the_first_free_slot() {
+        use std::sync::Arc;
+        let p = Arc::new(Pacer::new(1e6, 1_000_000, 2));
+        let a = p.acquire(Priority::Low).await;
+        let b = p.acquire(Priority::Low).await;
+        // a third crawl request and then a status poll wait for a slot
+        let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let crawl = {
+            let (p, tx) = (p.clone(), order_tx.clone());
+            tokio::spawn(async move {
+                let _slot = p.acquire(Priority::Low).await;
+                tx.send("crawl").unwrap();
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let poll = {
+            let (p, tx) = (p.clone(), order_tx.clone());
+            tokio::spawn(async move {
+                let slot = p.acquire(Priority::High).await;
+                tx.send("poll").unwrap();
+                slot_held(slot).await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            order.try_recv().is_err(),
+            "nobody passed while 2 were in flight"
+        );
+        drop(a);
+        assert_eq!(
+            order.recv().await,
+            Some("poll"),
+            "the poll overtakes the queued crawl"
+        );
+        drop(b);
+        assert_eq!(order.recv().await, Some("crawl"));
+        poll.await.unwrap();
+        crawl.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_crawl_holding_a_slot_lets_a_poll_take_the_next_token() {
+        use std::sync::Arc;
+        // 10/s, burst 1: each token comes 100 ms after the one before
+        let p = Arc::new(Pacer::new(10.0, 1, 2));
+        let first = p.acquire(Priority::Low).await;
+        let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let crawl = {
+            let (p, tx) = (p.clone(), order_tx.clone());
+            tokio::spawn(async move {
+                let _slot = p.acquire(Priority::Low).await; // the second slot, then the token wait
+                tx.send("crawl").unwrap();
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let poll = {
+            let (p, tx) = (p.clone(), order_tx.clone());
+            tokio::spawn(async move {
+                let _slot = p.acquire(Priority::High).await;
+                tx.send("poll").unwrap();
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(first); // the poll takes this slot while the crawl still waits for its token
+        assert_eq!(
+            order.recv().await,
+            Some("poll"),
+            "the crawl let the poll send first"
+        );
+        assert_eq!(order.recv().await, Some("crawl"));
+        poll.await.unwrap();
+        crawl.await.unwrap();
+    }
+
+    async fn slot_held(_slot: InFlight<'_>) {}
 }

@@ -12,15 +12,60 @@ use reqwest::Url;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::client::Client;
 use super::pace::Priority;
 use crate::error::ApiError;
 
-/// Pages fetched and converted ahead of the writer: enough to keep the writer
-/// busy across a slow response, few enough to keep memory flat.
+/// Pages fetched and converted ahead of the writer by one listing: enough to keep
+/// the writer busy across a slow response.
 pub const AHEAD: usize = 4;
+
+/// Pages fetched and not yet written, over all crawl listings at once, so memory
+/// stays flat whatever the number of scopes listed side by side. At 1,000 records
+/// a page is about 0.5 MiB of body (items) plus its converted records.
+pub const CRAWL_PAGES_AHEAD: usize = 12;
+/// The same for status-poll listings, apart, so they never wait for a crawl's pages.
+pub const POLL_PAGES_AHEAD: usize = 4;
+
+/// The pages that may be held between fetch and write; see [`CRAWL_PAGES_AHEAD`].
+pub struct PageBudget {
+    crawl: Arc<Semaphore>,
+    poll: Arc<Semaphore>,
+}
+
+impl Default for PageBudget {
+    fn default() -> Self {
+        PageBudget {
+            crawl: Arc::new(Semaphore::new(CRAWL_PAGES_AHEAD)),
+            poll: Arc::new(Semaphore::new(POLL_PAGES_AHEAD)),
+        }
+    }
+}
+
+impl PageBudget {
+    fn for_priority(&self, prio: Priority) -> Arc<Semaphore> {
+        match prio {
+            Priority::High => self.poll.clone(),
+            Priority::Low => self.crawl.clone(),
+        }
+    }
+
+    /// Pages held right now (fetched, not yet written), crawls and polls together.
+    pub fn held(&self) -> usize {
+        CRAWL_PAGES_AHEAD + POLL_PAGES_AHEAD
+            - self.crawl.available_permits()
+            - self.poll.available_permits()
+    }
+}
+
+/// A page (converted to `T`) with its place in the [`PageBudget`], given back
+/// when this is dropped: after the page is written.
+pub struct Ahead<T> {
+    pub value: T,
+    pub held: OwnedSemaphorePermit,
+}
 
 /// One page; records stay unparsed JSON text until the diff needs them.
 pub struct Page {
@@ -92,18 +137,24 @@ impl Pager {
 
     /// Fetches pages ahead on a task of their own and turns each into `T` on a
     /// second one (up to `AHEAD` waiting), so the next request goes out while this
-    /// page is converted and the one before is written.
+    /// page is converted and the one before is written. Each page first takes a
+    /// place in the client's [`PageBudget`], which it keeps until it is written.
     pub fn prefetch<T: Send + 'static>(
         mut self,
         mut convert: impl FnMut(Page) -> T + Send + 'static,
     ) -> PageStream<T> {
-        let (raw_tx, mut raw_rx) = mpsc::channel::<Result<Page, ApiError>>(2);
+        type Raw = Result<(Page, OwnedSemaphorePermit), ApiError>;
+        let (raw_tx, mut raw_rx) = mpsc::channel::<Raw>(2);
+        let budget = self.client.pages.for_priority(self.prio);
         let fetcher = tokio::spawn(async move {
             loop {
+                let Ok(held) = budget.clone().acquire_owned().await else {
+                    return true;
+                };
                 let page = self.next_page().await;
                 let last = !matches!(page, Ok(Some(_)));
                 if let Some(page) = page.transpose()
-                    && raw_tx.send(page).await.is_err()
+                    && raw_tx.send(page.map(|p| (p, held))).await.is_err()
                 {
                     return self.unstable;
                 }
@@ -115,7 +166,11 @@ impl Pager {
         let (tx, rx) = mpsc::channel(AHEAD);
         let converter = tokio::spawn(async move {
             while let Some(page) = raw_rx.recv().await {
-                if tx.send(page.map(&mut convert)).await.is_err() {
+                let page = page.map(|(p, held)| Ahead {
+                    value: convert(p),
+                    held,
+                });
+                if tx.send(page).await.is_err() {
                     return;
                 }
             }
@@ -129,18 +184,18 @@ impl Pager {
 }
 
 pub struct PageStream<T> {
-    rx: mpsc::Receiver<Result<T, ApiError>>,
+    rx: mpsc::Receiver<Result<Ahead<T>, ApiError>>,
     fetcher: tokio::task::JoinHandle<bool>,
     converter: tokio::task::JoinHandle<()>,
 }
 
 impl<T> PageStream<T> {
-    pub async fn next(&mut self) -> Option<Result<T, ApiError>> {
+    pub async fn next(&mut self) -> Option<Result<Ahead<T>, ApiError>> {
         self.rx.recv().await
     }
 
     /// A page that is already waiting, if any.
-    pub fn ready(&mut self) -> Option<Result<T, ApiError>> {
+    pub fn ready(&mut self) -> Option<Result<Ahead<T>, ApiError>> {
         self.rx.try_recv().ok()
     }
 

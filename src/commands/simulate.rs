@@ -5,10 +5,22 @@ use std::time::Duration;
 
 use crate::sim::{SimConfig, Simulator};
 
-pub async fn simulate(cfg: SimConfig, listen: SocketAddr, tick: Duration) -> anyhow::Result<()> {
+pub async fn simulate(
+    cfg: SimConfig,
+    listen: SocketAddr,
+    tick: Duration,
+    latency: Duration,
+) -> anyhow::Result<()> {
     let key = cfg.api_key.clone();
     let sim = Simulator::start(cfg, listen, (!tick.is_zero()).then_some(tick)).await?;
+    sim.faults(|f| f.latency = latency);
     println!("Avala API simulator on {}", sim.base_url());
+    if !latency.is_zero() {
+        println!(
+            "  every answer takes {}",
+            humantime::format_duration(latency)
+        );
+    }
     println!("  export archives served from http://{}", sim.storage_addr);
     println!("  key:   X-Avala-Api-Key: {key}");
     println!(

@@ -1,7 +1,8 @@
 //! Fault knobs of the simulator: random errors, connection resets, malformed pages,
 //! slow pages, a server-side rate limit answering 429 with Retry-After, scripted
-//! failures, records without uid, and a listing that shifts under the client.
-//! Every request is logged so tests can measure what the client really sent.
+//! failures, records without uid, a listing that shifts under the client, and a
+//! round-trip latency. Every request is logged, and the requests in flight are
+//! counted, so tests can measure what the client really sent.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,12 @@ pub struct Faults {
     pub reset_rate: f64,
     pub malformed_rate: f64,
     pub slow: Duration,
+    /// Added to every answer of the API address, errors and 429s too: a network's
+    /// round trip (`simulate --latency`).
+    pub latency: Duration,
+    /// Requests being answered right now, and the most there ever were at once.
+    pub in_flight: usize,
+    pub max_in_flight: usize,
     /// Server-side budget (requests per second, burst); beyond it: 429.
     pub rate_limit: Option<(f64, u32)>,
     pub retry_after_secs: u64,
@@ -68,6 +75,9 @@ impl Faults {
             reset_rate: 0.0,
             malformed_rate: 0.0,
             slow: Duration::ZERO,
+            latency: Duration::ZERO,
+            in_flight: 0,
+            max_in_flight: 0,
             rate_limit: None,
             retry_after_secs: 1,
             bad_records: false,

@@ -27,7 +27,8 @@ pub async fn api(
     let query_str = uri.query().unwrap_or("").to_string();
     let authorized =
         headers.get("x-avala-api-key").and_then(|v| v.to_str().ok()) == Some(&st.api_key);
-    let (verdict, slow, rate) = {
+    let _in_flight = InFlight::new(&st);
+    let (verdict, slow, rate, latency) = {
         let mut f = st.faults.lock().expect("faults lock");
         let verdict = if authorized {
             f.judge(&path, &query_str)
@@ -46,8 +47,11 @@ pub async fn api(
             query: query_str.clone(),
             status,
         });
-        (verdict, f.slow, f.rate_headers())
+        (verdict, f.slow, f.rate_headers(), f.latency)
     };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let mut resp = match verdict {
         Verdict::Fail(401) => error(StatusCode::UNAUTHORIZED, "Invalid API key."),
         Verdict::Fail(s) => error(
@@ -91,6 +95,24 @@ pub async fn api(
         h.insert("x-ratelimit-reset", HeaderValue::from(reset));
     }
     resp
+}
+
+/// Counts a request as in flight until its answer is ready (or it is dropped).
+struct InFlight(Arc<SimState>);
+
+impl InFlight {
+    fn new(st: &Arc<SimState>) -> InFlight {
+        let mut f = st.faults.lock().expect("faults lock");
+        f.in_flight += 1;
+        f.max_in_flight = f.max_in_flight.max(f.in_flight);
+        InFlight(st.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.faults.lock().expect("faults lock").in_flight -= 1;
+    }
 }
 
 fn error(status: StatusCode, detail: &str) -> Response {

@@ -2,6 +2,11 @@
 //! stable listing, rows it missed are checked with a direct GET and only a 404
 //! deletes them. Each resource is a set of listings built from the config and the
 //! mirror (datasets feed the item and sequence listings).
+//!
+//! Listings of different scopes run side by side (up to [`LISTINGS_PER_SLOT`] per
+//! request slot of `api.concurrency`), so the rate budget, not the round trip,
+//! bounds a crawl; a cursor listing stays sequential within itself. Each listing
+//! writes its pages in order, so events keep detection order within a scope.
 
 pub mod diff;
 
@@ -10,11 +15,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytestring::ByteString;
+use futures_util::StreamExt;
 use reqwest::Url;
 use roaring::RoaringTreemap;
 use serde_json::Value;
 
-use crate::api::{Client, Priority, page::Pager, v1};
+use crate::api::page::{Ahead, Pager};
+use crate::api::{Client, Priority, v1};
 use crate::config::{Config, Resource};
 use crate::error::ApiError;
 use crate::store::records::{self, Missing, ScopeFilter};
@@ -23,6 +30,12 @@ use diff::{Head, Incoming, Rejected};
 
 /// How many dataset slugs go in one `dataset__slug__in` listing.
 const SLUGS_PER_BATCH: usize = 20;
+
+/// Listings under way at once per request slot (`api.concurrency`). One listing
+/// has one request in flight at a time, and spends part of each round trip
+/// between requests; two per slot keep every slot busy until the last scopes,
+/// and the page budget (`api::page`) bounds the memory they hold.
+pub const LISTINGS_PER_SLOT: usize = 2;
 
 /// What one resource's cycle did.
 #[derive(Debug, Default, Clone)]
@@ -44,6 +57,20 @@ pub struct CycleReport {
 }
 
 impl CycleReport {
+    /// Folds in what one listing (or a group of them) did.
+    fn merge(&mut self, o: CycleReport) {
+        self.listed += o.listed;
+        self.created += o.created;
+        self.updated += o.updated;
+        self.status_changed += o.status_changed;
+        self.deleted += o.deleted;
+        self.skipped += o.skipped;
+        self.events += o.events;
+        self.queued += o.queued;
+        self.failures.extend(o.failures);
+        self.hard_failures += o.hard_failures;
+    }
+
     fn add(&mut self, o: &records::PageOutcome) {
         self.listed += o.created + o.updated + o.status_changed + o.unchanged;
         self.created += o.created;
@@ -111,52 +138,72 @@ impl Syncer {
     /// One complete cycle of one resource. Errors only for what stops everything
     /// (a rejected key); per-scope failures are in the report.
     pub async fn sync_resource(&self, res: Resource) -> Result<CycleReport, ApiError> {
-        let mut report = CycleReport {
-            resource: Some(res),
-            ..Default::default()
-        };
-        match res {
+        let mut report = match res {
             Resource::Datasets => {
-                let mut listings = Vec::new();
-                for owner in &self.cfg.scope.owners {
-                    listings.push(self.simple(
-                        res,
-                        v1::datasets_of_user(&self.client, owner),
-                        Some(owner),
-                    ));
-                }
-                for org in &self.cfg.scope.organizations {
-                    listings.push(self.simple(
-                        res,
-                        v1::datasets_of_org(&self.client, org),
-                        Some(org),
-                    ));
-                }
-                for l in listings {
-                    self.run_reported(&l, &mut report).await?;
-                }
+                let users = self.cfg.scope.owners.iter().map(|owner| {
+                    self.simple(res, v1::datasets_of_user(&self.client, owner), Some(owner))
+                });
+                let orgs =
+                    self.cfg.scope.organizations.iter().map(|org| {
+                        self.simple(res, v1::datasets_of_org(&self.client, org), Some(org))
+                    });
+                let listings: Vec<Listing> = users.chain(orgs).collect();
+                self.side_by_side(listings.into_iter().map(|l| self.run_alone(l)))
+                    .await?
             }
             Resource::Exports => {
                 let l = self.simple(res, v1::exports(&self.client), None);
-                self.run_reported(&l, &mut report).await?;
+                self.run_alone(l).await?
             }
             Resource::Items => {
-                for records::DatasetRef { owner, slug, .. } in self.datasets().await? {
-                    let mut l =
-                        self.simple(res, v1::items_of(&self.client, &owner, &slug), Some(&owner));
-                    l.prio = Priority::Low;
-                    l.attribution = Attribution::Fixed(Some(slug.as_str().into()));
-                    l.slugs = vec![slug];
-                    self.run_reported(&l, &mut report).await?;
-                }
+                let listings = self.datasets().await?.into_iter().map(
+                    |records::DatasetRef { owner, slug, .. }| {
+                        let mut l = self.simple(
+                            res,
+                            v1::items_of(&self.client, &owner, &slug),
+                            Some(&owner),
+                        );
+                        l.prio = Priority::Low;
+                        l.attribution = Attribution::Fixed(Some(slug.as_str().into()));
+                        l.slugs = vec![slug];
+                        l
+                    },
+                );
+                let listings: Vec<Listing> = listings.collect();
+                self.side_by_side(listings.into_iter().map(|l| self.run_alone(l)))
+                    .await?
             }
-            Resource::Sequences => self.sync_sequences(&mut report).await?,
-            Resource::Slices => self.sync_slices(&mut report).await?,
-        }
+            Resource::Sequences => self.sync_sequences().await?,
+            Resource::Slices => self.sync_slices().await?,
+        };
+        report.resource = Some(res);
         let m = &crate::metrics::METRICS;
         let label = crate::metrics::label("resource", res.table());
         m.records_synced.get_or_create(&label).inc_by(report.listed);
         m.events_emitted.get_or_create(&label).inc_by(report.events);
+        Ok(report)
+    }
+
+    /// Runs `work` (one listing, or a few in turn, each) side by side, at most
+    /// [`LISTINGS_PER_SLOT`] per request slot at once, and merges their reports. A
+    /// rejected key stops them all.
+    async fn side_by_side<F>(&self, work: impl Iterator<Item = F>) -> Result<CycleReport, ApiError>
+    where
+        F: Future<Output = Result<CycleReport, ApiError>>,
+    {
+        let limit = self.client.concurrency() * LISTINGS_PER_SLOT;
+        let mut done = futures_util::stream::iter(work).buffer_unordered(limit);
+        let mut report = CycleReport::default();
+        while let Some(r) = done.next().await {
+            report.merge(r?);
+        }
+        Ok(report)
+    }
+
+    /// One listing with a report of its own.
+    async fn run_alone(&self, l: Listing) -> Result<CycleReport, ApiError> {
+        let mut report = CycleReport::default();
+        self.run_reported(&l, &mut report).await?;
         Ok(report)
     }
 
@@ -179,9 +226,10 @@ impl Syncer {
             .map_err(db_error)
     }
 
-    /// Sequences through the cross-dataset endpoint, `SLUGS_PER_BATCH` datasets a call;
-    /// a batch whose records cannot be told apart falls back to one listing per dataset.
-    async fn sync_sequences(&self, report: &mut CycleReport) -> Result<(), ApiError> {
+    /// Sequences through the cross-dataset endpoint, `SLUGS_PER_BATCH` datasets a call,
+    /// batches side by side; a batch whose records cannot be told apart falls back
+    /// to one listing per dataset.
+    async fn sync_sequences(&self) -> Result<CycleReport, ApiError> {
         let mut by_owner: Vec<(String, Vec<(String, String)>)> = Vec::new();
         for records::DatasetRef {
             owner,
@@ -198,67 +246,79 @@ impl Syncer {
                 _ => by_owner.push((owner, vec![(slug, uid)])),
             }
         }
-        for (owner, datasets) in by_owner {
-            for batch in datasets.chunks(SLUGS_PER_BATCH) {
-                let slugs: Vec<String> = batch.iter().map(|(s, _)| s.clone()).collect();
-                let split = if batch.len() > 1 {
-                    let l = Listing {
-                        resource: Resource::Sequences,
-                        url: v1::sequences_across(&self.client, &owner, &slugs),
-                        prio: Priority::High,
-                        owner: Some(owner.clone()),
-                        slugs: slugs.clone(),
-                        attribution: Attribution::ByDatasetUid(
-                            batch
-                                .iter()
-                                .map(|(s, u)| (u.clone(), s.as_str().into()))
-                                .collect(),
-                        ),
-                    };
-                    matches!(
-                        self.run_reported(&l, report).await?,
-                        Some(ListingEnd::NeedsSplit)
-                    )
-                } else {
-                    true
-                };
-                if split {
-                    for slug in slugs {
-                        let l = Listing {
-                            resource: Resource::Sequences,
-                            url: v1::sequences_of(&self.client, &owner, &slug),
-                            prio: Priority::High,
-                            owner: Some(owner.clone()),
-                            slugs: vec![slug.clone()],
-                            attribution: Attribution::Fixed(Some(slug.into())),
-                        };
-                        self.run_reported(&l, report).await?;
-                    }
-                }
-            }
-        }
-        Ok(())
+        let batches = by_owner.iter().flat_map(|(owner, datasets)| {
+            datasets
+                .chunks(SLUGS_PER_BATCH)
+                .map(move |batch| self.sequence_batch(owner, batch))
+        });
+        let batches: Vec<_> = batches.collect();
+        self.side_by_side(batches.into_iter()).await
     }
 
-    /// Slices of every owner and organization, then the membership of each slice
-    /// that changed since its membership was last listed.
-    async fn sync_slices(&self, report: &mut CycleReport) -> Result<(), ApiError> {
-        let owners: Vec<String> = self
+    /// One `dataset__slug__in` listing, or one listing per dataset when it cannot be used.
+    async fn sequence_batch(
+        &self,
+        owner: &str,
+        batch: &[(String, String)],
+    ) -> Result<CycleReport, ApiError> {
+        let mut report = CycleReport::default();
+        let slugs: Vec<String> = batch.iter().map(|(s, _)| s.clone()).collect();
+        if batch.len() > 1 {
+            let l = Listing {
+                resource: Resource::Sequences,
+                url: v1::sequences_across(&self.client, owner, &slugs),
+                prio: Priority::High,
+                owner: Some(owner.to_string()),
+                slugs: slugs.clone(),
+                attribution: Attribution::ByDatasetUid(
+                    batch
+                        .iter()
+                        .map(|(s, u)| (u.clone(), s.as_str().into()))
+                        .collect(),
+                ),
+            };
+            let end = self.run_reported(&l, &mut report).await?;
+            if !matches!(end, Some(ListingEnd::NeedsSplit)) {
+                return Ok(report);
+            }
+        }
+        let one_by_one = slugs.into_iter().map(|slug| Listing {
+            resource: Resource::Sequences,
+            url: v1::sequences_of(&self.client, owner, &slug),
+            prio: Priority::High,
+            owner: Some(owner.to_string()),
+            slugs: vec![slug.clone()],
+            attribution: Attribution::Fixed(Some(slug.into())),
+        });
+        let one_by_one: Vec<Listing> = one_by_one.collect();
+        report.merge(
+            self.side_by_side(one_by_one.into_iter().map(|l| self.run_alone(l)))
+                .await?,
+        );
+        Ok(report)
+    }
+
+    /// Slices of every owner and organization side by side, then the membership of
+    /// each slice that changed since its membership was last listed, side by side.
+    async fn sync_slices(&self) -> Result<CycleReport, ApiError> {
+        let owners = self
             .cfg
             .scope
             .owners
             .iter()
-            .chain(&self.cfg.scope.organizations)
-            .cloned()
+            .chain(&self.cfg.scope.organizations);
+        let listings: Vec<Listing> = owners
+            .map(|owner| {
+                self.simple(
+                    Resource::Slices,
+                    v1::slices_of(&self.client, owner),
+                    Some(owner),
+                )
+            })
             .collect();
-        for owner in &owners {
-            let l = self.simple(
-                Resource::Slices,
-                v1::slices_of(&self.client, owner),
-                Some(owner),
-            );
-            self.run_reported(&l, report).await?;
-        }
+        let mut report = self
+            .side_by_side(listings.into_iter().map(|l| self.run_alone(l)))
+            .await?;
         let stale: Vec<(String, String, String)> = self
             .store
             .call(|c| {
@@ -273,15 +333,18 @@ impl Syncer {
             })
             .await
             .map_err(db_error)?;
-        for (uid, owner, slug) in stale {
+        let members = stale.into_iter().map(|(uid, owner, slug)| async move {
+            let mut report = CycleReport::default();
             let scope = format!("slice_items:{uid}");
             match self.sync_slice_items(&uid, &owner, &slug, &scope).await {
                 Ok(()) => {}
                 Err(e @ ApiError::Unauthorized(_)) => return Err(e),
-                Err(e) => self.record_failure(report, &[scope], &e).await,
+                Err(e) => self.record_failure(&mut report, &[scope], &e).await,
             }
-        }
-        Ok(())
+            Ok(report)
+        });
+        report.merge(self.side_by_side(members).await?);
+        Ok(report)
     }
 
     async fn sync_slice_items(
@@ -311,7 +374,7 @@ impl Syncer {
         });
         let mut total = 0u64;
         while let Some(uids) = pages.next().await {
-            let uids = uids?;
+            let uids = uids?.value;
             total += uids.len() as u64;
             let slice = uid.to_string();
             self.store
@@ -433,12 +496,18 @@ impl Syncer {
                 }
             }
             let mut batches = Vec::with_capacity(group.len());
-            for Converted {
-                batch,
-                rejected,
-                needs_split,
+            let mut held = Vec::with_capacity(group.len());
+            for Ahead {
+                value:
+                    Converted {
+                        batch,
+                        rejected,
+                        needs_split,
+                    },
+                held: place,
             } in group
             {
+                held.push(place);
                 for (index, why) in rejected {
                     skipped += 1;
                     tracing::warn!(scope = %scopes[0], index, "skipping a record: {why}");
@@ -472,7 +541,7 @@ impl Syncer {
                 })
                 .await
                 .map_err(db_error)?;
-            drop(applied);
+            drop((applied, held));
             seen = s;
             report.add(&outcome);
             duplicates += outcome.duplicates;
@@ -498,8 +567,12 @@ impl Syncer {
                 .call(move |c| records::missing(c, res, &filter, &s))
                 .await
                 .map_err(db_error)?;
-            for m in missing {
-                if self.confirm_gone(res, &m).await? {
+            // the checks side by side, their tombstones in the listing's order
+            let mut checks = futures_util::stream::iter(missing)
+                .map(|m| async move { (self.confirm_gone(res, &m).await, m) })
+                .buffered(self.client.concurrency());
+            while let Some((gone, m)) = checks.next().await {
+                if gone? {
                     let emit = emit_by_slug
                         .get(&m.dataset_slug.as_deref().map(ByteString::from))
                         .copied()
