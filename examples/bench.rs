@@ -1,18 +1,25 @@
 //! Throughput and memory of a full mirror of N items, against the built-in
-//! simulator with the rate limiter effectively off and `page_size` 1000.
+//! simulator with `page_size` 1000.
 //!
-//!     cargo run --release --example bench -- [ITEMS]      (default 1000000)
+//!     cargo run --release --example bench -- [ITEMS] [--datasets D] [--latency MS]
+//!                                            [--rps R] [--concurrency C]
+//!
+//! ITEMS defaults to 1000000, spread over D datasets (default 1). By default the
+//! rate limiter is effectively off and the simulator answers at once; `--latency`
+//! adds a round trip to every answer and `--rps` sets `api.requests_per_second`
+//! (burst 1), which is how the rate floor (requests / rate) is measured against
+//! the time a crawl takes. `--concurrency` sets `api.concurrency` (default 8).
 //!
 //! Prints one core's SHA-256 speed first (the machine's speed swings, and runs
 //! at different speeds do not compare), then items/s for the first sync and for
 //! an unchanged re-sync, the requests and the CPU time (the mirror's, the writer thread's) each took,
-//! peak RSS (VmHWM) of the mirror, and the database's and the WAL's largest
-//! sizes. The simulator runs in a child
-//! process (this program again, with `--serve N`), as the real API would be
-//! elsewhere; `--in-process` keeps it in this process instead.
+//! the most requests the simulator answered at once, peak RSS (VmHWM) of the
+//! mirror, and the database's and the WAL's largest sizes. The simulator runs in
+//! a child process (this program again, with `--serve`), as the real API would
+//! be elsewhere; `--in-process` keeps it in this process instead.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use avala_mirror::api::Client;
 use avala_mirror::config::{Config, Resource};
@@ -24,12 +31,12 @@ use avala_mirror::sync::Syncer;
 mod rss;
 use rss::{proc_status, process_cpu_secs, thread_cpu_secs};
 
-fn world(n: u64) -> SimConfig {
+fn world(n: u64, datasets: u64) -> SimConfig {
     SimConfig {
         owners: vec!["bench".into()],
         organizations: vec![],
-        datasets_per_owner: 1,
-        items_per_dataset: n,
+        datasets_per_owner: datasets as usize,
+        items_per_dataset: n / datasets,
         sequences_per_dataset: 0,
         slices_per_owner: 0,
         exports: 0,
@@ -42,50 +49,66 @@ fn world(n: u64) -> SimConfig {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let in_process = args.iter().any(|a| a == "--in-process");
+    let option = |name: &str| -> anyhow::Result<Option<f64>> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => Ok(Some(
+                args.get(i + 1)
+                    .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))?
+                    .parse()?,
+            )),
+            None => Ok(None),
+        }
+    };
+    let datasets = option("--datasets")?.unwrap_or(1.0) as u64;
+    let latency = Duration::from_secs_f64(option("--latency")?.unwrap_or(0.0) / 1000.0);
+    let rps = option("--rps")?;
+    let concurrency = option("--concurrency")?.map(|c| c as u32);
     if args.first().map(String::as_str) == Some("--serve") {
-        let sim = Simulator::start(world(args[1].parse()?), "127.0.0.1:0".parse()?, None).await?;
+        let sim = Simulator::start(
+            world(args[1].parse()?, datasets),
+            "127.0.0.1:0".parse()?,
+            None,
+        )
+        .await?;
+        sim.faults(|f| f.latency = latency);
         println!("{}", sim.base_url());
-        tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await?;
+        // the most requests answered at once, on a line of its own when asked
+        let state = sim.state.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in std::io::stdin().lines() {
+                println!("{}", state.faults.lock().expect("faults").max_in_flight);
+            }
+        })
+        .await?;
         return Ok(());
     }
-    let n: u64 = args
-        .iter()
-        .find(|a| !a.starts_with("--"))
-        .map(|a| a.parse())
+    let mut values = args.iter().enumerate().filter(|(i, a)| {
+        !a.starts_with("--")
+            && (*i == 0 || !args[*i - 1].starts_with("--") || args[*i - 1] == "--in-process")
+    });
+    let n: u64 = values
+        .next()
+        .map(|(_, a)| a.parse())
         .transpose()?
         .unwrap_or(1_000_000);
     // the simulator: here, or in a child process that prints its base URL
-    let mut _child = None;
-    let mut _sim = None;
-    let base: reqwest::Url = if in_process {
-        let sim = Simulator::start(world(n), "127.0.0.1:0".parse()?, None).await?;
-        let base = sim.base_url();
-        _sim = Some(sim);
-        base
-    } else {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .args(["--serve", &n.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
-            &mut line,
-        )?;
-        _child = Some(child);
-        line.trim().parse()?
-    };
+    let mut sim = Served::start(n, datasets, latency, in_process).await?;
+    let base = sim.base.clone();
     let dir = tempfile::tempdir()?;
     let mut cfg = Config::defaults(
         &base,
-        &world(n).api_key,
+        &world(n, datasets).api_key,
         &["bench"],
         &[],
         &dir.path().join("bench.db"),
     )?;
-    cfg.api.requests_per_second = 1e6;
-    cfg.api.burst = 1_000_000;
+    match rps {
+        Some(rps) => (cfg.api.requests_per_second, cfg.api.burst) = (rps, 1),
+        None => (cfg.api.requests_per_second, cfg.api.burst) = (1e6, 1_000_000),
+    }
+    if let Some(c) = concurrency {
+        cfg.api.concurrency = c;
+    }
     cfg.api.page_size = 1000;
     cfg.scope.resources = vec![Resource::Datasets, Resource::Items];
     let syncer = Syncer {
@@ -99,7 +122,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "in a child process"
     };
-    println!("mirroring {n} items (page_size 1000, limiter off, simulator {where_})");
+    let limiter = match rps {
+        Some(r) => format!("{r} requests/s"),
+        None => "limiter off".into(),
+    };
+    println!(
+        "mirroring {n} items in {datasets} datasets (page_size 1000, {limiter}, concurrency {}, latency {latency:?}, simulator {where_})",
+        syncer.client.concurrency()
+    );
     println!(
         "  this machine now: {:.0} MiB/s of SHA-256 on one core",
         sha256_speed()
@@ -133,10 +163,21 @@ async fn main() -> anyhow::Result<()> {
         assert!(report.failures.is_empty(), "{report:?}");
         let requests = requests() - requests_before;
         println!(
-            "{label:<18} {:>8.0} items/s  ({secs:.2} s, {requests} requests for ceil({n}/1000) = {} pages, written: {})",
+            "{label:<18} {:>8.0} items/s  ({secs:.2} s, {requests} requests for {} pages, written: {})",
             n as f64 / secs,
-            n.div_ceil(1000),
+            (n / datasets).div_ceil(1000) * datasets,
             report.created + report.updated + report.status_changed
+        );
+        if let Some(rps) = rps {
+            let floor = requests as f64 / rps;
+            println!(
+                "  rate floor {floor:.1} s ({requests} requests at {rps}/s): took {:.2}x the floor",
+                secs / floor
+            );
+        }
+        println!(
+            "  most requests in flight at the simulator: {}",
+            sim.max_in_flight()?
         );
         println!(
             "  the {} used {:.2} s of CPU, the writer thread {:.2} s of it",
@@ -168,6 +209,71 @@ async fn main() -> anyhow::Result<()> {
         mib(wal_peak.load(std::sync::atomic::Ordering::Relaxed))
     );
     Ok(())
+}
+
+/// The simulator, in this process or in a child (which prints its base URL,
+/// then the most requests it answered at once for each line it reads).
+struct Served {
+    base: reqwest::Url,
+    sim: Option<Simulator>,
+    child: Option<(
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+    )>,
+}
+
+impl Served {
+    async fn start(
+        n: u64,
+        datasets: u64,
+        latency: Duration,
+        in_process: bool,
+    ) -> anyhow::Result<Served> {
+        if in_process {
+            let sim = Simulator::start(world(n, datasets), "127.0.0.1:0".parse()?, None).await?;
+            sim.faults(|f| f.latency = latency);
+            return Ok(Served {
+                base: sim.base_url(),
+                sim: Some(sim),
+                child: None,
+            });
+        }
+        let latency_ms = (latency.as_secs_f64() * 1000.0).to_string();
+        let datasets = datasets.to_string();
+        let args = [
+            "--serve",
+            &n.to_string(),
+            "--datasets",
+            &datasets,
+            "--latency",
+            &latency_ms,
+        ];
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line)?;
+        Ok(Served {
+            base: line.trim().parse()?,
+            sim: None,
+            child: Some((child, out)),
+        })
+    }
+
+    fn max_in_flight(&mut self) -> anyhow::Result<usize> {
+        use std::io::{BufRead, Write};
+        if let Some(sim) = &self.sim {
+            return Ok(sim.faults(|f| f.max_in_flight));
+        }
+        let (child, out) = self.child.as_mut().expect("a simulator");
+        writeln!(child.stdin.as_mut().expect("piped"))?;
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        Ok(line.trim().parse()?)
+    }
 }
 
 /// How fast one core hashes right now: the machine's speed swings from one

@@ -16,6 +16,7 @@ use crate::store::events;
 pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let db = dir.join("mirror.db");
+    let _writer = crate::store::lock::WriterLock::acquire(&db, "demo")?;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }

@@ -13,6 +13,7 @@ use crate::api::{Client, Priority, json_value, v1};
 use crate::config::Config;
 use crate::download::{self, Downloader, ProgressFn};
 use crate::error::{EXIT_OK, EXIT_WORK_FAILED};
+use crate::store::lock::{LockError, Locked, WriterLock};
 use crate::store::{Store, downloads, now_rfc3339};
 
 /// Byte progress bars, one per download, when stderr is a terminal.
@@ -80,11 +81,86 @@ pub async fn list(cfg: &Config, as_json: bool) -> anyhow::Result<u8> {
 }
 
 /// `exports download UID`: a fresh link from the API, then the same download path
-/// the daemon uses (resume, checks, rename, row and event).
+/// the daemon uses (resume, checks, rename, row and event). Beside a running
+/// daemon, the daemon does the download and this follows it.
 pub async fn download(cfg: &Config, uid: &str) -> anyhow::Result<u8> {
+    let who = Downloads::take(cfg)?;
     let (store, client) = open(cfg)?;
     let export = get_export(&client, uid).await?;
-    fetch_archive(cfg, &store, &client, &export).await
+    fetch_archive(cfg, &store, &client, &export, who).await
+}
+
+/// Who downloads: this process (holding the mirror's writer lock), or the
+/// daemon that holds it, through its queue.
+enum Downloads {
+    /// The lock is held until the download has ended.
+    Here {
+        _lock: WriterLock,
+    },
+    Daemon(Locked),
+}
+
+impl Downloads {
+    fn take(cfg: &Config) -> anyhow::Result<Downloads> {
+        match WriterLock::acquire(&cfg.store_path, "exports download") {
+            Ok(lock) => Ok(Downloads::Here { _lock: lock }),
+            Err(LockError::Locked(l)) if l.is_daemon => Ok(Downloads::Daemon(l)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// How long a download handed to the daemon may wait for it to start before
+/// this command stops following (it stays queued).
+const PICKUP_WAIT: Duration = Duration::from_secs(60);
+
+/// Follows a download the daemon does, until it ends (or has not started after
+/// [`PICKUP_WAIT`]).
+async fn follow(store: &Store, uid: &str, daemon: &Locked) -> anyhow::Result<u8> {
+    println!(
+        "the running daemon ({}) downloads export {uid}; following it",
+        daemon.holder
+    );
+    let queued = tokio::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let u = uid.to_string();
+        let Some((status, path, bytes, sha256, error)) =
+            store.call(move |c| downloads::outcome(c, &u)).await?
+        else {
+            bail!("the download of export {uid} is no longer queued");
+        };
+        if status != last {
+            println!("  {status}");
+            last.clone_from(&status);
+        }
+        match status.as_str() {
+            downloads::DOWNLOADED => {
+                println!(
+                    "downloaded {} ({} bytes, sha256 {})",
+                    path.unwrap_or_default(),
+                    bytes.unwrap_or_default(),
+                    sha256.unwrap_or_default()
+                );
+                return Ok(EXIT_OK);
+            }
+            downloads::FAILED => {
+                eprintln!(
+                    "error: downloading export {uid}: {}",
+                    error.unwrap_or_default()
+                );
+                return Ok(EXIT_WORK_FAILED);
+            }
+            downloads::PENDING if queued.elapsed() > PICKUP_WAIT => {
+                println!(
+                    "still queued behind other downloads after {}s; the daemon will download it (see `avala-mirror exports list`)",
+                    PICKUP_WAIT.as_secs()
+                );
+                return Ok(EXIT_OK);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 pub struct CreateArgs {
@@ -103,6 +179,11 @@ pub async fn create(cfg: &Config, a: CreateArgs) -> anyhow::Result<u8> {
     if a.datasets.is_empty() && a.projects.is_empty() && a.slices.is_empty() {
         bail!("nothing to export: give at least one --dataset, --project or --slice");
     }
+    let who = if a.download {
+        Some(Downloads::take(cfg)?)
+    } else {
+        None
+    };
     let (store, client) = open(cfg)?;
     let name = a
         .name
@@ -149,8 +230,8 @@ pub async fn create(cfg: &Config, a: CreateArgs) -> anyhow::Result<u8> {
             _ => tokio::time::sleep(a.poll).await,
         }
     };
-    if a.download {
-        return fetch_archive(cfg, &store, &client, &export).await;
+    if let Some(who) = who {
+        return fetch_archive(cfg, &store, &client, &export, who).await;
     }
     if let Some(link) = export["download_url"].as_str() {
         println!("download link: {link}");
@@ -177,6 +258,7 @@ async fn fetch_archive(
     store: &Store,
     client: &Arc<Client>,
     export: &Value,
+    who: Downloads,
 ) -> anyhow::Result<u8> {
     let uid = export["uid"]
         .as_str()
@@ -210,6 +292,9 @@ async fn fetch_archive(
             return Ok(EXIT_OK);
         }
     };
+    if let Downloads::Daemon(daemon) = &who {
+        return follow(store, &uid, daemon).await;
+    }
     let mut d = Downloader::new(cfg, store.clone(), client.clone())?;
     if let Some(p) = bars() {
         d = d.with_progress(p);

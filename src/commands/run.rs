@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::error::{ApiError, EXIT_OK};
 use crate::service::{self, Health};
+use crate::store::lock::WriterLock;
 
 /// How long a stopping generation gets to finish the page in hand.
 const STOP_GRACE: Duration = Duration::from_secs(20);
@@ -83,6 +84,7 @@ pub async fn run(
 ) -> anyhow::Result<u8> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut writer = WriterLock::acquire(&cfg.store_path, "run")?;
     let health = Health::new(&cfg);
     let mut http = start_http(cfg.http_listen, &health).await?;
     let mut generation = Generation::start(cfg.clone(), &health)?;
@@ -108,6 +110,15 @@ pub async fn run(
                         continue;
                     }
                 };
+                if new.store_path != cfg.store_path {
+                    match WriterLock::acquire(&new.store_path, "run") {
+                        Ok(lock) => writer = lock,
+                        Err(e) => {
+                            tracing::error!("SIGHUP: keeping the running configuration: {e}");
+                            continue;
+                        }
+                    }
+                }
                 tracing::info!("SIGHUP: configuration re-read; restarting with it");
                 service::notify(&[NotifyState::Reloading, monotonic_now()]);
                 generation.stop().await?;
@@ -129,6 +140,7 @@ pub async fn run(
     if let Some((_, task)) = http {
         task.abort();
     }
+    drop(writer);
     result.map(|_| EXIT_OK)
 }
 

@@ -11,6 +11,7 @@ use crate::error::{ApiError, ConfigError, EXIT_OK, EXIT_WORK_FAILED};
 use crate::events::deliver::{Deliverer, standard_schedule};
 use crate::events::sinks::Sink;
 use crate::store::Store;
+use crate::store::lock::WriterLock;
 use crate::sync::{CycleReport, ProgressFn, Syncer};
 
 /// Opens the store and the client for a command that syncs.
@@ -77,6 +78,7 @@ pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8
         Some(r) => vec![r],
         None => cfg.scope.resources.clone(),
     };
+    let _writer = WriterLock::acquire(&cfg.store_path, "sync")?;
     let syncer = syncer(cfg, None)?;
     let deliverer = deliverer(&syncer.cfg, &syncer.store)?;
     let reports = cycle(&syncer, &resources).await.context("sync stopped")?;

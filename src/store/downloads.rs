@@ -210,6 +210,24 @@ fn append_event(
     Ok(())
 }
 
+/// Where one download stands: (status, path, bytes, sha256, error).
+pub type Outcome = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+pub fn outcome(conn: &Connection, export_uid: &str) -> rusqlite::Result<Option<Outcome>> {
+    conn.query_row(
+        "SELECT status, path, bytes, sha256, error FROM downloads WHERE export_uid = ?1",
+        [export_uid],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )
+    .optional()
+}
+
 /// One export with its download, for `exports list`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Listed {

@@ -12,6 +12,7 @@
 
 pub mod downloads;
 pub mod events;
+pub mod lock;
 pub mod records;
 pub mod state;
 

@@ -1,0 +1,125 @@
+//! One writer per mirror: every command that does the mirror's work (`run`, `sync`,
+//! `demo`, a download) holds an exclusive `flock` on `<db>.lock` beside the
+//! database while it runs. The kernel drops it when the process ends, even by
+//! kill -9, so a lock is never left stale. The file names the holder's pid and
+//! command, for the message a second writer gets.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+
+/// Held while it lives; the lock file itself stays (removing it would race
+/// with a process about to lock it).
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: File,
+    path: PathBuf,
+}
+
+/// Another process holds the mirror's writer lock.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another avala-mirror ({holder}) is working on the mirror {db}; this command would do its work a second time, so it does nothing (stop that process first, or wait for it to finish)"
+)]
+pub struct Locked {
+    pub db: String,
+    /// "pid 1234, `run`", as the holder wrote it.
+    pub holder: String,
+    /// The holder is the daemon (`run`), which takes requests through the database.
+    pub is_daemon: bool,
+}
+
+/// What `acquire` can meet.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    Locked(#[from] Locked),
+    #[error("cannot use the lock file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The lock file of the database at `db`.
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    db.with_file_name(name)
+}
+
+impl WriterLock {
+    /// Takes the lock of the database at `db` for `command`, or says who has it.
+    /// Never waits.
+    pub fn acquire(db: &Path, command: &str) -> Result<WriterLock, LockError> {
+        let path = lock_path(db);
+        let io = |source| LockError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut said = String::new();
+                let _ = file.read_to_string(&mut said);
+                let mut lines = said.lines();
+                let (pid, cmd) = (lines.next().unwrap_or("?"), lines.next().unwrap_or("?"));
+                return Err(Locked {
+                    db: db.display().to_string(),
+                    holder: format!("pid {pid}, `{cmd}`"),
+                    is_daemon: cmd == "run",
+                }
+                .into());
+            }
+            Err(e) => return Err(io(e.into())),
+        }
+        // ours now: say who we are (the holder's text is read only by others)
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        writeln!(file, "{}\n{command}", std::process::id()).map_err(io)?;
+        Ok(WriterLock { _file: file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_writer_is_told_who_holds_the_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("m.db");
+        let held = WriterLock::acquire(&db, "run").unwrap();
+        assert_eq!(held.path(), dir.path().join("m.db.lock"));
+        // flock is per open file: a second open, even in this process, is refused
+        let err = WriterLock::acquire(&db, "sync").unwrap_err();
+        let LockError::Locked(locked) = err else {
+            panic!("{err}")
+        };
+        assert!(locked.is_daemon);
+        let text = locked.to_string();
+        assert!(
+            text.contains(&format!("pid {}, `run`", std::process::id())),
+            "{text}"
+        );
+        drop(held);
+        let again = WriterLock::acquire(&db, "sync").unwrap();
+        drop(again);
+    }
+}
