@@ -27,6 +27,10 @@ pub struct Cli {
     /// Log format on stderr: text, or json (the default under systemd, i.e. with $JOURNAL_STREAM)
     #[arg(long, global = true, value_parser = ["text", "json"])]
     pub log_format: Option<String>,
+    /// The mirror database, for the commands that only read it (status, events,
+    /// exports list); else `store.path` of the configuration. No API key needed.
+    #[arg(long, global = true)]
+    pub db: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -201,13 +205,23 @@ fn load(
 
 async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> {
     let cfg_path = cli.config.as_deref();
+    // the commands that only read: --db, or store.path alone (no key, nothing else checked)
+    let db = || -> anyhow::Result<PathBuf> {
+        match &cli.db {
+            Some(db) => Ok(db.clone()),
+            None => {
+                let path = config::find_config_path(cfg_path, &env)?;
+                Ok(Config::load_store_path(&path, &env)?)
+            }
+        }
+    };
     match cli.command {
         Command::Run => {
             let reload = || load(cfg_path, &env);
             commands::run::run(reload()?, reload).await
         }
         Command::Sync { only } => commands::sync::sync(load(cfg_path, &env)?, only).await,
-        Command::Status { json } => commands::status::status(&*load(cfg_path, &env)?, json),
+        Command::Status { json } => commands::status::status(&db()?, json),
         Command::Events {
             action: Some(EventsAction::Redeliver { sink, since }),
             ..
@@ -220,21 +234,15 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
             kind,
             follow,
             json,
-        } => {
-            commands::events::events(
-                &*load(cfg_path, &env)?,
-                since.as_deref(),
-                &kind,
-                follow,
-                json,
-            )
-            .await
-        }
-        Command::Exports { action } => {
-            let cfg = load(cfg_path, &env)?;
-            match action {
-                ExportsAction::List { json } => commands::exports::list(&cfg, json).await,
-                ExportsAction::Download { uid } => commands::exports::download(&cfg, &uid).await,
+        } => commands::events::events(&db()?, since.as_deref(), &kind, follow, json).await,
+        Command::Exports {
+            action: ExportsAction::List { json },
+        } => commands::exports::list(&db()?, json),
+        Command::Exports {
+            action: ExportsAction::Download { uid },
+        } => commands::exports::download(&*load(cfg_path, &env)?, &uid).await,
+        Command::Exports {
+            action:
                 ExportsAction::Create {
                     datasets,
                     projects,
@@ -244,20 +252,19 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
                     wait,
                     download,
                     poll,
-                } => {
-                    let args = commands::exports::CreateArgs {
-                        name,
-                        format,
-                        datasets,
-                        projects,
-                        slices,
-                        wait,
-                        download,
-                        poll,
-                    };
-                    commands::exports::create(&cfg, args).await
-                }
-            }
+                },
+        } => {
+            let args = commands::exports::CreateArgs {
+                name,
+                format,
+                datasets,
+                projects,
+                slices,
+                wait,
+                download,
+                poll,
+            };
+            commands::exports::create(&*load(cfg_path, &env)?, args).await
         }
         Command::Check => commands::check::check(load(cfg_path, &env)?).await,
         Command::Demo {

@@ -344,6 +344,22 @@ impl Config {
     /// Loads and validates `path` with overrides from `env` (the process environment,
     /// passed in so nothing else reads it). No network is touched.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        RawConfig::read(path, env)?.validate(env)
+    }
+
+    /// Only `store.path`, for the commands that only read the mirror: no key is
+    /// needed, and nothing else is checked.
+    pub fn load_store_path(
+        path: &Path,
+        env: &HashMap<String, String>,
+    ) -> Result<PathBuf, ConfigError> {
+        Ok(RawConfig::read(path, env)?.store.path)
+    }
+}
+
+impl RawConfig {
+    /// The file with its environment overrides, before validation.
+    fn read(path: &Path, env: &HashMap<String, String>) -> Result<RawConfig, ConfigError> {
         if !path.exists() {
             return Err(ConfigError(vec![format!(
                 "configuration file {} does not exist",
@@ -360,13 +376,12 @@ impl Config {
             .with_list_parse_key("scope.datasets")
             .with_list_parse_key("scope.resources")
             .source(Some(env.clone()));
-        let raw: RawConfig = config::Config::builder()
+        config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(env_source)
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))?;
-        raw.validate(env)
+            .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))
     }
 }
 

@@ -80,9 +80,13 @@ async fn exports_download_beside_the_daemon_is_done_by_the_daemon() {
     world.archive_bytes = 1 << 20;
     let env = start(world).await;
     // without backfill, exports already exported at the first listing stay on the server
+    let dl = env.dir.path().join("archives");
     let cfg = env.write_config(
         "test-key-5f3a9c",
-        "[schedule]\nexports = \"500ms\"\n[downloads]\nbackfill = false\n",
+        &format!(
+            "[schedule]\nexports = \"500ms\"\n[downloads]\nbackfill = false\ndir = \"{}\"\n",
+            dl.display()
+        ),
     );
     let cfg = cfg.to_str().unwrap();
     let mut daemon = spawn_binary(&["--config", cfg, "run"]);
@@ -120,7 +124,92 @@ async fn exports_download_beside_the_daemon_is_done_by_the_daemon() {
             .count()
     });
     assert_eq!(archive_gets, 1, "one process fetched the archive");
+    assert_eq!(
+        std::fs::read_dir(&dl).unwrap().count(),
+        2,
+        "the archive and .partial in {}",
+        dl.display()
+    );
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
     assert_eq!(downloaded_events(&env), 1);
+}
+
+/// The files in `dir` with their owner, size and modification time.
+fn listing(dir: &Path) -> Vec<(String, u32, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, m.uid(), m.len(), m.modified().unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn reading_commands_need_no_key_and_leave_the_service_database_as_it_was() {
+    let env = start(small_world()).await;
+    env.sync().await.unwrap();
+    // the service's state directory: its database, owned by the service's user
+    let state = env.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let db = state.join("mirror.db");
+    rusqlite::Connection::open(&env.cfg.store_path)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [db.to_str().unwrap()])
+        .unwrap();
+    // in WAL mode like the daemon's, closed cleanly (no -wal, no -shm)
+    let wal: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(wal, "wal");
+    std::os::unix::fs::chown(&db, Some(65534), Some(65534)).unwrap();
+    let before = listing(&state);
+    // a configuration with no key at all: only store.path matters to these commands
+    let cfg = env.dir.path().join("reader.toml");
+    std::fs::write(&cfg, format!("[store]\npath = \"{}\"\n", db.display())).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let db_arg = db.to_str().unwrap();
+    for args in [
+        vec!["--config", cfg, "status"],
+        vec!["--config", cfg, "status", "--json"],
+        vec!["--config", cfg, "events", "--type", "dataset.*"],
+        vec!["--config", cfg, "exports", "list"],
+        vec!["--db", db_arg, "status"],
+        vec!["--db", db_arg, "events", "--json"],
+    ] {
+        let (code, out, err) = run_binary(&args, &[], env.dir.path()).await;
+        assert_eq!(code, 0, "{args:?}\n{out}\n{err}");
+        assert!(!err.contains("api key"), "{err}");
+    }
+    let (_, out, _) = run_binary(&["--db", db_arg, "status"], &[], env.dir.path()).await;
+    assert!(out.contains("items") && out.contains("360"), "{out}");
+    assert_eq!(
+        listing(&state),
+        before,
+        "no file written, created or migrated"
+    );
+
+    // an older schema is not migrated by a reader: it says what to do
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", 1)
+        .unwrap();
+    let (code, _, err) = run_binary(&["--db", db_arg, "status"], &[], env.dir.path()).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("schema version 1") && err.contains("sync"),
+        "{err}"
+    );
+    let version: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
 }

@@ -1,17 +1,20 @@
 //! `events`: the change log from the database, optionally followed.
 
+use std::path::Path;
 use std::time::Duration;
+
+use rusqlite::Connection;
 
 use crate::config::Config;
 use crate::error::EXIT_OK;
-use crate::store::{Store, events};
+use crate::store::{Store, events, open_read_only};
 
-fn since_seq(store: &Store, since: Option<&str>) -> anyhow::Result<i64> {
+fn since_seq(c: &Connection, since: Option<&str>) -> anyhow::Result<i64> {
     match since {
         None => Ok(0),
-        Some(s) => store
-            .with(|c| events::seq_of(c, s))?
-            .ok_or_else(|| anyhow::anyhow!("--since {s}: no such event")),
+        Some(s) => {
+            events::seq_of(c, s)?.ok_or_else(|| anyhow::anyhow!("--since {s}: no such event"))
+        }
     }
 }
 
@@ -26,23 +29,25 @@ pub fn redeliver(cfg: &Config, sink: Option<&str>, since: Option<&str>) -> anyho
         );
     }
     let store = Store::open_existing(&cfg.store_path)?;
-    let after = since_seq(&store, since)?;
+    let after = store.with(|c| since_seq(c, since))?;
     let n = store.with(|c| crate::events::deliver::redeliver(c, sink, after))?;
     println!("{n} failed deliveries will be sent again by the next `sync` or the running daemon");
     Ok(EXIT_OK)
 }
 
+/// The change log, read-only (see [`open_read_only`]); `--follow` opens the
+/// database again for every look, so it reads through a daemon started meanwhile.
 pub async fn events(
-    cfg: &Config,
+    db: &Path,
     since: Option<&str>,
     glob: &str,
     follow: bool,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let store = Store::open_existing(&cfg.store_path)?;
-    let mut after = since_seq(&store, since)?;
+    let mut conn = open_read_only(db)?;
+    let mut after = since_seq(&conn, since)?;
     loop {
-        let batch = store.with(|c| events::list(c, after, glob, 1000))?;
+        let batch = events::list(&conn, after, glob, 1000)?;
         for e in &batch {
             if json {
                 println!("{}", e.payload);
@@ -67,5 +72,6 @@ pub async fn events(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = tokio::signal::ctrl_c() => return Ok(EXIT_OK),
         }
+        conn = open_read_only(db)?;
     }
 }

@@ -44,9 +44,9 @@ pub fn bars() -> Option<ProgressFn> {
     }))
 }
 
-pub async fn list(cfg: &Config, as_json: bool) -> anyhow::Result<u8> {
-    let store = Store::open_existing(&cfg.store_path)?;
-    let rows = store.call(|c| downloads::list(c)).await?;
+/// Read-only (see [`open_read_only`]): no key, no migration, no file written.
+pub fn list(db: &std::path::Path, as_json: bool) -> anyhow::Result<u8> {
+    let rows = downloads::list(&crate::store::open_read_only(db)?)?;
     if as_json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);

@@ -3,13 +3,15 @@
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use crate::config::{Config, Resource};
-use crate::error::{EXIT_OK, EXIT_WORK_FAILED};
-use crate::store::Store;
+use std::path::Path;
 
-pub fn status(cfg: &Config, as_json: bool) -> anyhow::Result<u8> {
-    let store = Store::open_existing(&cfg.store_path)?;
-    let report = store.with(|c| collect(c))?;
+use crate::config::Resource;
+use crate::error::{EXIT_OK, EXIT_WORK_FAILED};
+use crate::store::open_read_only;
+
+/// Read-only (see [`open_read_only`]): no key, no migration, no file written.
+pub fn status(db: &Path, as_json: bool) -> anyhow::Result<u8> {
+    let report = collect(&open_read_only(db)?)?;
     let failing = report["resources"].as_object().is_some_and(|m| {
         m.values()
             .any(|r| r["failing_scopes"].as_u64().unwrap_or(0) > 0)

@@ -143,7 +143,63 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
+}
 
+/// A read-only connection, for the commands that only read the mirror (`status`,
+/// `events`, `exports list`): no migration, no write, and no file left behind.
+/// A WAL database is read through the writer's `-wal` and `-shm` files when they
+/// exist (a daemon has it open); when neither does, everything is in the
+/// database file and it is opened `immutable`, since a plain read-only open would
+/// create both files, owned by whoever ran the command, and a daemon running as
+/// another user could then not open its own database.
+pub fn open_read_only(path: &Path) -> anyhow::Result<Connection> {
+    use rusqlite::OpenFlags;
+    if !path.exists() {
+        anyhow::bail!(
+            "no mirror database at {} (run `avala-mirror sync` first, or name it with --db)",
+            path.display()
+        );
+    }
+    let beside = |suffix: &str| {
+        let mut p = path.as_os_str().to_os_string();
+        p.push(suffix);
+        PathBuf::from(p).exists()
+    };
+    let writer_gone = !beside("-wal") && !beside("-shm");
+    let abs = std::path::absolute(path)?;
+    let mut uri = url::Url::from_file_path(&abs)
+        .map_err(|()| anyhow::anyhow!("{} is not a file path", abs.display()))?;
+    uri.set_query(Some(if writer_gone {
+        "mode=ro&immutable=1"
+    } else {
+        "mode=ro"
+    }));
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(uri.as_str(), flags)
+        .with_context(|| format!("opening {} read-only", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let known = MIGRATIONS_DIR.dirs().count() as i64;
+    if version == 0 {
+        anyhow::bail!("{} is not an avala-mirror database", path.display());
+    }
+    if version != known {
+        anyhow::bail!(
+            "{} is at schema version {version} and this avala-mirror reads version {known}: {}",
+            path.display(),
+            if version < known {
+                "run `avala-mirror sync` (or restart the daemon) once to upgrade it"
+            } else {
+                "use the avala-mirror that wrote it"
+            }
+        );
+    }
+    Ok(conn)
+}
+
+impl Store {
     fn send(&self, job: Job) {
         assert!(self.try_send(job), "store thread alive");
     }
