@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
         secret_file: None,
         events: vec!["*".into()],
+        ..Default::default()
     })
     .map_err(anyhow::Error::msg)?;
     let d = Arc::new(Deliverer::new(

@@ -128,15 +128,67 @@ pub struct DownloadsConfig {
     pub backfill: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone, Default)]
 pub struct SinkConfig {
     pub kind: String,
+    /// Its identity in the outbox: `name`, else derived from its target (see
+    /// [`sink_name`]), so reordering sinks keeps each one's place.
     pub name: String,
+    /// The name an unnamed sink had before names were derived (`<type>-<index>`),
+    /// whose saved place it takes over.
+    pub legacy_name: Option<String>,
+    /// `from = "start"`: a new sink gets every event already stored; by default
+    /// it starts after the newest one.
+    pub from_start: bool,
     pub path: Option<PathBuf>,
     pub url: Option<String>,
     pub secret: Option<String>,
     pub secret_file: Option<PathBuf>,
     pub events: Vec<String>,
+}
+
+/// Never shows the secret, nor a URL's path or query (a Slack webhook URL is a
+/// secret in itself).
+impl fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("from_start", &self.from_start)
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(url_origin))
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// Scheme, host and port of a URL, nothing that could be a secret.
+fn url_origin(url: &str) -> String {
+    Url::parse(url).map_or_else(
+        |_| "<not a URL>".into(),
+        |u| u.origin().ascii_serialization(),
+    )
+}
+
+/// The name of a sink without `name`: its type and target, so it stays the same
+/// when sinks are reordered. A URL is named by its host and a hash of the whole
+/// (a Slack URL's path is its secret).
+pub fn sink_name(kind: &str, path: Option<&Path>, url: Option<&str>) -> String {
+    use sha2::Digest;
+    match (kind, path, url) {
+        ("file", Some(p), _) => format!("file:{}", p.display()),
+        (_, _, Some(u)) => {
+            let host = Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            let hash = hex::encode(&sha2::Sha256::digest(u.as_bytes())[..4]);
+            format!("{kind}:{host}:{hash}")
+        }
+        _ => kind.to_string(),
+    }
 }
 
 /// The most requests `api.concurrency` lets be in flight: more only queues on the
@@ -316,6 +368,7 @@ struct RawSink {
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     events: Option<Vec<String>>,
+    from: Option<String>,
 }
 
 /// Where the configuration file is: `--config`, `$AVALA_MIRROR_CONFIG`,
@@ -619,8 +672,23 @@ impl RawConfig {
             {
                 p.push(format!("{key}.secret: must start with whsec_"));
             }
+            let from_start = match s.from.as_deref() {
+                None | Some("end") => false,
+                Some("start") => true,
+                Some(other) => {
+                    p.push(format!(
+                        "{key}.from: \"{other}\" is not \"start\" (every stored event) or \"end\" (only new ones, the default)"
+                    ));
+                    false
+                }
+            };
+            let legacy_name = s.name.is_none().then(|| format!("{}-{i}", s.kind));
             let sink = SinkConfig {
-                name: s.name.unwrap_or_else(|| format!("{}-{i}", s.kind)),
+                name: s
+                    .name
+                    .unwrap_or_else(|| sink_name(&s.kind, s.path.as_deref(), s.url.as_deref())),
+                legacy_name,
+                from_start,
                 kind: s.kind,
                 path: s.path,
                 url: s.url,
@@ -635,7 +703,7 @@ impl RawConfig {
             }
             if sinks.iter().any(|o: &SinkConfig| o.name == sink.name) {
                 p.push(format!(
-                    "{key}.name: \"{}\" is used by another sink",
+                    "{key}.name: \"{}\" is used by another sink; give each its own `name`",
                     sink.name
                 ));
             }
@@ -803,5 +871,42 @@ mod tests {
         let c = load(&toml, &[]).unwrap();
         assert_eq!(c.api.key.expose(), "secret");
         assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn sinks_are_named_by_their_target_and_their_secrets_never_show() {
+        let toml = format!(
+            "{MIN}[[sinks]]\ntype = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/sekrit-token\"\n\
+             [[sinks]]\ntype = \"webhook\"\nurl = \"https://hooks.example.com/avala?token=sekrit-query\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nfrom = \"start\"\n\
+             [[sinks]]\ntype = \"file\"\npath = \"events.jsonl\"\n[[sinks]]\ntype = \"log\"\n"
+        );
+        let c = load(&toml, &[("AVALA_API_KEY", "k")]).unwrap();
+        let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert!(names[0].starts_with("slack:hooks.slack.com:"), "{names:?}");
+        assert!(
+            names[1].starts_with("webhook:hooks.example.com:"),
+            "{names:?}"
+        );
+        assert_eq!(names[2..], ["file:events.jsonl", "log"]);
+        assert_eq!(c.sinks[1].legacy_name.as_deref(), Some("webhook-1"));
+        assert!(c.sinks[1].from_start && !c.sinks[0].from_start);
+        let shown = format!("{c:?}");
+        for secret in ["sekrit", "MfKQ9r8", "/services/"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(!names.concat().contains("sekrit"));
+
+        let err = load(
+            &format!(
+                "{MIN}[[sinks]]\ntype = \"log\"\nfrom = \"beginning\"\n[[sinks]]\ntype = \"log\"\n"
+            ),
+            &[("AVALA_API_KEY", "k")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("sinks[0].from") && err.contains("sinks[1].name"),
+            "{err}"
+        );
     }
 }

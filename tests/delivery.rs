@@ -110,6 +110,7 @@ fn sink(
         secret: (kind == "webhook").then(|| SECRET.to_string()),
         secret_file: None,
         events: events.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     })
     .unwrap()
 }
@@ -475,4 +476,170 @@ async fn slack_gets_one_readable_line_per_event() {
             "{text}"
         );
     }
+}
+
+/// The event ids in a JSONL sink file, in order.
+fn ids_in(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn file_sinks(a: &std::path::Path, b: &std::path::Path, b_first: bool) -> String {
+    let a = format!("[[sinks]]\ntype = \"file\"\npath = \"{}\"\n", a.display());
+    let b = format!(
+        "[[sinks]]\ntype = \"file\"\npath = \"{}\"\nfrom = \"start\"\n",
+        b.display()
+    );
+    if b_first {
+        format!("{b}{a}")
+    } else {
+        format!("{a}{b}")
+    }
+}
+
+#[tokio::test]
+async fn a_new_sink_starts_at_the_newest_event_and_reordering_sinks_keeps_their_places() {
+    let env = start(small_world()).await;
+    let emit = "[events]\nemit_initial = true\n";
+    let cfg = env.write_config("test-key-5f3a9c", emit);
+    let cfg = cfg.to_str().unwrap();
+    let args = ["--config", cfg, "sync"];
+    let sync = || run_binary(&args, &[], env.dir.path());
+    let (code, out, err) = sync().await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let history = env.event_ids();
+    assert!(
+        history.len() > 300,
+        "a mirror with history: {}",
+        history.len()
+    );
+
+    // two sinks added: one from now on, one with the whole history
+    let (new, all) = (
+        env.dir.path().join("new.jsonl"),
+        env.dir.path().join("all.jsonl"),
+    );
+    let changes = || {
+        env.sim.world(|w| {
+            for _ in 0..5 {
+                w.step();
+            }
+        })
+    };
+    for b_first in [false, true] {
+        changes();
+        env.write_config(
+            "test-key-5f3a9c",
+            &format!("{emit}{}", file_sinks(&new, &all, b_first)),
+        );
+        let (code, out, err) = sync().await;
+        assert_eq!(code, 0, "{out}\n{err}");
+        let ids = env.event_ids();
+        assert!(ids.len() > history.len(), "the changes made events");
+        let after_history: Vec<String> = ids[history.len()..].to_vec();
+        assert_eq!(
+            ids_in(&new),
+            after_history,
+            "the new sink got only what came after it (reordered: {b_first})"
+        );
+        assert_eq!(
+            ids_in(&all),
+            ids,
+            "from = \"start\" got everything, once (reordered: {b_first})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unnamed_sink_keeps_the_place_it_had_under_its_old_name() {
+    let env = env_with_events().await;
+    let file = env.dir.path().join("events.jsonl");
+    // a mirror from before sinks were named by their target: `file-0` had sent two events
+    let events = env.event_ids();
+    env.store().with(|c| {
+        c.execute("INSERT INTO sink_state (sink, cursor) SELECT 'file-0', seq FROM events ORDER BY seq LIMIT 1 OFFSET 1", []).unwrap()
+    });
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!(
+            "[[sinks]]\ntype = \"file\"\npath = \"{}\"\n",
+            file.display()
+        ),
+    );
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        ids_in(&file),
+        events[2..].to_vec(),
+        "it went on from where file-0 was"
+    );
+    let names: Vec<String> = env.store().with(|c| {
+        let mut st = c.prepare("SELECT sink FROM sink_state").unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    });
+    assert_eq!(names, vec![format!("file:{}", file.display())]);
+}
+
+#[tokio::test]
+async fn redeliver_enables_a_gone_sink_in_the_running_daemon() {
+    let env = start(small_world()).await;
+    let (state, url) = receiver(vec![410]).await;
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!(
+            "[events]\nemit_initial = true\n[schedule]\nexports = \"500ms\"\n{}",
+            webhook_toml(&url)
+        ),
+    );
+    let cfg = cfg.to_str().unwrap();
+    let mut daemon = spawn_binary(&["--config", cfg, "run"]);
+    wait_until("the receiver to answer 410 Gone", || {
+        !state.lock().unwrap().seen.is_empty()
+    })
+    .await;
+    // disabled: nothing more goes out
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(state.lock().unwrap().seen.len(), 1);
+
+    let (code, out, err) = run_binary(
+        &["--config", cfg, "events", "redeliver", "--sink", "hook"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_until("the daemon to deliver every event", || {
+        let delivered = state
+            .lock()
+            .unwrap()
+            .seen
+            .iter()
+            .filter(|s| s.1 == 200)
+            .count();
+        delivered > 0 && delivered == env.event_ids().len()
+    })
+    .await;
+    let seen = state.lock().unwrap().seen.clone();
+    assert_eq!(
+        seen[1].0, seen[0].0,
+        "the event that met 410 went first again"
+    );
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
 }

@@ -203,6 +203,8 @@ async fn healthz_follows_the_api_and_metrics_parse() {
         assert!(!found.is_empty(), "no {name} {labels:?} in\n{text}");
         found.iter().sum()
     };
+    // an unnamed sink is named by its target
+    let sink = format!("file:{}", env.dir.path().join("events.jsonl").display());
     let items = [("endpoint", "datasets/*/*/items"), ("status", "200")];
     // one item listing per dataset (60 items: one page each), at least once
     assert!(
@@ -232,7 +234,7 @@ async fn healthz_follows_the_api_and_metrics_parse() {
     assert!((now - last).abs() < 60.0, "{last} vs {now}");
     assert!(value("avala_mirror_rate_limiter_wait_seconds_total", &[]) >= 0.0);
     assert_eq!(
-        value("avala_mirror_sink_events_pending", &[("sink", "file-0")]),
+        value("avala_mirror_sink_events_pending", &[("sink", &sink)]),
         0.0
     );
     // no label carries a uid, an owner or a slug

@@ -26,7 +26,9 @@ pub fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<
     })
 }
 
-/// The configured sinks' delivery queues (none when no sink is configured).
+/// The configured sinks' delivery queues (none when no sink is configured), each
+/// sink registered in the outbox before anything is synced (a new one starts
+/// after the newest event).
 pub fn deliverer(cfg: &Config, store: &Store) -> anyhow::Result<Option<Deliverer>> {
     if cfg.sinks.is_empty() {
         return Ok(None);
@@ -37,11 +39,9 @@ pub fn deliverer(cfg: &Config, store: &Store) -> anyhow::Result<Option<Deliverer
         .map(Sink::from_config)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ConfigError(vec![e]))?;
-    Ok(Some(Deliverer::new(
-        store.clone(),
-        sinks,
-        standard_schedule(),
-    )))
+    let d = Deliverer::new(store.clone(), sinks, standard_schedule());
+    d.register().context("registering the sinks")?;
+    Ok(Some(d))
 }
 
 /// The export downloader, when `[downloads] enabled`.

@@ -56,13 +56,28 @@ impl Deliverer {
         }
     }
 
+    /// Gives each sink its place in the outbox before any event can be written
+    /// past it (see [`register`]).
+    pub fn register(&self) -> rusqlite::Result<()> {
+        let sinks: Vec<(String, bool, Option<String>)> = self
+            .sinks
+            .iter()
+            .map(|s| (s.name.clone(), s.from_start, s.legacy_name.clone()))
+            .collect();
+        self.store.with(|c| register(c, &sinks))
+    }
+
     /// Sends what is due for one sink, in order, until its queue is empty or its
     /// head must wait.
     pub async fn drain(&self, sink: &Sink) -> rusqlite::Result<Drained> {
         let name = sink.name.clone();
         loop {
             let n = name.clone();
-            let (cursor, disabled) = self.store.call(move |c| cursor(c, &n)).await?;
+            let Place {
+                cursor,
+                disabled,
+                rewinds,
+            } = self.store.call(move |c| place(c, &n)).await?;
             if disabled {
                 return Ok(Drained::Disabled);
             }
@@ -87,7 +102,7 @@ impl Deliverer {
                     continue;
                 }
                 if let Some(wait) = next_at.and_then(|t| t.duration_since(SystemTime::now()).ok()) {
-                    self.save_cursor(&name, pos).await?;
+                    self.save_cursor(&name, pos, rewinds).await?;
                     return Ok(Drained::Waiting(wait));
                 }
                 let result = sink.send(&self.http, &e).await;
@@ -105,7 +120,7 @@ impl Deliverer {
                                     None,
                                     None,
                                     Some(&now),
-                                    Some(seq),
+                                    Some((seq, rewinds)),
                                 )
                             })
                             .await?;
@@ -149,7 +164,7 @@ impl Deliverer {
                                         )
                                     })
                                     .await?;
-                                self.save_cursor(&name, pos).await?;
+                                self.save_cursor(&name, pos, rewinds).await?;
                                 return Ok(Drained::Waiting(wait));
                             }
                             None => {
@@ -165,7 +180,7 @@ impl Deliverer {
                                             Some(&error),
                                             None,
                                             None,
-                                            Some(seq),
+                                            Some((seq, rewinds)),
                                         )
                                     })
                                     .await?;
@@ -175,22 +190,13 @@ impl Deliverer {
                     }
                 }
             }
-            self.save_cursor(&name, pos).await?;
+            self.save_cursor(&name, pos, rewinds).await?;
         }
     }
 
-    async fn save_cursor(&self, sink: &str, pos: i64) -> rusqlite::Result<()> {
+    async fn save_cursor(&self, sink: &str, pos: i64, rewinds: i64) -> rusqlite::Result<()> {
         let s = sink.to_string();
-        self.store
-            .call(move |c| {
-                c.execute(
-                    "INSERT INTO sink_state (sink, cursor) VALUES (?1, ?2)
-                     ON CONFLICT(sink) DO UPDATE SET cursor = max(cursor, excluded.cursor)",
-                    params![s, pos],
-                )
-            })
-            .await
-            .map(|_| ())
+        self.store.call(move |c| advance(c, &s, pos, rewinds)).await
     }
 
     /// Drains every sink until each is idle, waiting or disabled, or `limit` passes
@@ -231,22 +237,12 @@ impl Deliverer {
             .map(|sink| {
                 let me = self.clone();
                 tokio::spawn(async move {
-                    // the sink shows in `status` and /metrics from the start, at cursor 0
-                    let n = sink.name.clone();
-                    let _ = me
-                        .store
-                        .call(move |c| {
-                            c.execute(
-                                "INSERT OR IGNORE INTO sink_state (sink, cursor) VALUES (?1, 0)",
-                                [n],
-                            )
-                        })
-                        .await;
                     loop {
                         let wait = match me.drain(&sink).await {
                             Ok(Drained::Idle) => Duration::from_millis(500),
                             Ok(Drained::Waiting(w)) => w,
-                            Ok(Drained::Disabled) => return,
+                            // until `events redeliver` enables it again
+                            Ok(Drained::Disabled) => DISABLED_LOOK,
                             Err(e) => {
                                 tracing::error!(sink = %sink.name, "delivery: {e}");
                                 Duration::from_secs(5)
@@ -272,14 +268,89 @@ impl Drop for AbortAll {
     }
 }
 
-fn cursor(c: &Connection, sink: &str) -> rusqlite::Result<(i64, bool)> {
+/// How often a sink disabled by 410 looks whether `events redeliver` enabled it.
+const DISABLED_LOOK: Duration = Duration::from_secs(1);
+
+/// Where a sink stands in the outbox.
+struct Place {
+    /// The last event it is done with.
+    cursor: i64,
+    disabled: bool,
+    /// Rewinds by `events redeliver` so far; a cursor read before one is stale.
+    rewinds: i64,
+}
+
+fn place(c: &Connection, sink: &str) -> rusqlite::Result<Place> {
     Ok(c.query_row(
-        "SELECT cursor, disabled_reason IS NOT NULL FROM sink_state WHERE sink = ?1",
+        "SELECT cursor, disabled_reason IS NOT NULL, rewinds FROM sink_state WHERE sink = ?1",
         [sink],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| {
+            Ok(Place {
+                cursor: r.get(0)?,
+                disabled: r.get(1)?,
+                rewinds: r.get(2)?,
+            })
+        },
     )
     .optional()?
-    .unwrap_or((0, false)))
+    .unwrap_or(Place {
+        cursor: 0,
+        disabled: false,
+        rewinds: 0,
+    }))
+}
+
+/// Moves a sink's cursor forward to `pos`, unless `events redeliver` rewound it
+/// since the cursor was read (`rewinds` then differs, and the rewind stands).
+fn advance(c: &Connection, sink: &str, pos: i64, rewinds: i64) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO sink_state (sink, cursor) VALUES (?1, ?2)
+         ON CONFLICT(sink) DO UPDATE SET cursor = max(cursor, excluded.cursor)
+         WHERE rewinds = ?3",
+        params![sink, pos, rewinds],
+    )
+    .map(drop)
+}
+
+/// Gives each `(name, from_start, legacy_name)` sink a place the first time it is
+/// configured: after the newest event (with `from_start`, before the first), so
+/// adding a sink to a year-old mirror does not replay its history. An unnamed
+/// sink known under its old default name (`<type>-<index>`) keeps that place.
+pub fn register(
+    c: &mut Connection,
+    sinks: &[(String, bool, Option<String>)],
+) -> rusqlite::Result<()> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (name, from_start, legacy) in sinks {
+        let known: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sink_state WHERE sink = ?1)",
+            [name],
+            |r| r.get(0),
+        )?;
+        if known {
+            continue;
+        }
+        if let Some(old) = legacy {
+            let moved = tx.execute(
+                "UPDATE sink_state SET sink = ?2 WHERE sink = ?1",
+                [old, name],
+            )?;
+            if moved == 1 {
+                tx.execute(
+                    "UPDATE deliveries SET sink = ?2 WHERE sink = ?1",
+                    [old, name],
+                )?;
+                tracing::info!(sink = %name, "kept the place of sink {old}");
+                continue;
+            }
+        }
+        tx.execute(
+            "INSERT INTO sink_state (sink, cursor)
+             SELECT ?1, CASE WHEN ?2 THEN 0 ELSE COALESCE(max(seq), 0) END FROM events",
+            params![name, from_start],
+        )?;
+    }
+    tx.commit()
 }
 
 /// (attempts so far, when the next may be made, whether it is settled already).
@@ -313,7 +384,7 @@ pub fn redeliver(
     sink: Option<&str>,
     since_seq: i64,
 ) -> rusqlite::Result<usize> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let firsts: Vec<(String, i64)> = {
         let mut st = tx.prepare(
             "SELECT sink, min(event_seq) FROM deliveries WHERE status = 'failed' AND event_seq > ?1
@@ -329,7 +400,7 @@ pub fn redeliver(
     )?;
     for (s, first) in firsts {
         tx.execute(
-            "UPDATE sink_state SET cursor = min(cursor, ?2) WHERE sink = ?1",
+            "UPDATE sink_state SET cursor = min(cursor, ?2), rewinds = rewinds + 1 WHERE sink = ?1",
             params![s, first - 1],
         )?;
     }
@@ -341,7 +412,8 @@ pub fn redeliver(
     Ok(n)
 }
 
-/// Records an attempt; with `advance`, moves the sink's cursor past the event in the same transaction.
+/// Records an attempt; with `advance` (the event, and the rewinds the cursor was
+/// read at), moves the sink's cursor past the event in the same transaction.
 #[allow(clippy::too_many_arguments)]
 fn record(
     c: &mut Connection,
@@ -352,9 +424,9 @@ fn record(
     error: Option<&str>,
     next_at: Option<&str>,
     delivered_at: Option<&str>,
-    advance: Option<i64>,
+    past: Option<(i64, i64)>,
 ) -> rusqlite::Result<()> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
         "INSERT INTO deliveries (event_seq, sink, status, attempts, next_attempt_at, last_error, delivered_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -363,12 +435,35 @@ fn record(
            delivered_at = excluded.delivered_at",
         params![seq, sink, status, attempts, next_at, error, delivered_at],
     )?;
-    if let Some(pos) = advance {
-        tx.execute(
-            "INSERT INTO sink_state (sink, cursor) VALUES (?1, ?2)
-             ON CONFLICT(sink) DO UPDATE SET cursor = max(cursor, excluded.cursor)",
-            params![sink, pos],
-        )?;
+    if let Some((pos, rewinds)) = past {
+        advance(&tx, sink, pos, rewinds)?;
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_read_before_a_rewind_cannot_move_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m.db")).unwrap();
+        store.with(|c| {
+            c.execute("INSERT INTO sink_state (sink, cursor) VALUES ('s', 10)", [])
+                .unwrap();
+            let before = place(c, "s").unwrap();
+            // `events redeliver` rewinds while a delivery loop is between two events
+            c.execute(
+                "UPDATE sink_state SET cursor = 3, rewinds = rewinds + 1 WHERE sink = 's'",
+                [],
+            )
+            .unwrap();
+            advance(c, "s", 12, before.rewinds).unwrap();
+            assert_eq!(place(c, "s").unwrap().cursor, 3, "the rewind stands");
+            let now = place(c, "s").unwrap();
+            advance(c, "s", 4, now.rewinds).unwrap();
+            assert_eq!(place(c, "s").unwrap().cursor, 4, "a fresh read moves on");
+        });
+    }
 }

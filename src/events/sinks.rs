@@ -28,6 +28,9 @@ pub enum Target {
 
 pub struct Sink {
     pub name: String,
+    /// See [`SinkConfig`]: where a new sink starts, and the name it had before.
+    pub from_start: bool,
+    pub legacy_name: Option<String>,
     pub target: Target,
     /// Event type globs (`*` matches any run of characters).
     pub filters: Vec<String>,
@@ -93,6 +96,8 @@ impl Sink {
         };
         Ok(Sink {
             name: c.name.clone(),
+            from_start: c.from_start,
+            legacy_name: c.legacy_name.clone(),
             target,
             filters: c.events.clone(),
         })

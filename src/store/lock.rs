@@ -72,8 +72,16 @@ impl WriterLock {
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
+                // the holder writes its line right after it locks: give it a moment
                 let mut said = String::new();
-                let _ = file.read_to_string(&mut said);
+                for _ in 0..50 {
+                    said.clear();
+                    let _ = file.rewind().and_then(|()| file.read_to_string(&mut said));
+                    if said.ends_with('\n') && said.lines().count() >= 2 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
                 let mut lines = said.lines();
                 let (pid, cmd) = (lines.next().unwrap_or("?"), lines.next().unwrap_or("?"));
                 return Err(Locked {
