@@ -201,6 +201,61 @@ async fn only_exports_that_become_exported_are_downloaded_unless_backfill() {
 }
 
 #[tokio::test]
+async fn an_export_whose_link_comes_a_poll_after_exported_is_downloaded() {
+    let env = start(small_world()).await;
+    env.sync().await.unwrap();
+    let (e, uid) = env.sim.world(|w| {
+        let e = w.add_export();
+        (e, w.exports[e].uid.clone())
+    });
+    env.sync().await.unwrap();
+    // it turns `exported`, and the link shows up one poll later
+    env.sim.world(|w| {
+        w.exports[e].status = "exported".into();
+        w.exports[e].link_hidden = true;
+    });
+    env.sync().await.unwrap();
+    let rows = download_rows(&env);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "awaiting_link");
+    assert!(
+        downloader(&env).drain().await.is_empty(),
+        "nothing to fetch yet"
+    );
+    env.sim.world(|w| w.exports[e].link_hidden = false);
+    env.sync().await.unwrap();
+    let done = downloader(&env).drain().await;
+    assert_eq!(done.len(), 1, "{done:?}");
+    let row = download_rows(&env).remove(0);
+    assert_eq!(
+        (row.uid.as_str(), row.status.as_str()),
+        (uid.as_str(), "downloaded")
+    );
+    assert_eq!(row.sha256.unwrap(), served_sha(&env, &uid).await);
+
+    // an export already exported at the baseline still waits for backfill, even
+    // when its content changes later
+    let baseline: Vec<String> = env.sim.world(|w| {
+        w.exports
+            .iter_mut()
+            .filter(|x| x.status == "exported" && x.uid != uid)
+            .map(|x| {
+                x.link_version += 1;
+                x.name.push_str(" (renamed)");
+                x.uid.clone()
+            })
+            .collect()
+    });
+    assert!(!baseline.is_empty());
+    env.sync().await.unwrap();
+    assert_eq!(
+        download_rows(&env).len(),
+        1,
+        "no baseline export was queued"
+    );
+}
+
+#[tokio::test]
 async fn at_most_downloads_concurrency_archives_at_a_time() {
     for concurrency in [1, 2] {
         let mut world = small_world();

@@ -94,6 +94,7 @@ pub fn collect(c: &Connection) -> rusqlite::Result<Value> {
             "pending": count("SELECT count(*) FROM downloads WHERE status IN ('pending', 'downloading')")?,
             "failed": count("SELECT count(*) FROM downloads WHERE status = 'failed'")?,
             "downloaded": count("SELECT count(*) FROM downloads WHERE status = 'downloaded'")?,
+            "awaiting_link": count("SELECT count(*) FROM downloads WHERE status = 'awaiting_link'")?,
         },
         "deliveries": {
             "pending": count("SELECT count(*) FROM deliveries WHERE status = 'pending'")?,

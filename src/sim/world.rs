@@ -139,6 +139,9 @@ pub struct Export {
     pub deleted: bool,
     /// Bumped when the download link is re-issued; older links stop working.
     pub link_version: u64,
+    /// `exported`, but the API does not show its `download_url` yet (a test knob:
+    /// a real API may fill the link in a moment after the status).
+    pub link_hidden: bool,
 }
 
 pub struct World {
@@ -415,6 +418,7 @@ impl World {
             created_at: timestamp(self.serial * 60),
             deleted: false,
             link_version: 1,
+            link_hidden: false,
         });
         self.exports.len() - 1
     }
@@ -516,7 +520,7 @@ impl World {
 
     pub fn export_json(&self, e: usize) -> Value {
         let x = &self.exports[e];
-        let url = (x.status == "exported").then(|| {
+        let url = (x.status == "exported" && !x.link_hidden).then(|| {
             format!(
                 "{}/exports/{}.zip?v={}&signature={}",
                 self.storage_base,

@@ -1,5 +1,7 @@
 //! The download queue (SPEC §5): one row per export, `pending` → `downloading` →
 //! `downloaded` or `failed`. The outcome and its event are written in one transaction.
+//! An export that became `exported` before the API showed its link waits as
+//! `awaiting_link` until a listing brings the link.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
@@ -11,6 +13,7 @@ pub const PENDING: &str = "pending";
 pub const DOWNLOADING: &str = "downloading";
 pub const DOWNLOADED: &str = "downloaded";
 pub const FAILED: &str = "failed";
+pub const AWAITING_LINK: &str = "awaiting_link";
 
 /// A queued download, as the downloader needs it.
 #[derive(Debug, Clone)]
@@ -21,7 +24,8 @@ pub struct Job {
     pub attempts: u32,
 }
 
-/// Queues an export's archive once: an export already queued, done or failed stays as it is.
+/// Queues an export's archive once: an export already queued, done or failed stays
+/// as it is; one awaiting its link gets it.
 pub fn enqueue(
     conn: &Connection,
     export_uid: &str,
@@ -32,7 +36,38 @@ pub fn enqueue(
     let n = conn
         .prepare_cached(
             "INSERT INTO downloads (export_uid, url, file_name, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'pending', ?4, ?4) ON CONFLICT(export_uid) DO NOTHING",
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?4)
+             ON CONFLICT(export_uid) DO UPDATE SET url = excluded.url,
+               file_name = excluded.file_name, status = 'pending', updated_at = excluded.updated_at
+             WHERE status = 'awaiting_link'",
+        )?
+        .execute(params![export_uid, url, file_name, now])?;
+    Ok(n == 1)
+}
+
+/// Remembers an export that became `exported` with no link yet, so the listing
+/// that brings the link queues it ([`link_arrived`]).
+pub fn await_link(conn: &Connection, export_uid: &str, now: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO downloads (export_uid, status, created_at, updated_at)
+         VALUES (?1, 'awaiting_link', ?2, ?2) ON CONFLICT(export_uid) DO NOTHING",
+    )?
+    .execute(params![export_uid, now])
+    .map(drop)
+}
+
+/// Queues an export awaiting its link, now that it has one; nothing else.
+pub fn link_arrived(
+    conn: &Connection,
+    export_uid: &str,
+    url: &str,
+    file_name: &str,
+    now: &str,
+) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE downloads SET url = ?2, file_name = ?3, status = 'pending', updated_at = ?4
+             WHERE export_uid = ?1 AND status = 'awaiting_link'",
         )?
         .execute(params![export_uid, url, file_name, now])?;
     Ok(n == 1)
@@ -74,9 +109,11 @@ pub fn due(conn: &Connection) -> rusqlite::Result<Vec<Job>> {
     rows.collect()
 }
 
+/// The queued download of an export (not one still awaiting its link).
 pub fn get(conn: &Connection, export_uid: &str) -> rusqlite::Result<Option<Job>> {
     conn.query_row(
-        "SELECT export_uid, url, file_name, attempts FROM downloads WHERE export_uid = ?1",
+        "SELECT export_uid, url, file_name, attempts FROM downloads
+         WHERE export_uid = ?1 AND url IS NOT NULL",
         [export_uid],
         |r| {
             Ok(Job {

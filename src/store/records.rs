@@ -244,8 +244,12 @@ impl Apply<'_> {
         if !self.seen.insert(rowid as u64) {
             self.out.duplicates += 1;
         }
-        if self.queue.is_some_and(|q| q.wants(decision, rec)) {
-            self.out.queued += queue_download(self.conn, rec, self.now)? as u64;
+        if let Some(q) = self.queue {
+            let wanted = q.wants(decision, rec);
+            // a changed `exported` export may bring the link one that became so lacked
+            if wanted || !matches!(decision, Decision::Unchanged) {
+                self.out.queued += queue_download(self.conn, rec, wanted, self.now)? as u64;
+            }
         }
         match decision {
             Decision::Unchanged => {
@@ -335,14 +339,31 @@ fn read_window(
     Ok(found)
 }
 
-/// Queues the archive of an `exported` export that has a link.
-fn queue_download(conn: &Connection, rec: &Incoming, now: &str) -> rusqlite::Result<bool> {
+/// Queues the archive of an `exported` export: when `wanted` (it became
+/// `exported`), now or, without a link yet, once a listing brings it; otherwise
+/// only if it was waiting for that link.
+fn queue_download(
+    conn: &Connection,
+    rec: &Incoming,
+    wanted: bool,
+    now: &str,
+) -> rusqlite::Result<bool> {
+    if rec.status.as_deref() != Some("exported") {
+        return Ok(false);
+    }
     let v = rec.value();
     let Some(url) = v.get("download_url").and_then(Value::as_str) else {
+        if wanted {
+            super::downloads::await_link(conn, &rec.uid, now)?;
+        }
         return Ok(false);
     };
     let name = crate::download::file_name(&rec.uid, v.get("name").and_then(Value::as_str), url);
-    super::downloads::enqueue(conn, &rec.uid, url, &name, now)
+    if wanted {
+        super::downloads::enqueue(conn, &rec.uid, url, &name, now)
+    } else {
+        super::downloads::link_arrived(conn, &rec.uid, url, &name, now)
+    }
 }
 
 /// The event for a decision other than `Unchanged`, in the caller's transaction.
