@@ -126,7 +126,7 @@ async fn follow(store: &Store, uid: &str, daemon: &Locked) -> anyhow::Result<u8>
     loop {
         let u = uid.to_string();
         let Some((status, path, bytes, sha256, error)) =
-            store.call(move |c| downloads::outcome(c, &u)).await?
+            store.read(move |c| downloads::outcome(c, &u)).await?
         else {
             bail!("the download of export {uid} is no longer queued");
         };

@@ -77,13 +77,13 @@ impl Deliverer {
                 cursor,
                 disabled,
                 rewinds,
-            } = self.store.call(move |c| place(c, &n)).await?;
+            } = self.store.read(move |c| place(c, &n)).await?;
             if disabled {
                 return Ok(Drained::Disabled);
             }
             let batch = self
                 .store
-                .call(move |c| events::list(c, cursor, "*", 200))
+                .read(move |c| events::list(c, cursor, "*", 200))
                 .await?;
             if batch.is_empty() {
                 return Ok(Drained::Idle);
@@ -96,7 +96,7 @@ impl Deliverer {
                 }
                 let (n, seq) = (name.clone(), e.seq);
                 let (attempts, next_at, settled) =
-                    self.store.call(move |c| attempt_state(c, &n, seq)).await?;
+                    self.store.read(move |c| attempt_state(c, &n, seq)).await?;
                 if settled {
                     pos = seq;
                     continue;

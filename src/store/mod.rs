@@ -40,6 +40,9 @@ pub const BATCH_WINDOW: Duration = Duration::from_secs(1);
 /// [`WalCap`]): it grows to this and about two seconds of writes.
 const WAL_CAP_BYTES: u64 = 256 << 20;
 
+/// Read-only connections kept between reads ([`Store::read`]).
+const MAX_IDLE_READERS: usize = 4;
+
 /// What the WAL file is cut back to after it starts over, outside a listing.
 const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 
@@ -67,6 +70,8 @@ pub struct Store {
 struct Inner {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     path: PathBuf,
+    /// Read-only connections for [`Store::read`], kept for the next read.
+    readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -122,6 +127,7 @@ impl Store {
             inner: Arc::new(Inner {
                 jobs: Mutex::new(Some(tx)),
                 path: path.to_path_buf(),
+                readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(Some(writer)),
                 checkpointer: Mutex::new(checkpointer),
             }),
@@ -221,6 +227,43 @@ impl Store {
             true
         })));
         rx.await.expect("store task panicked")
+    }
+
+    /// Runs `f` on a read-only connection of its own, on a blocking thread: a read
+    /// never ends the writer's open batch early (as a job on the writer's thread
+    /// does), and sees what has been committed, up to a second behind the writer.
+    pub async fn read<F, R>(&self, f: F) -> rusqlite::Result<R>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &inner.path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                    )?;
+                    c.busy_timeout(Duration::from_secs(10))?;
+                    c
+                }
+            };
+            let out = f(&conn);
+            let mut readers = inner.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if readers.len() < MAX_IDLE_READERS {
+                readers.push(conn);
+            }
+            out
+        })
+        .await
+        .expect("store read panicked")
     }
 
     /// Runs `f` with the connection on this thread (tests, short reads): the store
@@ -629,6 +672,24 @@ mod tests {
             .unwrap();
         assert_eq!(n, 1);
         assert_eq!(rows(&reader), 1, "committed before the other job ran");
+    }
+
+    #[tokio::test]
+    async fn a_read_leaves_the_open_batch_alone() {
+        let (_dir, store, reader) = scratch();
+        let batch = store.batch();
+        batch.call(insert).await.unwrap();
+        let count =
+            |c: &Connection| c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+        assert_eq!(
+            store.read(count).await.unwrap(),
+            0,
+            "a read sees what is committed"
+        );
+        assert_eq!(rows(&reader), 0, "and did not commit the batch early");
+        batch.call(insert).await.unwrap();
+        batch.commit().await.unwrap();
+        assert_eq!(store.read(count).await.unwrap(), 2);
     }
 
     #[tokio::test]

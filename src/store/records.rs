@@ -534,6 +534,19 @@ pub struct DatasetRef {
 }
 
 /// Present datasets, optionally narrowed to `slugs`.
+/// Slices whose membership was never listed or changed since it last was:
+/// (uid, owner, slug).
+pub fn slices_to_relist(c: &Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
+    let mut stmt = c.prepare(
+        "SELECT s.uid, s.owner_name, s.raw->>'slug' FROM slices s
+         LEFT JOIN sync_state st ON st.scope = 'slice_items:' || s.uid
+         WHERE s.deleted_at IS NULL AND s.owner_name IS NOT NULL AND s.raw->>'slug' IS NOT NULL
+           AND (st.last_success_at IS NULL OR s.last_seen_at >= st.last_success_at)",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
 pub fn datasets_in_scope(conn: &Connection, slugs: &[String]) -> rusqlite::Result<Vec<DatasetRef>> {
     let mut stmt = conn.prepare(
         "SELECT owner_name, raw->>'slug' AS slug, uid, raw->>'is_sequence' FROM datasets

@@ -221,7 +221,7 @@ impl Syncer {
     async fn datasets(&self) -> Result<Vec<records::DatasetRef>, ApiError> {
         let slugs = self.cfg.scope.datasets.clone();
         self.store
-            .call(move |c| records::datasets_in_scope(c, &slugs))
+            .read(move |c| records::datasets_in_scope(c, &slugs))
             .await
             .map_err(db_error)
     }
@@ -319,18 +319,9 @@ impl Syncer {
         let mut report = self
             .side_by_side(listings.into_iter().map(|l| self.run_alone(l)))
             .await?;
-        let stale: Vec<(String, String, String)> = self
+        let stale = self
             .store
-            .call(|c| {
-                let mut stmt = c.prepare(
-                    "SELECT s.uid, s.owner_name, s.raw->>'slug' FROM slices s
-                     LEFT JOIN sync_state st ON st.scope = 'slice_items:' || s.uid
-                     WHERE s.deleted_at IS NULL AND s.owner_name IS NOT NULL AND s.raw->>'slug' IS NOT NULL
-                       AND (st.last_success_at IS NULL OR s.last_seen_at >= st.last_success_at)",
-                )?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
+            .read(|c| records::slices_to_relist(c))
             .await
             .map_err(db_error)?;
         let members = stale.into_iter().map(|(uid, owner, slug)| async move {
@@ -564,7 +555,7 @@ impl Syncer {
             let (filter, s) = (l.filter(), seen);
             let missing = self
                 .store
-                .call(move |c| records::missing(c, res, &filter, &s))
+                .read(move |c| records::missing(c, res, &filter, &s))
                 .await
                 .map_err(db_error)?;
             // the checks side by side, their tombstones in the listing's order
