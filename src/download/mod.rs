@@ -100,7 +100,7 @@ impl Downloader {
                 break;
             }
             if running.len() < self.concurrency {
-                match self.store.read(|c| downloads::due(c)).await {
+                match self.store.read(downloads::due).await {
                     Ok(due) => {
                         let busy: HashSet<&String> = active.values().collect();
                         let free = self.concurrency - running.len();

@@ -321,7 +321,7 @@ impl Syncer {
             .await?;
         let stale = self
             .store
-            .read(|c| records::slices_to_relist(c))
+            .read(records::slices_to_relist)
             .await
             .map_err(db_error)?;
         let members = stale.into_iter().map(|(uid, owner, slug)| async move {
