@@ -82,7 +82,8 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Compared on SIGHUP: an unchanged configuration changes nothing.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub api: ApiConfig,
     pub scope: ScopeConfig,
@@ -97,7 +98,7 @@ pub struct Config {
     pub log_level: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiConfig {
     pub base_url: Url,
     pub key: ApiKey,
@@ -112,7 +113,7 @@ pub struct ApiConfig {
     pub backoff_max: Duration,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScopeConfig {
     pub owners: Vec<String>,
     pub organizations: Vec<String>,
@@ -120,7 +121,7 @@ pub struct ScopeConfig {
     pub resources: Vec<Resource>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DownloadsConfig {
     pub enabled: bool,
     pub dir: PathBuf,
@@ -128,7 +129,7 @@ pub struct DownloadsConfig {
     pub backfill: bool,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 pub struct SinkConfig {
     pub kind: String,
     /// Its identity in the outbox: `name`, else derived from its target (see

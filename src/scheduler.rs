@@ -1,6 +1,8 @@
 //! `run`: every enabled resource on its own interval, within the one rate budget
 //! (status polls outrank crawls in the pacer). Stops on the shutdown signal:
 //! a page being written is committed or rolled back whole, never half-applied.
+//! Ends by itself only when the key is rejected or a resource's task died, so
+//! that `run` exits and systemd restarts it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +17,7 @@ use crate::service::Health;
 use crate::sync::{CycleReport, Syncer};
 
 /// Runs until `shutdown` turns true, or a rejected key stops everything. Each
-/// finished cycle goes to `health` (when given) and to systemd as a STATUS line;
-/// under a systemd watchdog, this loop sends WATCHDOG=1 while its tasks are alive.
+/// finished cycle goes to `health` (when given) and to systemd as a STATUS line.
 pub async fn run(
     syncer: Syncer,
     mut shutdown: watch::Receiver<bool>,
@@ -35,12 +36,12 @@ pub async fn run(
     // other resources start once the first dataset cycle is over.
     let (datasets_done, first) = watch::channel(!resources.contains(&Resource::Datasets));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<ApiError>(1);
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for res in resources {
         let (syncer, mut stop, fatal) = (syncer.clone(), shutdown.clone(), fatal_tx.clone());
         let (done, mut first, datasets_done) = (done.clone(), first.clone(), datasets_done.clone());
         let every = syncer.cfg.schedule[&res];
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
             if res != Resource::Datasets {
@@ -67,33 +68,27 @@ pub async fn run(
                     _ = stopped(&mut stop) => return,
                 }
             }
-        }));
+        });
     }
     drop((fatal_tx, datasets_done));
-    // Half the watchdog period, as systemd recommends; never, without one.
-    let period = sd_notify::watchdog_enabled()
-        .map(|d| d / 2)
-        .unwrap_or(Duration::from_secs(86_400 * 365));
-    let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let result = loop {
-        tokio::select! {
-            _ = stopped(&mut shutdown) => break Ok(()),
-            Some(e) = fatal_rx.recv() => break Err(e),
-            _ = watchdog.tick() => {
-                if tasks.iter().all(|t| !t.is_finished()) {
-                    crate::service::notify(&[sd_notify::NotifyState::Watchdog]);
-                } else {
-                    tracing::error!("a resource task ended; no watchdog ping");
-                }
+    let result = tokio::select! {
+        _ = stopped(&mut shutdown) => Ok(()),
+        Some(e) = fatal_rx.recv() => Err(e),
+        Some(ended) = tasks.join_next() => match fatal_rx.try_recv() {
+            // it ended to report a rejected key, or because we are stopping
+            Ok(e) => Err(e),
+            Err(_) if *shutdown.borrow() => Ok(()),
+            Err(_) => {
+                tracing::error!("a resource task ended unexpectedly ({ended:?}); stopping");
+                Err(ApiError::Store("a resource task ended unexpectedly".into()))
             }
-        }
+        },
     };
-    for t in &tasks {
-        t.abort();
-    }
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
+    tasks.abort_all();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     result
 }
 

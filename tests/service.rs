@@ -284,7 +284,7 @@ async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     signal(&child, "-HUP");
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("the reload failure logged", || {
-        logged().contains("keeping the running one")
+        logged().contains("keeping the running configuration")
     })
     .await;
     assert!(logged().contains("bogus"), "{}", logged());
@@ -360,4 +360,179 @@ async fn sigterm_in_a_large_listing_stops_fast_and_the_next_start_resumes() {
     .await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert_mirror_equals_sim(&env);
+}
+
+#[tokio::test]
+async fn a_reload_that_cannot_be_built_keeps_the_daemon_serving() {
+    let env = start(small_world()).await;
+    let port = free_port();
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{FAST}"),
+    );
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let log = env.dir.path().join("log");
+    let mut child = spawn_run(&cfg, &[], &log);
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let http = reqwest::Client::new();
+    let answers = || async {
+        http.get(&healthz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !answers().await {
+        assert!(tokio::time::Instant::now() < deadline, "no /healthz");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let db = env.cfg.store_path.clone();
+
+    // a port someone else has taken, then a store path that cannot be a file
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let blocker = env.dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    for (bad, why) in [
+        (
+            original.replace(
+                &format!("127.0.0.1:{port}"),
+                &format!("127.0.0.1:{taken_port}"),
+            ),
+            format!("127.0.0.1:{taken_port}"),
+        ),
+        (
+            original.replace(
+                &db.display().to_string(),
+                &blocker.join("mirror.db").display().to_string(),
+            ),
+            "a-file".to_string(),
+        ),
+    ] {
+        std::fs::write(&cfg, &bad).unwrap();
+        signal(&child, "-HUP");
+        wait_until("the reload refused", || {
+            logged().contains("keeping the running configuration") && logged().contains(&why)
+        })
+        .await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the daemon died: {}",
+            logged()
+        );
+        assert!(answers().await, "the old listener stopped serving");
+        let before = count(&db, "SELECT count(*) FROM exports");
+        env.sim.world(|w| {
+            w.add_export();
+        });
+        wait_until("the old configuration still mirroring", || {
+            count(&db, "SELECT count(*) FROM exports") == before + 1
+        })
+        .await;
+    }
+    drop(taken);
+    signal(&child, "-TERM");
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn sighup_with_an_unchanged_configuration_does_not_restart_a_crawl() {
+    let mut world = small_world();
+    world.items_per_dataset = 400;
+    let env = start(world).await;
+    // 6 datasets × 400 items in pages of 25 at 30 requests/s: a crawl of several seconds
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "requests_per_second = 500.0",
+            "requests_per_second = 30.0\npage_size = 25",
+        )
+        .replace("burst = 50", "burst = 1");
+    std::fs::write(&cfg, &text).unwrap();
+    let log = env.dir.path().join("log");
+    let mut child = spawn_run(&cfg, &[], &log);
+    let first_pages = || {
+        env.sim.faults(|f| {
+            f.log
+                .iter()
+                .filter(|l| l.path.ends_with("/items/") && !l.query.contains("cursor"))
+                .count()
+        })
+    };
+    wait_until("the item crawl under way", || first_pages() >= 6).await;
+    let items_requests = || {
+        env.sim
+            .faults(|f| f.log.iter().filter(|l| l.path.ends_with("/items/")).count())
+    };
+    let before = items_requests();
+    signal(&child, "-HUP");
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the reload answered", || logged().contains("unchanged")).await;
+    wait_until("the crawl going on", || items_requests() > before + 10).await;
+    assert_eq!(first_pages(), 6, "a dataset's listing started over");
+    signal(&child, "-TERM");
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn the_watchdog_is_fed_across_a_reload() {
+    let env = start(small_world()).await;
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut child = spawn_run(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+        &env.dir.path().join("log"),
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut recv = async |seen: &mut Vec<String>| {
+        let n = tokio::time::timeout(Duration::from_secs(20), sock.recv(&mut buf))
+            .await
+            .expect("a notify message")
+            .unwrap();
+        seen.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(str::to_owned),
+        );
+    };
+    while !seen.iter().any(|m| m == "WATCHDOG=1") {
+        recv(&mut seen).await;
+    }
+    // a changed configuration: the generation is replaced
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("burst = 50", "burst = 40");
+    std::fs::write(&cfg, text).unwrap();
+    signal(&child, "-HUP");
+    while !seen.iter().any(|m| m == "RELOADING=1") {
+        recv(&mut seen).await;
+    }
+    let reloading = seen.iter().position(|m| m == "RELOADING=1").unwrap();
+    while seen[reloading..]
+        .iter()
+        .filter(|m| *m == "WATCHDOG=1")
+        .count()
+        < 3
+    {
+        recv(&mut seen).await;
+    }
+    signal(&child, "-TERM");
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(20)).await,
+        Some(0)
+    );
 }

@@ -1,6 +1,9 @@
 //! `run`: the daemon, until SIGTERM or SIGINT. SIGHUP re-reads the configuration:
-//! a valid one replaces the running one (the page in hand is finished first), an
-//! invalid one is reported and the old one kept.
+//! an unchanged one changes nothing; a changed one is built first (its listener,
+//! lock, database, sinks) and replaces the running one only once all of it works,
+//! the page in hand finished first; an invalid one, or one that cannot be built,
+//! is reported and the running one kept. The systemd watchdog is fed from a task
+//! of its own, across reloads, after a round trip through the database's writer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,26 +16,46 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::download::Downloader;
 use crate::error::{ApiError, EXIT_OK};
+use crate::events::deliver::Deliverer;
 use crate::service::{self, Health};
+use crate::store::Store;
 use crate::store::lock::WriterLock;
+use crate::sync::Syncer;
 
 /// How long a stopping generation gets to finish the page in hand.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
-/// Everything one configuration runs: the scheduler, downloads and deliveries.
-struct Generation {
-    stop: watch::Sender<bool>,
-    scheduler: JoinHandle<Result<(), ApiError>>,
-    workers: Vec<JoinHandle<()>>,
+/// A configuration made ready to run: everything that can fail (the database,
+/// the clients, the sinks' registration) is done, nothing is running yet.
+struct Prepared {
+    syncer: Syncer,
+    deliverer: Option<Deliverer>,
+    downloader: Option<Downloader>,
 }
 
-impl Generation {
-    fn start(cfg: Arc<Config>, health: &Arc<Health>) -> anyhow::Result<Generation> {
+impl Prepared {
+    fn new(cfg: Arc<Config>) -> anyhow::Result<Prepared> {
         let syncer = super::sync::syncer(cfg, None)?;
+        let deliverer = super::sync::deliverer(&syncer.cfg, &syncer.store)?;
+        let downloader = super::sync::downloader(&syncer)?;
+        Ok(Prepared {
+            syncer,
+            deliverer,
+            downloader,
+        })
+    }
+
+    fn start(self, health: &Arc<Health>) -> Generation {
+        let Prepared {
+            syncer,
+            deliverer,
+            downloader,
+        } = self;
         let (stop, rx) = watch::channel(false);
         let mut workers = Vec::new();
-        if let Some(d) = super::sync::deliverer(&syncer.cfg, &syncer.store)? {
+        if let Some(d) = deliverer {
             let d = Arc::new(d);
             let mut rx = rx.clone();
             workers.push(tokio::spawn(async move {
@@ -42,28 +65,41 @@ impl Generation {
                 }
             }));
         }
-        if let Some(d) = super::sync::downloader(&syncer)? {
+        if let Some(d) = downloader {
             let rx = rx.clone();
             workers.push(tokio::spawn(async move { d.serve(rx).await }));
         }
         health.configure(&syncer.cfg);
         tracing::info!(db = %syncer.store.path().display(), "mirror running");
+        let store = syncer.store.clone();
         let scheduler = tokio::spawn(crate::scheduler::run(syncer, rx, Some(health.clone())));
-        Ok(Generation {
+        Generation {
             stop,
             scheduler,
             workers,
-        })
+            store,
+        }
     }
+}
 
+/// Everything one configuration runs: the scheduler, downloads and deliveries.
+struct Generation {
+    stop: watch::Sender<bool>,
+    scheduler: JoinHandle<Result<(), ApiError>>,
+    workers: Vec<JoinHandle<()>>,
+    store: Store,
+}
+
+impl Generation {
     /// Stops and waits (bounded): a page being written is committed or rolled back whole.
-    async fn stop(self) -> anyhow::Result<()> {
+    async fn stop(&mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
+        let workers = std::mem::take(&mut self.workers);
         let all = async {
-            for w in self.workers {
+            for w in workers {
                 let _ = w.await;
             }
-            self.scheduler.await
+            (&mut self.scheduler).await
         };
         match tokio::time::timeout(STOP_GRACE, all).await {
             Ok(Ok(r)) => r.context("mirror stopped"),
@@ -72,29 +108,46 @@ impl Generation {
                 tracing::warn!(
                     "stopping took longer than {STOP_GRACE:?}; leaving the rest to the database's rollback"
                 );
+                self.scheduler.abort();
                 Ok(())
             }
         }
     }
 }
 
+/// What a running configuration holds beside its generation.
+struct Running {
+    cfg: Arc<Config>,
+    generation: Generation,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
+    writer: WriterLock,
+}
+
 pub async fn run(
-    mut cfg: Arc<Config>,
+    cfg: Arc<Config>,
     reload: impl Fn() -> anyhow::Result<Arc<Config>>,
 ) -> anyhow::Result<u8> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut writer = WriterLock::acquire(&cfg.store_path, "run")?;
+    let writer = WriterLock::acquire(&cfg.store_path, "run")?;
     let health = Health::new(&cfg);
-    let mut http = start_http(cfg.http_listen, &health).await?;
-    let mut generation = Generation::start(cfg.clone(), &health)?;
+    let http = start_http(cfg.http_listen, &health).await?;
+    let generation = Prepared::new(cfg.clone())?.start(&health);
+    let mut running = Running {
+        cfg,
+        generation,
+        http,
+        writer,
+    };
+    let (store_tx, store_rx) = watch::channel(running.generation.store.clone());
+    let _watchdog = AbortOnDrop(tokio::spawn(watchdog(store_rx)));
     service::notify(&[NotifyState::Ready, NotifyState::Status("running")]);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            r = &mut generation.scheduler => {
-                // only a rejected key (or a panic) ends the scheduler by itself
+            r = &mut running.generation.scheduler => {
+                // only a rejected key (or a task that died) ends the scheduler by itself
                 service::notify(&[NotifyState::Stopping]);
                 return match r {
                     Ok(r) => r.context("mirror stopped").map(|_| EXIT_OK),
@@ -102,46 +155,125 @@ pub async fn run(
                 };
             }
             _ = hup.recv() => {
-                let new = match reload() {
-                    Ok(new) => new,
-                    Err(e) => {
-                        tracing::error!("SIGHUP: the configuration is invalid, keeping the running one: {e:#}");
-                        service::notify(&[NotifyState::Status("configuration reload failed; running the previous one")]);
-                        continue;
-                    }
+                let kept = match reload() {
+                    Ok(new) => running.replace(new, &health).await?,
+                    Err(e) => Some(format!("the configuration is invalid: {e:#}")),
                 };
-                if new.store_path != cfg.store_path {
-                    match WriterLock::acquire(&new.store_path, "run") {
-                        Ok(lock) => writer = lock,
-                        Err(e) => {
-                            tracing::error!("SIGHUP: keeping the running configuration: {e}");
-                            continue;
-                        }
+                match kept {
+                    Some(why) => {
+                        tracing::error!("SIGHUP: keeping the running configuration: {why}");
+                        service::notify(&[NotifyState::Ready, NotifyState::Status("configuration reload failed; running the previous one")]);
+                    }
+                    None => {
+                        let _ = store_tx.send(running.generation.store.clone());
+                        service::notify(&[NotifyState::Ready, NotifyState::Status("running")]);
                     }
                 }
-                tracing::info!("SIGHUP: configuration re-read; restarting with it");
-                service::notify(&[NotifyState::Reloading, monotonic_now()]);
-                generation.stop().await?;
-                if new.http_listen != cfg.http_listen {
-                    if let Some((_, task)) = http.take() {
-                        task.abort();
-                    }
-                    http = start_http(new.http_listen, &health).await?;
-                }
-                cfg = new;
-                generation = Generation::start(cfg.clone(), &health)?;
-                service::notify(&[NotifyState::Ready, NotifyState::Status("running (configuration reloaded)")]);
             }
         }
     }
     tracing::info!("stopping");
     service::notify(&[NotifyState::Stopping]);
+    let Running {
+        mut generation,
+        http,
+        writer,
+        ..
+    } = running;
     let result = generation.stop().await;
     if let Some((_, task)) = http {
         task.abort();
     }
     drop(writer);
     result.map(|_| EXIT_OK)
+}
+
+impl Running {
+    /// Replaces the running configuration with `new`, building all of it before
+    /// the running one stops. `Some(why)` when `new` was not taken (the running
+    /// one goes on); an error only if the old generation failed while stopping.
+    async fn replace(
+        &mut self,
+        new: Arc<Config>,
+        health: &Arc<Health>,
+    ) -> anyhow::Result<Option<String>> {
+        if new == self.cfg {
+            tracing::info!("SIGHUP: the configuration is unchanged; nothing to do");
+            return Ok(None);
+        }
+        service::notify(&[NotifyState::Reloading, monotonic_now()]);
+        let writer = if new.store_path != self.cfg.store_path {
+            match WriterLock::acquire(&new.store_path, "run") {
+                Ok(lock) => Some(lock),
+                Err(e) => return Ok(Some(e.to_string())),
+            }
+        } else {
+            None
+        };
+        let http = if new.http_listen != self.cfg.http_listen {
+            match start_http(new.http_listen, health).await {
+                Ok(h) => Some(h),
+                Err(e) => return Ok(Some(format!("{e:#}"))),
+            }
+        } else {
+            None
+        };
+        let prepared = match Prepared::new(new.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(Some((_, task))) = http {
+                    task.abort();
+                }
+                return Ok(Some(format!("{e:#}")));
+            }
+        };
+        tracing::info!("SIGHUP: configuration re-read; restarting with it");
+        // nothing can fail past here: the old one stops, then the new one starts
+        self.generation.stop().await?;
+        self.generation = prepared.start(health);
+        if let Some(http) = http
+            && let Some((_, task)) = std::mem::replace(&mut self.http, http)
+        {
+            task.abort();
+        }
+        if let Some(lock) = writer {
+            self.writer = lock;
+        }
+        self.cfg = new;
+        Ok(None)
+    }
+}
+
+/// Feeds the systemd watchdog (when there is one) at half its period, each time
+/// after a round trip through the running database's writer thread, so a stuck
+/// writer or a dead runtime is restarted; unaffected by reloads.
+async fn watchdog(store: watch::Receiver<Store>) {
+    let Some(period) = sd_notify::watchdog_enabled().map(|d| d / 2) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        let s = store.borrow().clone();
+        let ping = s.call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)));
+        match tokio::time::timeout(period, ping).await {
+            Ok(Ok(_)) => service::notify(&[NotifyState::Watchdog]),
+            Ok(Err(e)) => {
+                tracing::error!("watchdog: the database failed a round trip ({e}); no ping")
+            }
+            Err(_) => {
+                tracing::error!("watchdog: the database did not answer within {period:?}; no ping")
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn start_http(
