@@ -36,6 +36,7 @@ fn append(store: &Store, n: u64) -> anyhow::Result<()> {
                 new_status: Some("customer_review"),
                 object: &object,
                 download: None,
+                moved_from: None,
             };
             events::append(&tx, &ev, &now)?;
         }

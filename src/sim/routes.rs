@@ -445,7 +445,13 @@ impl PageCtx<'_> {
     fn items_page(&self, w: &World, ds: usize) -> (StatusCode, Vec<u8>) {
         let after: Option<u64> = self.q.get("cursor").and_then(|c| c.parse().ok());
         let mut i = after.map_or(0, |a| a + 1);
-        let count = w.items[ds].count;
+        let count = w.items[ds].listed_at_most.map_or(w.items[ds].count, |n| {
+            // the index past the n-th present item
+            (0..w.items[ds].count)
+                .filter(|&j| w.item_present(ds, j))
+                .nth(n as usize)
+                .unwrap_or(w.items[ds].count)
+        });
         let mut out = Vec::with_capacity(self.limit * 420 + 200);
         out.extend_from_slice(b"{\"previous\":null,\"results\":[");
         let mut n = 0;

@@ -110,6 +110,9 @@ pub struct ItemSpace {
     pub count: u64,
     pub overrides: HashMap<u64, ItemOverride>,
     pub deleted: u64,
+    /// A fault: the listing ends after this many items (`next` null), though the
+    /// rest are still there to GET, as a broken server might answer.
+    pub listed_at_most: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +470,11 @@ impl World {
     }
 
     /// Every present item of a dataset (for tests comparing the mirror).
+    /// Makes the item listing of `ds` stop after `n` items (see `ItemSpace::listed_at_most`).
+    pub fn truncate_item_listing(&mut self, ds: usize, n: u64) {
+        self.items[ds].listed_at_most = Some(n);
+    }
+
     pub fn all_items(&self, ds: usize) -> Vec<Value> {
         (0..self.items[ds].count)
             .filter(|&i| self.item_present(ds, i))

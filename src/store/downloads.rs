@@ -241,6 +241,7 @@ fn append_event(
             new_status: status.as_deref(),
             object: &object,
             download: Some(detail),
+            moved_from: None,
         },
         now,
     )?;

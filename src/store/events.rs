@@ -19,6 +19,8 @@ pub struct NewEvent<'a> {
     pub object: &'a Value,
     /// For `export.downloaded` / `export.download_failed`: path, bytes, sha256 or error.
     pub download: Option<Value>,
+    /// The (owner, dataset slug) a record had before it moved to this one.
+    pub moved_from: Option<(Option<&'a str>, Option<&'a str>)>,
 }
 
 /// An event as stored.
@@ -59,6 +61,10 @@ pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<S
     });
     if let Some(d) = &ev.download {
         payload["data"]["download"] = d.clone();
+    }
+    if let Some((owner, slug)) = ev.moved_from {
+        payload["data"]["old_owner"] = json!(owner);
+        payload["data"]["old_dataset_slug"] = json!(slug);
     }
     conn.prepare_cached(
         "INSERT INTO events (id, type, resource, uid, owner, dataset_slug, old_status, new_status, created_at, payload)
@@ -172,6 +178,7 @@ mod tests {
             new_status: Some("customer_review"),
             object: &object,
             download: None,
+            moved_from: None,
         };
         let id = append(&conn, &ev, "2026-11-22T10:00:00Z").unwrap();
         let e = list(&conn, 0, "sequence.*", 10).unwrap().remove(0);

@@ -109,7 +109,12 @@ pub fn apply_pages(
             let last = conn.last_insert_rowid();
             for (j, &rec) in chunk.iter().enumerate() {
                 if inserted == INSERT_CHUNK as i64 {
-                    ap.record(rec, &Decision::Created, last - inserted + 1 + j as i64)?;
+                    ap.record(
+                        rec,
+                        &Decision::Created,
+                        last - inserted + 1 + j as i64,
+                        None,
+                    )?;
                     continue;
                 }
                 // some were there already (or listed twice): find which rows are new
@@ -122,7 +127,7 @@ pub fn apply_pages(
                             && s.rowid <= last
                             && !ap.seen.contains(s.rowid as u64) =>
                     {
-                        ap.record(rec, &Decision::Created, s.rowid)?
+                        ap.record(rec, &Decision::Created, s.rowid, None)?
                     }
                     stored => ap.diff(rec, stored, &mut insert, &mut update)?,
                 }
@@ -133,7 +138,7 @@ pub fn apply_pages(
         let rec = recs[i];
         i += 1;
         if mostly_new && insert_rows(&mut insert, &[rec], now)? == 1 {
-            ap.record(rec, &Decision::Created, conn.last_insert_rowid())?;
+            ap.record(rec, &Decision::Created, conn.last_insert_rowid(), None)?;
             continue;
         }
         let stored = match window[i - 1].take() {
@@ -207,6 +212,7 @@ impl Apply<'_> {
         update: &mut rusqlite::CachedStatement,
     ) -> rusqlite::Result<()> {
         let decision = diff::decide(stored.as_ref(), rec);
+        let mut moved = None;
         let rowid = match (&decision, &stored) {
             (Decision::Unchanged, Some(s)) => {
                 if self.res == Resource::Exports {
@@ -220,6 +226,9 @@ impl Apply<'_> {
                 s.rowid
             }
             (_, Some(s)) => {
+                if !s.deleted {
+                    moved = self.moved_from(s.rowid, rec)?;
+                }
                 update.execute(params![
                     s.rowid,
                     rec.owner.as_deref(),
@@ -236,11 +245,33 @@ impl Apply<'_> {
                 self.conn.last_insert_rowid()
             }
         };
-        self.record(rec, &decision, rowid)
+        self.record(rec, &decision, rowid, moved)
     }
 
-    /// Counts a record stored at `rowid`, and queues and emits what its decision asks for.
-    fn record(&mut self, rec: &Incoming, decision: &Decision, rowid: i64) -> rusqlite::Result<()> {
+    /// The scope a changed record's row had, when the record now comes from
+    /// another (it moved to another dataset or owner): one `updated` event names both.
+    fn moved_from(&self, rowid: i64, rec: &Incoming) -> rusqlite::Result<Option<Scope>> {
+        let t = self.res.table();
+        let (owner, slug): Scope = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT owner_name, dataset_slug FROM {t} WHERE rowid = ?1"
+            ))?
+            .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let same = owner.as_deref() == rec.owner.as_deref()
+            && slug.as_deref() == rec.dataset_slug.as_deref();
+        Ok((!same).then_some((owner, slug)))
+    }
+
+    /// Counts a record stored at `rowid`, and queues and emits what its decision
+    /// asks for; `moved` is the scope it had before, when it moved.
+    fn record(
+        &mut self,
+        rec: &Incoming,
+        decision: &Decision,
+        rowid: i64,
+        moved: Option<Scope>,
+    ) -> rusqlite::Result<()> {
         if !self.seen.insert(rowid as u64) {
             self.out.duplicates += 1;
         }
@@ -261,7 +292,7 @@ impl Apply<'_> {
             Decision::StatusChanged { .. } => self.out.status_changed += 1,
         }
         if (self.emit)(rec) {
-            append_event(self.conn, self.res, rec, decision, self.now)?;
+            append_event(self.conn, self.res, rec, decision, moved, self.now)?;
             self.out.events += 1;
         }
         Ok(())
@@ -372,6 +403,7 @@ fn append_event(
     res: Resource,
     rec: &Incoming,
     decision: &Decision,
+    moved: Option<Scope>,
     now: &str,
 ) -> rusqlite::Result<()> {
     let Some(action) = diff::event_suffix(decision) else {
@@ -393,11 +425,15 @@ fn append_event(
             new_status: rec.status.as_deref(),
             object: &rec.value(),
             download: None,
+            moved_from: moved.as_ref().map(|(o, s)| (o.as_deref(), s.as_deref())),
         },
         now,
     )?;
     Ok(())
 }
+
+/// (owner_name, dataset_slug) of a row.
+type Scope = (Option<String>, Option<String>);
 
 /// Which rows a listing covers: all of a table, one owner's, or some datasets of one owner.
 #[derive(Debug, Clone)]
@@ -516,6 +552,7 @@ pub fn tombstone(
                 new_status: None,
                 object: &object,
                 download: None,
+                moved_from: None,
             },
             now,
         )?;

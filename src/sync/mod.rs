@@ -31,6 +31,11 @@ use diff::{Head, Incoming, Rejected};
 /// How many dataset slugs go in one `dataset__slug__in` listing.
 const SLUGS_PER_BATCH: usize = 20;
 
+/// Deletion checks made before judging a listing: when most of the first ones
+/// find the record still there, the listing (not the records) was wrong, and the
+/// rest of its missing rows wait for a later cycle instead of costing a request each.
+const CHECK_SAMPLE: usize = 20;
+
 /// Listings under way at once per request slot (`api.concurrency`). One listing
 /// has one request in flight at a time, and spends part of each round trip
 /// between requests; two per slot keep every slot busy until the last scopes,
@@ -54,6 +59,25 @@ pub struct CycleReport {
     pub failures: Vec<(String, String)>,
     /// Of those, the ones that failed (not skipped for a 403/404 on their scope).
     pub hard_failures: u64,
+    /// Listings done but for their deletion checks, which wait for the end of the
+    /// resource's cycle ([`Syncer::finish`]).
+    finishing: Vec<Finish>,
+}
+
+/// What a complete, stable listing leaves to do once every listing of its
+/// resource's cycle is done: check the rows it missed, so that a record that
+/// moved to another scope has been seen there first (one `updated` event, not a
+/// deletion and a creation).
+#[derive(Debug, Clone)]
+struct Finish {
+    resource: Resource,
+    scopes: Vec<String>,
+    filter: ScopeFilter,
+    prio: Priority,
+    /// The rowids listed.
+    seen: RoaringTreemap,
+    emit_by_slug: HashMap<Option<ByteString>, bool>,
+    now: String,
 }
 
 impl CycleReport {
@@ -69,6 +93,7 @@ impl CycleReport {
         self.queued += o.queued;
         self.failures.extend(o.failures);
         self.hard_failures += o.hard_failures;
+        self.finishing.extend(o.finishing);
     }
 
     fn add(&mut self, o: &records::PageOutcome) {
@@ -176,6 +201,18 @@ impl Syncer {
             Resource::Sequences => self.sync_sequences().await?,
             Resource::Slices => self.sync_slices().await?,
         };
+        let finishing = std::mem::take(&mut report.finishing);
+        let finished = finishing.into_iter().map(|f| async move {
+            let mut r = CycleReport::default();
+            let scopes = f.scopes.clone();
+            match self.finish(f, &mut r).await {
+                Ok(()) => {}
+                Err(e @ ApiError::Unauthorized(_)) => return Err(e),
+                Err(e) => self.record_failure(&mut r, &scopes, &e).await,
+            }
+            Ok(r)
+        });
+        report.merge(self.side_by_side(finished).await?);
         report.resource = Some(res);
         let m = &crate::metrics::METRICS;
         let label = crate::metrics::label("resource", res.table());
@@ -277,10 +314,23 @@ impl Syncer {
                         .collect(),
                 ),
             };
-            let end = self.run_reported(&l, &mut report).await?;
-            if !matches!(end, Some(ListingEnd::NeedsSplit)) {
-                return Ok(report);
+            let mut batch_report = CycleReport::default();
+            match self.run_reported(&l, &mut batch_report).await? {
+                Some(ListingEnd::Done) => return Ok(batch_report),
+                Some(ListingEnd::NeedsSplit) => {}
+                None => {
+                    // one bad dataset fails the batch: it alone should fail, so each
+                    // dataset is listed on its own and reports for itself
+                    tracing::warn!(
+                        owner,
+                        "a batch of {} datasets' sequences failed; listing them one by one",
+                        batch.len()
+                    );
+                    batch_report.failures.clear();
+                    batch_report.hard_failures = 0;
+                }
             }
+            report.merge(batch_report);
         }
         let one_by_one = slugs.into_iter().map(|slug| Listing {
             resource: Resource::Sequences,
@@ -548,53 +598,93 @@ impl Syncer {
         report.skipped += skipped;
         writes.commit().await.map_err(db_error)?;
         let unstable = pages.finish().await || duplicates > 0;
-
-        if unstable {
-            tracing::warn!(scope = %scopes[0], "the collection changed during the listing; deletions wait for a stable one");
-        } else {
-            let (filter, s) = (l.filter(), seen);
-            let missing = self
-                .store
-                .read(move |c| records::missing(c, res, &filter, &s))
-                .await
-                .map_err(db_error)?;
-            // the checks side by side, their tombstones in the listing's order
-            let mut checks = futures_util::stream::iter(missing)
-                .map(|m| async move { (self.confirm_gone(res, &m).await, m) })
-                .buffered(self.client.concurrency());
-            while let Some((gone, m)) = checks.next().await {
-                if gone? {
-                    let emit = emit_by_slug
-                        .get(&m.dataset_slug.as_deref().map(ByteString::from))
-                        .copied()
-                        .unwrap_or(emit_initial);
-                    let n = now.clone();
-                    let deleted = self
-                        .store
-                        .call(move |c| records::tombstone(c, res, &m.uid, emit, &n))
-                        .await
-                        .map_err(db_error)?;
-                    if deleted {
-                        report.deleted += 1;
-                        report.events += emit as u64;
-                    }
-                }
-            }
-        }
-        let n = now.clone();
+        let (sc, n) = (scopes.clone(), now.clone());
         self.store
             .call(move |c| {
-                scopes
-                    .iter()
+                sc.iter()
                     .try_for_each(|s| state::success(c, s, &n, listed, skipped))
             })
             .await
             .map_err(db_error)?;
+        if unstable {
+            tracing::warn!(scope = %scopes[0], "the collection changed during the listing; deletions wait for a stable one");
+        } else {
+            report.finishing.push(Finish {
+                resource: res,
+                filter: l.filter(),
+                prio: l.prio,
+                seen,
+                emit_by_slug,
+                scopes,
+                now,
+            });
+        }
         Ok(ListingEnd::Done)
     }
 
+    /// A listing's deletion checks (see [`Finish`]), side by side at the
+    /// listing's priority; a row is deleted only if a direct GET answers 404.
+    async fn finish(&self, f: Finish, report: &mut CycleReport) -> Result<(), ApiError> {
+        let Finish {
+            resource: res,
+            scopes,
+            filter,
+            prio,
+            seen,
+            emit_by_slug,
+            now,
+        } = f;
+        let missing = self
+            .store
+            .read(move |c| records::missing(c, res, &filter, &seen))
+            .await
+            .map_err(db_error)?;
+        let total = missing.len();
+        // the checks side by side, their tombstones in the listing's order
+        let mut checks = futures_util::stream::iter(missing)
+            .map(|m| async move { (self.confirm_gone(res, &m, prio).await, m) })
+            .buffered(self.client.concurrency());
+        let (mut checked, mut gone) = (0usize, 0usize);
+        while let Some((is_gone, m)) = checks.next().await {
+            checked += 1;
+            if !is_gone? {
+                if checked >= CHECK_SAMPLE && gone * 2 < checked && checked < total {
+                    tracing::warn!(
+                        scope = %scopes[0],
+                        "the listing missed {total} rows, but {} of the first {checked} checked are still there; not trusting it, the other {} wait for the next cycle",
+                        checked - gone,
+                        total - checked
+                    );
+                    break;
+                }
+                continue;
+            }
+            gone += 1;
+            let emit = emit_by_slug
+                .get(&m.dataset_slug.as_deref().map(ByteString::from))
+                .copied()
+                .unwrap_or(self.cfg.emit_initial);
+            let n = now.clone();
+            let deleted = self
+                .store
+                .call(move |c| records::tombstone(c, res, &m.uid, emit, &n))
+                .await
+                .map_err(db_error)?;
+            if deleted {
+                report.deleted += 1;
+                report.events += emit as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// A row missing from a complete listing is gone only if a direct GET says 404.
-    async fn confirm_gone(&self, res: Resource, m: &Missing) -> Result<bool, ApiError> {
+    async fn confirm_gone(
+        &self,
+        res: Resource,
+        m: &Missing,
+        prio: Priority,
+    ) -> Result<bool, ApiError> {
         let c = &self.client;
         let raw: Value = serde_json::from_str(&m.raw).unwrap_or(Value::Null);
         let slug_of_raw = raw.get("slug").and_then(Value::as_str);
@@ -607,7 +697,7 @@ impl Syncer {
             (Resource::Slices, _, Some(slug)) => v1::slice(c, owner, slug),
             _ => return Ok(false),
         };
-        match c.fetch(&url, Priority::High, |_| Ok(())).await {
+        match c.fetch(&url, prio, |_| Ok(())).await {
             Err(ApiError::NotFound(_)) => Ok(true),
             Ok(_) => {
                 tracing::debug!(uid = %m.uid, "missing from the listing but still there; kept");
