@@ -198,7 +198,7 @@ fn load(
     env: &HashMap<String, String>,
 ) -> anyhow::Result<Arc<Config>> {
     let path = config::find_config_path(cli_config, env)?;
-    let cfg = Config::load(&path, env)?;
+    let cfg = Config::load(path.as_deref(), env)?;
     apply_log_level(&cfg.log_level);
     Ok(Arc::new(cfg))
 }
@@ -211,7 +211,7 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
             Some(db) => Ok(db.clone()),
             None => {
                 let path = config::find_config_path(cfg_path, &env)?;
-                Ok(Config::load_store_path(&path, &env)?)
+                Ok(Config::load_store_path(path.as_deref(), &env)?)
             }
         }
     };

@@ -373,38 +373,43 @@ struct RawSink {
 }
 
 /// Where the configuration file is: `--config`, `$AVALA_MIRROR_CONFIG`,
-/// `./avala-mirror.toml`, `/etc/avala-mirror/config.toml`, in that order.
+/// `./avala-mirror.toml`, `/etc/avala-mirror/config.toml`, in that order. With
+/// none of them, `None` when `AVALA_MIRROR__SECTION__KEY` variables configure the
+/// mirror on their own (every other key at its default).
 pub fn find_config_path(
     flag: Option<&Path>,
     env: &HashMap<String, String>,
-) -> Result<PathBuf, ConfigError> {
+) -> Result<Option<PathBuf>, ConfigError> {
     if let Some(p) = flag {
-        return Ok(p.to_path_buf());
+        return Ok(Some(p.to_path_buf()));
     }
     if let Some(p) = env.get("AVALA_MIRROR_CONFIG") {
-        return Ok(PathBuf::from(p));
+        return Ok(Some(PathBuf::from(p)));
     }
     for p in ["avala-mirror.toml", "/etc/avala-mirror/config.toml"] {
         if Path::new(p).exists() {
-            return Ok(PathBuf::from(p));
+            return Ok(Some(PathBuf::from(p)));
         }
     }
+    if env.keys().any(|k| k.starts_with("AVALA_MIRROR__")) {
+        return Ok(None);
+    }
     Err(ConfigError(vec![
-        "no configuration file: pass --config PATH, set AVALA_MIRROR_CONFIG, or create ./avala-mirror.toml (see config/avala-mirror.toml)".into(),
+        "no configuration: pass --config PATH, set AVALA_MIRROR_CONFIG, create ./avala-mirror.toml (see config/avala-mirror.toml), or set AVALA_MIRROR__SECTION__KEY variables".into(),
     ]))
 }
 
 impl Config {
     /// Loads and validates `path` with overrides from `env` (the process environment,
     /// passed in so nothing else reads it). No network is touched.
-    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         RawConfig::read(path, env)?.validate(env)
     }
 
     /// Only `store.path`, for the commands that only read the mirror: no key is
     /// needed, and nothing else is checked.
     pub fn load_store_path(
-        path: &Path,
+        path: Option<&Path>,
         env: &HashMap<String, String>,
     ) -> Result<PathBuf, ConfigError> {
         Ok(RawConfig::read(path, env)?.store.path)
@@ -412,9 +417,9 @@ impl Config {
 }
 
 impl RawConfig {
-    /// The file with its environment overrides, before validation.
-    fn read(path: &Path, env: &HashMap<String, String>) -> Result<RawConfig, ConfigError> {
-        if !path.exists() {
+    /// The file (if any) with its environment overrides, before validation.
+    fn read(path: Option<&Path>, env: &HashMap<String, String>) -> Result<RawConfig, ConfigError> {
+        if let Some(path) = path.filter(|p| !p.exists()) {
             return Err(ConfigError(vec![format!(
                 "configuration file {} does not exist",
                 path.display()
@@ -430,12 +435,16 @@ impl RawConfig {
             .with_list_parse_key("scope.datasets")
             .with_list_parse_key("scope.resources")
             .source(Some(env.clone()));
-        config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let origin = path.map_or("the environment".into(), |p| p.display().to_string());
+        builder
             .add_source(env_source)
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError(vec![format!("{}: {e}", path.display())]))
+            .map_err(|e| ConfigError(vec![format!("{origin}: {e}")]))
     }
 }
 
@@ -761,7 +770,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::load(&path, &env)
+        Config::load(Some(&path), &env)
     }
 
     const MIN: &str = "[scope]\nowners = [\"johndoe\"]\n";
@@ -855,7 +864,7 @@ mod tests {
     fn the_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/avala-mirror.toml");
         let env = HashMap::from([("AVALA_API_KEY".to_string(), "k".to_string())]);
-        let c = Config::load(&path, &env).unwrap();
+        let c = Config::load(Some(&path), &env).unwrap();
         assert_eq!(c.sinks.len(), 1);
         assert_eq!(c.scope.resources.len(), 5);
     }

@@ -371,3 +371,102 @@ async fn kill_9_mid_sync_then_restart_loses_and_doubles_no_event() {
     assert!(events.iter().all(|(t, _)| t == "item.status_changed"));
     assert_mirror_equals_sim(&env);
 }
+
+#[tokio::test]
+async fn the_command_simulate_prints_works_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
+        .args(["simulate", "--listen", "127.0.0.1:0", "--tick", "0s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(sim.stdout.take().unwrap()));
+    let printed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(cmd) = line.trim().strip_prefix("mirror it with: ") {
+                return cmd.to_string();
+            }
+        }
+        panic!("no command printed")
+    })
+    .await
+    .unwrap();
+    // VAR=value … avala-mirror sync, run as a shell would, in an empty folder
+    let words: Vec<&str> = printed.split_whitespace().collect();
+    let vars: Vec<(&str, &str)> = words.iter().filter_map(|w| w.split_once('=')).collect();
+    assert_eq!(words[vars.len()..], ["avala-mirror", "sync"], "{printed}");
+    let (code, out, err) = run_binary(&["sync"], &vars, dir.path()).await;
+    assert_eq!(code, 0, "{printed}\n{out}\n{err}");
+    assert!(
+        out.contains("items") && out.contains("API requests"),
+        "{out}"
+    );
+    assert!(dir.path().join("mirror.db").exists());
+}
+
+#[tokio::test]
+async fn check_answers_within_seconds_when_the_api_is_down() {
+    let env = start(small_world()).await;
+    // a port nothing listens on, and a retry ladder that would take minutes
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            &env.sim.base_url().to_string(),
+            &format!("http://127.0.0.1:{port}/api/v1"),
+        )
+        .replace("backoff_min = \"5ms\"", "backoff_min = \"10s\"")
+        .replace("backoff_max = \"20ms\"", "backoff_max = \"60s\"");
+    std::fs::write(&cfg, text).unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "check"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("could not connect"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sync_shows_its_progress_on_a_terminal() {
+    let env = start(small_world()).await;
+    env.sim.faults(|f| f.latency = Duration::from_millis(30));
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let bin = env!("CARGO_BIN_EXE_avala-mirror");
+    // `script` runs the command on a pseudo-terminal and copies what it shows
+    let cmd = format!("{bin} --config {} sync", cfg.display());
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("AVALA_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("records ("), "no progress shown: {shown}");
+    // and none in a pipe, where it would only be noise
+    let (code, piped, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        !piped.contains("records (") && !err.contains("records ("),
+        "{err}"
+    );
+}

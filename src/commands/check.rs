@@ -1,6 +1,7 @@
 //! `check`: the configuration is valid and the API answers; shows the rate-limit headers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -8,9 +9,17 @@ use crate::api::{Client, Priority, v1};
 use crate::config::Config;
 use crate::error::EXIT_OK;
 
+/// `check` answers within this, whatever `api.timeout` and `api.max_retries` say:
+/// a person is waiting for it.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn check(cfg: Arc<Config>) -> anyhow::Result<u8> {
     println!("configuration: ok");
-    let client = Client::new(&cfg.api).context("building the HTTP client")?;
+    // one attempt: an API that is down is reported at once, not after a retry ladder
+    let mut api = cfg.api.clone();
+    api.max_retries = 0;
+    api.timeout = api.timeout.min(CHECK_TIMEOUT);
+    let client = Client::new(&api).context("building the HTTP client")?;
     let (what, url) = match (cfg.scope.owners.first(), cfg.scope.organizations.first()) {
         (Some(o), _) => (format!("datasets of {o}"), v1::datasets_of_user(&client, o)),
         (None, Some(org)) => (

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
 use crate::config::{Config, Resource};
@@ -72,15 +71,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
         let items: u64 = (0..w.datasets.len()).map(|d| w.item_count(d)).sum();
         items + (w.datasets.len() + w.sequences.len() + w.slices.len() + w.exports.len()) as u64
     });
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("first sync {bar:40} {pos}/{len} records  {msg}")
-            .expect("static template"),
-    );
-    let b = bar.clone();
-    let progress: crate::sync::ProgressFn = Arc::new(move |scope: &str, n: u64| {
-        b.inc(n);
-        b.set_message(scope.to_string());
-    });
+    let (bar, progress) = super::sync::progress(Some(total));
     let syncer = super::sync::syncer(cfg.clone(), Some(progress))?;
     let started = std::time::Instant::now();
     let reports = super::sync::cycle(&syncer, &cfg.scope.resources).await?;

@@ -12,6 +12,7 @@ pub async fn simulate(
     latency: Duration,
 ) -> anyhow::Result<()> {
     let key = cfg.api_key.clone();
+    let (owners, orgs) = (cfg.owners.join(","), cfg.organizations.join(","));
     let sim = Simulator::start(cfg, listen, (!tick.is_zero()).then_some(tick)).await?;
     sim.faults(|f| f.latency = latency);
     println!("Avala API simulator on {}", sim.base_url());
@@ -28,7 +29,7 @@ pub async fn simulate(
         sim.base_url()
     );
     println!(
-        "  mirror it with: AVALA_API_KEY={key} AVALA_MIRROR__API__BASE_URL={} avala-mirror sync",
+        "  mirror it with: AVALA_API_KEY={key} AVALA_MIRROR__API__BASE_URL={} AVALA_MIRROR__SCOPE__OWNERS={owners} AVALA_MIRROR__SCOPE__ORGANIZATIONS={orgs} avala-mirror sync",
         sim.base_url()
     );
     tokio::signal::ctrl_c().await?;

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::api::Client;
 use crate::config::{Config, Resource};
@@ -70,6 +73,30 @@ pub async fn cycle(syncer: &Syncer, resources: &[Resource]) -> Result<Vec<CycleR
     Ok(reports)
 }
 
+/// A bar of the records written (with the scope at hand) for `ProgressFn`: with
+/// a `total`, a bar to it; without, a counter with the rate (a first sync does
+/// not know how many records there are until it has listed them).
+pub fn progress(total: Option<u64>) -> (ProgressBar, ProgressFn) {
+    let (bar, template) = match total {
+        Some(t) => (
+            ProgressBar::new(t),
+            "first sync {bar:40} {pos}/{len} records  {msg}",
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            "sync {spinner} {pos} records ({per_sec})  {msg}",
+        ),
+    };
+    bar.set_style(ProgressStyle::with_template(template).expect("static template"));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let b = bar.clone();
+    let f: ProgressFn = Arc::new(move |scope: &str, n: u64| {
+        b.inc(n);
+        b.set_message(scope.to_string());
+    });
+    (bar, f)
+}
+
 /// How long `sync` keeps delivering pending events before it exits.
 const DELIVERY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -79,9 +106,15 @@ pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8
         None => cfg.scope.resources.clone(),
     };
     let _writer = WriterLock::acquire(&cfg.store_path, "sync")?;
-    let syncer = syncer(cfg, None)?;
+    // a counter on a terminal (SPEC §1: long work shows progress)
+    let bar = std::io::stderr().is_terminal().then(|| progress(None));
+    let syncer = syncer(cfg, bar.as_ref().map(|(_, f)| f.clone()))?;
     let deliverer = deliverer(&syncer.cfg, &syncer.store)?;
-    let reports = cycle(&syncer, &resources).await.context("sync stopped")?;
+    let reports = cycle(&syncer, &resources).await;
+    if let Some((bar, _)) = &bar {
+        bar.finish_and_clear();
+    }
+    let reports = reports.context("sync stopped")?;
     let mut failed = false;
     for r in &reports {
         println!("{}", summary_line(r));
