@@ -507,7 +507,9 @@ fn file_sinks(a: &std::path::Path, b: &std::path::Path, b_first: bool) -> String
 
 #[tokio::test]
 async fn a_new_sink_starts_at_the_newest_event_and_reordering_sinks_keeps_their_places() {
-    let env = start(small_world()).await;
+    let mut world = small_world();
+    world.items_per_dataset = 200;
+    let env = start(world).await;
     let emit = "[events]\nemit_initial = true\n";
     let cfg = env.write_config("test-key-5f3a9c", emit);
     let cfg = cfg.to_str().unwrap();
@@ -517,7 +519,7 @@ async fn a_new_sink_starts_at_the_newest_event_and_reordering_sinks_keeps_their_
     assert_eq!(code, 0, "{out}\n{err}");
     let history = env.event_ids();
     assert!(
-        history.len() > 300,
+        history.len() > 1000,
         "a mirror with history: {}",
         history.len()
     );
