@@ -247,7 +247,11 @@ impl Store {
         let _turn = self.inner.reading.acquire().await.expect("never closed");
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
             let conn = match pooled {
                 Some(c) => c,
                 None => {
