@@ -392,9 +392,23 @@ impl PageCtx<'_> {
         format!("{}{}?{}", self.base, self.path, ser.finish())
     }
 
-    fn bad(&self, first: bool) -> Option<Value> {
-        (self.bad_records && first)
-            .then(|| json!({"key": "record-without-uid", "status": "pending"}))
+    /// With the `bad_records` fault, on a listing's first page: a record without
+    /// uid, ones of the wrong shape, and one nested deeper than SQLite's JSON
+    /// functions accept.
+    fn bad(&self, first: bool) -> Vec<Value> {
+        if !(self.bad_records && first) {
+            return vec![];
+        }
+        let mut deep = json!(1);
+        for _ in 0..1001 {
+            deep = json!([deep]);
+        }
+        vec![
+            json!({"key": "record-without-uid", "status": "pending"}),
+            json!({"uid": 12345, "status": "exported"}),
+            json!({"uid": "wrong-status", "status": ["exported"]}),
+            json!({"uid": "too-deep", "status": "pending", "nested": deep}),
+        ]
     }
 
     /// Page-number pagination with `count`, as the page-style lists answer.
@@ -468,11 +482,12 @@ impl PageCtx<'_> {
             }
             i += 1;
         }
-        if let Some(bad) = self.bad(after.is_none()) {
+        for bad in self.bad(after.is_none()) {
             if n > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(&json_bytes(&bad));
+            n += 1;
         }
         let more = (i..count).any(|j| w.item_present(ds, j));
         let next = match (more, last) {

@@ -49,6 +49,9 @@ impl<'a> Head<'a> {
     /// JSON a parser has checked (a page's records are: [`crate::api::page`]
     /// parses each page whole first); this only finds the top-level members.
     pub fn parse(raw: &'a str, with_dataset_uid: bool) -> Result<Head<'a>, Rejected> {
+        if too_deep(raw) {
+            return Err(Rejected::TooDeep);
+        }
         let (mut uid, mut status, mut dataset_uid) = (None, None, None);
         members(raw, |key, value| {
             let field = match key {
@@ -61,20 +64,56 @@ impl<'a> Head<'a> {
             uid.is_none() || status.is_none() || (with_dataset_uid && dataset_uid.is_none())
         })
         .ok_or(Rejected::NotAnObject)?;
-        // a uid is a non-blank string or a number
-        let uid = match uid.and_then(|v| v.as_bytes().first()) {
-            Some(b'"' | b'-' | b'0'..=b'9') => {
-                uid.and_then(field_text).filter(|u| !u.trim().is_empty())
-            }
-            _ => None,
+        // a uid is a non-blank string (SPEC §6: a record of the wrong shape is skipped)
+        let uid = match uid.map(|v| (v, v.as_bytes().first())) {
+            None | Some((_, Some(b'n'))) => return Err(Rejected::NoUid),
+            Some((v, Some(b'"'))) => field_text(v)
+                .filter(|u| !u.trim().is_empty())
+                .ok_or(Rejected::BadUid)?,
+            Some(_) => return Err(Rejected::BadUid),
+        };
+        // a status is a string or null
+        if status.is_some_and(|v| !v.starts_with('"') && v != "null") {
+            return Err(Rejected::BadStatus);
         }
-        .ok_or(Rejected::NoUid)?;
         Ok(Head {
             uid,
             status: status.and_then(field_text),
             dataset_uid: dataset_uid.and_then(field_text),
         })
     }
+}
+
+/// Nesting the SQLite JSON functions readers use accept at most (SPEC §6): a
+/// record nested deeper is skipped, or every `raw->>'…'` on its table would fail.
+pub const MAX_DEPTH: usize = 1000;
+
+/// Whether checked JSON `json` nests deeper than [`MAX_DEPTH`]. Counting the
+/// brackets first (fast, SIMD) spares the exact scan for nearly every record.
+fn too_deep(json: &str) -> bool {
+    let b = json.as_bytes();
+    if memchr::memchr2_iter(b'[', b'{', b).count() <= MAX_DEPTH {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &c in b {
+        match (in_string, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Calls `f(key, value)` for each top-level member of the JSON object `json`, in
@@ -199,6 +238,25 @@ pub enum Decision {
 pub enum Rejected {
     NotAnObject,
     NoUid,
+    /// A `uid` that is not a non-empty string.
+    BadUid,
+    /// A `status` that is neither a string nor null.
+    BadStatus,
+    /// Nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+}
+
+impl Rejected {
+    /// Why, for the log line and `sync_state`.
+    pub fn why(self) -> &'static str {
+        match self {
+            Rejected::NotAnObject => "it is not a JSON object",
+            Rejected::NoUid => "it has no uid",
+            Rejected::BadUid => "its uid is not a non-empty string",
+            Rejected::BadStatus => "its status is neither a string nor null",
+            Rejected::TooDeep => "it is nested deeper than 1000 levels",
+        }
+    }
 }
 
 impl Incoming {
@@ -353,7 +411,7 @@ mod tests {
 
     #[test]
     fn head_reads_uid_status_and_checks_shape() {
-        let raw = r#"{"uid": 12, "x": {"y": [1, "}"]}, "dataset_uid": "d1", "status": "done"}"#;
+        let raw = r#"{"uid": "12", "x": {"y": [1, "}"]}, "dataset_uid": "d1", "status": "done"}"#;
         let h = Head::parse(raw, true).unwrap();
         assert_eq!(
             h,
@@ -364,17 +422,47 @@ mod tests {
             }
         );
         assert_eq!(Head::parse(raw, false).unwrap().dataset_uid, None);
-        for no_uid in [
-            r#"{"key": "x"}"#,
-            r#"{"uid": ""}"#,
-            r#"{"uid": " "}"#,
-            r#"{"uid": null}"#,
-            r#"{"uid": true}"#,
-            r#"{"uid": ["a"]}"#,
-            "{}",
-        ] {
+        for no_uid in [r#"{"key": "x"}"#, r#"{"uid": null}"#, "{}"] {
             assert_eq!(Head::parse(no_uid, true), Err(Rejected::NoUid), "{no_uid}");
         }
+        for bad_uid in [
+            r#"{"uid": ""}"#,
+            r#"{"uid": " "}"#,
+            r#"{"uid": 12345}"#,
+            r#"{"uid": true}"#,
+            r#"{"uid": ["a"]}"#,
+        ] {
+            assert_eq!(
+                Head::parse(bad_uid, true),
+                Err(Rejected::BadUid),
+                "{bad_uid}"
+            );
+        }
+        for bad_status in [
+            r#"{"uid": "a", "status": ["exported"]}"#,
+            r#"{"uid": "a", "status": 3}"#,
+        ] {
+            assert_eq!(
+                Head::parse(bad_status, true),
+                Err(Rejected::BadStatus),
+                "{bad_status}"
+            );
+        }
+        assert!(Head::parse(r#"{"uid": "a", "status": null}"#, true).is_ok());
+        // nested as deep as SQLite's JSON functions go, and one deeper
+        let nested = |n: usize| {
+            format!(
+                r#"{{"uid": "a", "x": {}1{}, "s": "[[[["}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(Head::parse(&nested(MAX_DEPTH - 1), true).is_ok());
+        assert_eq!(
+            Head::parse(&nested(MAX_DEPTH), true),
+            Err(Rejected::TooDeep)
+        );
+        assert_eq!(Head::parse(&nested(100_000), true), Err(Rejected::TooDeep));
         for not_an_object in ["[1]", "\"uid\"", "", "7"] {
             let got = Head::parse(not_an_object, true);
             assert_eq!(got, Err(Rejected::NotAnObject), "{not_an_object}");
@@ -398,9 +486,11 @@ mod tests {
         // unicode around and inside the fields
         let h = Head::parse(r#"{"ü":"é","uid":"ü-1","status":"naïve ✓"}"#, false).unwrap();
         assert_eq!((&*h.uid, h.status.as_deref()), ("ü-1", Some("naïve ✓")));
-        // a number uid and a non-string status keep their JSON text
-        let h = Head::parse(r#"{"status":{"a":1},"uid":-7}"#, false).unwrap();
-        assert_eq!((&*h.uid, h.status.as_deref()), ("-7", Some(r#"{"a":1}"#)));
+        // a number uid, a non-string status: the wrong shape, whatever the order
+        let got = Head::parse(r#"{"status":"a","uid":-7}"#, false);
+        assert_eq!(got, Err(Rejected::BadUid));
+        let got = Head::parse(r#"{"status":{"a":1},"uid":"u"}"#, false);
+        assert_eq!(got, Err(Rejected::BadStatus));
     }
 
     #[test]

@@ -738,13 +738,7 @@ fn convert(
         let head = match Head::parse(&raw, by_dataset_uid) {
             Ok(head) => head,
             Err(why) => {
-                out.rejected.push((
-                    i,
-                    match why {
-                        Rejected::NoUid => "it has no uid",
-                        Rejected::NotAnObject => "it is not a JSON object",
-                    },
-                ));
+                out.rejected.push((i, why.why()));
                 continue;
             }
         };
