@@ -55,6 +55,12 @@ pub enum ApiError {
     },
     #[error("local database error: {0}")]
     Store(String),
+    /// A listing the API answered in a way that cannot be right (it loops, runs
+    /// past its count, or answers far more than asked): it ends incomplete.
+    #[error(
+        "the listing at {endpoint} cannot be trusted: {message}; it is incomplete and nothing was deleted"
+    )]
+    Untrusted { endpoint: String, message: String },
 }
 
 impl ApiError {

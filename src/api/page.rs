@@ -3,6 +3,7 @@
 //! so following `next` covers both. A `count` that changes mid-listing marks the
 //! listing unstable (records may have shifted between pages).
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -91,18 +92,31 @@ pub struct Pager {
     next: Option<Url>,
     prio: Priority,
     first_count: Option<u64>,
+    /// The largest `count` announced so far.
+    most_count: Option<u64>,
     /// The collection's size changed while we listed it.
     pub unstable: bool,
+    /// Every page URL this listing has asked for: a `next` back to one of them
+    /// is a loop (A → B → A), not a longer listing.
+    visited: HashSet<Url>,
+    /// Records received so far.
+    received: u64,
 }
+
+/// A page may hold at most this many times the `limit` asked for (SPEC §6).
+const PAGE_SLACK: u64 = 10;
 
 impl Pager {
     pub fn new(client: Arc<Client>, first: Url, prio: Priority) -> Pager {
         Pager {
             client,
+            visited: HashSet::from([first.clone()]),
             next: Some(first),
             prio,
             first_count: None,
+            most_count: None,
             unstable: false,
+            received: 0,
         }
     }
 
@@ -112,26 +126,44 @@ impl Pager {
         };
         let fetched = self.client.fetch(&url, self.prio, parse_page).await?;
         let (page, next) = fetched.value;
+        let untrusted = |message: String| ApiError::Untrusted {
+            endpoint: super::client::endpoint(&url),
+            message,
+        };
+        let limit = u64::from(self.client.page_size());
+        let n = page.records.len() as u64;
+        if n > limit * PAGE_SLACK {
+            return Err(untrusted(format!(
+                "a page of {n} records where {limit} were asked for"
+            )));
+        }
+        self.received += n;
+        match (self.first_count, page.count) {
+            (None, Some(c)) => self.first_count = Some(c),
+            (Some(a), Some(b)) if a != b => self.unstable = true,
+            _ => {}
+        }
+        self.most_count = self.most_count.max(page.count);
+        if let Some(count) = self.most_count.filter(|c| self.received > c + limit) {
+            return Err(untrusted(format!(
+                "{} records and counting, more than a page past the {count} it announced",
+                self.received
+            )));
+        }
         if let Some(next) = next {
             let next = url.join(&next).map_err(|e| ApiError::Malformed {
                 endpoint: super::client::endpoint(&url),
                 message: format!("bad next link: {e}"),
             })?;
-            if next == url {
-                return Err(ApiError::Malformed {
-                    endpoint: super::client::endpoint(&url),
-                    message: "next link points to the page itself".into(),
-                });
-            }
             if !self.client.is_api_host(&next) {
                 return Err(ApiError::ForeignHost(super::client::endpoint(&next)));
             }
+            if !self.visited.insert(next.clone()) {
+                return Err(untrusted(
+                    "its next link leads back to a page it already fetched".into(),
+                ));
+            }
             self.next = Some(next);
-        }
-        match (self.first_count, page.count) {
-            (None, Some(c)) => self.first_count = Some(c),
-            (Some(a), Some(b)) if a != b => self.unstable = true,
-            _ => {}
         }
         Ok(Some(page))
     }

@@ -26,7 +26,7 @@ use crate::config::{Config, Resource};
 use crate::error::ApiError;
 use crate::store::records::{self, Missing, ScopeFilter};
 use crate::store::{Store, now_rfc3339, state};
-use diff::{Head, Incoming, Rejected};
+use diff::{Head, Incoming};
 
 /// How many dataset slugs go in one `dataset__slug__in` listing.
 const SLUGS_PER_BATCH: usize = 20;
@@ -584,6 +584,13 @@ impl Syncer {
                 .map_err(db_error)?;
             drop((applied, held));
             seen = s;
+            if count > 0 && outcome.duplicates == count {
+                // a cursor handing out what it already gave, forever
+                return Err(ApiError::Untrusted {
+                    endpoint: crate::api::client::endpoint(&l.url),
+                    message: format!("{count} records in a row it had already returned"),
+                });
+            }
             report.add(&outcome);
             duplicates += outcome.duplicates;
             listed += count;
