@@ -108,6 +108,8 @@ pub struct ApiConfig {
     pub page_size: u32,
     /// Requests in flight at once, all within the one quota (`api.concurrency`).
     pub concurrency: u32,
+    /// The largest decoded body of one API response (`api.max_response_bytes`).
+    pub max_response_bytes: u64,
     pub max_retries: u32,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -222,6 +224,7 @@ struct RawApi {
     timeout: String,
     page_size: u32,
     concurrency: u32,
+    max_response_bytes: String,
     max_retries: u32,
     backoff_min: String,
     backoff_max: String,
@@ -237,6 +240,7 @@ impl Default for RawApi {
             timeout: "30s".into(),
             page_size: 100,
             concurrency: 8,
+            max_response_bytes: "64MiB".into(),
             max_retries: 6,
             backoff_min: "500ms".into(),
             backoff_max: "60s".into(),
@@ -487,6 +491,29 @@ fn duration(problems: &mut Vec<String>, key: &str, value: &str) -> Duration {
     }
 }
 
+/// A size such as "64MiB", "512KiB", "1GiB" or a number of bytes.
+fn byte_size(problems: &mut Vec<String>, key: &str, value: &str) -> u64 {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let unit_bytes = match unit.trim() {
+        "" | "B" => Some(1),
+        "KiB" => Some(1 << 10),
+        "MiB" => Some(1 << 20),
+        "GiB" => Some(1 << 30),
+        _ => None,
+    };
+    match (digits.parse::<u64>(), unit_bytes) {
+        (Ok(n), Some(u)) if n > 0 => n.saturating_mul(u),
+        _ => {
+            problems.push(format!(
+                "{key}: \"{value}\" is not a size; write e.g. \"64MiB\", \"512KiB\", \"1GiB\" or a number of bytes"
+            ));
+            1
+        }
+    }
+}
+
 /// http:// is allowed only for loopback hosts (as the official SDK does).
 fn check_base_url(problems: &mut Vec<String>, value: &str) -> Url {
     let fallback = || Url::parse("https://invalid.invalid/").expect("static URL");
@@ -605,6 +632,11 @@ impl RawConfig {
                 self.api.concurrency
             ));
         }
+        let max_response_bytes = byte_size(
+            &mut p,
+            "api.max_response_bytes",
+            &self.api.max_response_bytes,
+        );
         let timeout = duration(&mut p, "api.timeout", &self.api.timeout);
         let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);
         let backoff_max = duration(&mut p, "api.backoff_max", &self.api.backoff_max);
@@ -732,6 +764,7 @@ impl RawConfig {
                 timeout,
                 page_size: self.api.page_size,
                 concurrency: self.api.concurrency,
+                max_response_bytes,
                 max_retries: self.api.max_retries,
                 backoff_min,
                 backoff_max,
@@ -918,5 +951,27 @@ mod tests {
             err.contains("sinks[0].from") && err.contains("sinks[1].name"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sizes_are_read_with_their_unit_and_a_bad_one_is_named() {
+        let env = [("AVALA_API_KEY", "k")];
+        let c = load(MIN, &env).unwrap();
+        assert_eq!(c.api.max_response_bytes, 64 << 20);
+        let c = load(
+            &format!("[api]\nmax_response_bytes = \"512KiB\"\n{MIN}"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.api.max_response_bytes, 512 << 10);
+        for bad in ["lots", "64 MB", "0", "-1KiB"] {
+            let err = load(
+                &format!("[api]\nmax_response_bytes = \"{bad}\"\n{MIN}"),
+                &env,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("api.max_response_bytes"), "{bad}: {err}");
+        }
     }
 }

@@ -61,6 +61,10 @@ pub enum ApiError {
         "the listing at {endpoint} cannot be trusted: {message}; it is incomplete and nothing was deleted"
     )]
     Untrusted { endpoint: String, message: String },
+    #[error(
+        "the answer at {endpoint} is larger than api.max_response_bytes ({limit} bytes); refused"
+    )]
+    TooLarge { endpoint: String, limit: u64 },
 }
 
 impl ApiError {

@@ -12,7 +12,7 @@ use avala_mirror::config::{Config, Resource};
 use avala_mirror::store::Store;
 use avala_mirror::sync::Syncer;
 use axum::extract::{Query, State};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// How the fake API answers `GET /api/v1/exports/`.
 #[derive(Clone, Copy, PartialEq)]
@@ -27,6 +27,8 @@ enum Mode {
     PastCount,
     /// One page of 25 records for `limit=2`.
     Oversized,
+    /// A page that streams 200 MB without announcing its length.
+    Huge,
 }
 
 struct Fake {
@@ -38,7 +40,8 @@ struct Fake {
 async fn exports(
     State(f): State<Arc<Fake>>,
     Query(q): Query<HashMap<String, String>>,
-) -> axum::Json<Value> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let n = f.requests.fetch_add(1, Ordering::SeqCst);
     let base = f.base.lock().unwrap().clone();
     let rec = |uid: String| json!({"uid": uid, "status": "exported", "name": "x"});
@@ -64,8 +67,19 @@ async fn exports(
         Mode::Oversized => {
             json!({"next": null, "results": (0..25).map(|i| rec(format!("o{i}"))).collect::<Vec<_>>()})
         }
+        Mode::Huge => {
+            let record = format!("{},", rec("big".repeat(300)));
+            let chunk = bytes::Bytes::from(record.repeat((1 << 20) / record.len()));
+            let head = bytes::Bytes::from_static(b"{\"next\":null,\"results\":[");
+            let body = futures_util::stream::iter(
+                std::iter::once(head)
+                    .chain(std::iter::repeat_n(chunk, 200))
+                    .map(Ok::<_, std::io::Error>),
+            );
+            return axum::body::Body::from_stream(body).into_response();
+        }
     };
-    axum::Json(page)
+    axum::Json(page).into_response()
 }
 
 async fn fake() -> (Arc<Fake>, reqwest::Url) {
@@ -145,4 +159,58 @@ async fn endless_listings_end_incomplete_after_a_few_requests_and_delete_nothing
             "{says}: a record was deleted on an incomplete listing"
         );
     }
+}
+
+/// The peak RSS (VmHWM) of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn a_body_past_max_response_bytes_is_refused_with_flat_memory() {
+    let (fake, base) = fake().await;
+    *fake.mode.lock().unwrap() = Mode::Huge;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[api]\nbase_url = \"{base}\"\n[scope]\nowners = [\"someone\"]\nresources = [\"exports\"]\n[store]\npath = \"{}\"\n[http]\nlisten = \"off\"\n",
+            dir.path().join("m.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
+        .args(["--config", cfg.to_str().unwrap(), "sync"])
+        .env("AVALA_API_KEY", "k")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("larger than api.max_response_bytes"), "{out}");
+    assert_eq!(
+        fake.requests.load(Ordering::SeqCst),
+        1,
+        "refused, not retried"
+    );
+    assert!(peak > 0 && peak < 100 * 1024, "peak RSS {peak} KiB");
 }

@@ -233,10 +233,7 @@ impl Client {
                 endpoint: ep(),
             }));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| Attempt::Failed(transport(ep(), e)))?;
+        let body = self.body(resp, ep).await.map_err(Attempt::Failed)?;
         let err = match status.as_u16() {
             200..=299 => {
                 return parse(&body)
@@ -258,6 +255,32 @@ impl Client {
             },
         };
         Err(Attempt::Failed(err))
+    }
+
+    /// The whole body, up to `api.max_response_bytes`: a larger one (announced, or
+    /// as it streams in) is refused before it is held in memory.
+    async fn body(
+        &self,
+        mut resp: reqwest::Response,
+        ep: impl Fn() -> String,
+    ) -> Result<Bytes, ApiError> {
+        let limit = self.cfg.max_response_bytes;
+        let too_large = || ApiError::TooLarge {
+            endpoint: ep(),
+            limit,
+        };
+        let announced = resp.content_length().unwrap_or(0);
+        if announced > limit {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::with_capacity(announced as usize);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport(ep(), e))? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
     }
 
     /// The endpoint as a metric label: the path under the base URL, with every
