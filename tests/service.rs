@@ -388,6 +388,10 @@ async fn a_reload_that_cannot_be_built_keeps_the_daemon_serving() {
     }
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     let db = env.cfg.store_path.clone();
+    wait_until("the first export listing", || {
+        count(&db, "SELECT count(*) FROM exports") == 3
+    })
+    .await;
 
     // a port someone else has taken, then a store path that cannot be a file
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -426,10 +430,15 @@ async fn a_reload_that_cannot_be_built_keeps_the_daemon_serving() {
         env.sim.world(|w| {
             w.add_export();
         });
-        wait_until("the old configuration still mirroring", || {
-            count(&db, "SELECT count(*) FROM exports") == before + 1
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while count(&db, "SELECT count(*) FROM exports") != before + 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the old configuration stopped mirroring ({before} exports before):\n{}",
+                logged()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     drop(taken);
     signal(&child, "-TERM");
