@@ -21,8 +21,8 @@ use crate::sync::CycleReport;
 /// A resource is stale when its last good cycle is older than this many intervals.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
 
-/// When each enabled resource last completed a good cycle (no failure other than a
-/// skipped scope), against its interval.
+/// When each enabled resource last completed a good cycle ([`CycleReport::is_good`]:
+/// nothing failed and some scope was listed), against its interval.
 pub struct Health {
     inner: Mutex<HealthInner>,
 }
@@ -64,7 +64,7 @@ impl Health {
     }
 
     pub fn cycle_done(&self, report: &CycleReport) {
-        if let (Some(res), 0) = (report.resource, report.hard_failures) {
+        if let Some(res) = report.resource.filter(|_| report.is_good()) {
             self.inner
                 .lock()
                 .expect("health lock")

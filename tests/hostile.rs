@@ -139,7 +139,9 @@ async fn endless_listings_end_incomplete_after_a_few_requests_and_delete_nothing
         .expect("the listing ended")
         .unwrap();
         let requests = fake.requests.load(Ordering::SeqCst);
-        assert!(requests <= 4, "{says}: {requests} requests");
+        // a repeat is noticed as pages are written: the prefetcher may be a few ahead
+        let bound = 2 + avala_mirror::api::page::AHEAD + 2;
+        assert!(requests <= bound, "{says}: {requests} requests");
         assert_eq!(report.failures.len(), 1, "{says}: {report:?}");
         let why = &report.failures[0].1;
         assert!(

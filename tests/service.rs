@@ -545,3 +545,55 @@ async fn the_watchdog_is_fed_across_a_reload() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn a_base_url_that_finds_nothing_is_unhealthy_and_check_says_why() {
+    let env = start(small_world()).await;
+    let port = free_port();
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{FAST}"),
+    );
+    // the base URL without /api/v1: every listing answers 404
+    let good = env.sim.base_url().to_string();
+    let bad = good
+        .trim_end_matches('/')
+        .trim_end_matches("/api/v1")
+        .to_string();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(&good, &bad);
+    std::fs::write(&cfg, text).unwrap();
+
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "check"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("does not end in /api/v1"), "{err}");
+
+    let log = env.dir.path().join("log");
+    let mut child = spawn_run(&cfg, &[], &log);
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let http = reqwest::Client::new();
+    // stale after 3 intervals of 500 ms without a good cycle
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        if let Ok(r) = http.get(&healthz).send().await
+            && r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        {
+            break r.text().await.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz stayed healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.contains("exports") && body.contains("stale"), "{body}");
+    signal(&child, "-TERM");
+    assert_eq!(
+        exit_code(&mut child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+}

@@ -7,7 +7,21 @@ use anyhow::Context;
 
 use crate::api::{Client, Priority, v1};
 use crate::config::Config;
-use crate::error::EXIT_OK;
+use crate::error::{ApiError, EXIT_OK};
+
+/// Which part of the URL a 404 most likely points at.
+fn not_found_hint(base: &reqwest::Url, what: &str) -> String {
+    let path = base.path().trim_end_matches('/');
+    if !path.ends_with("/api/v1") {
+        format!(
+            "api.base_url is {base} and its path does not end in /api/v1, as the API's does (https://api.avala.ai/api/v1)"
+        )
+    } else {
+        format!(
+            "the API answered 404 for the {what}: check the owner or organization names in [scope]"
+        )
+    }
+}
 
 /// `check` answers within this, whatever `api.timeout` and `api.max_retries` say:
 /// a person is waiting for it.
@@ -28,12 +42,21 @@ pub async fn check(cfg: Arc<Config>) -> anyhow::Result<u8> {
         ),
         _ => ("exports".to_string(), v1::exports(&client)),
     };
-    let fetched = client
+    let fetched = match client
         .fetch(&url, Priority::High, |b| {
             serde_json::from_slice::<serde_json::Value>(b).map_err(|e| e.to_string())
         })
         .await
-        .with_context(|| format!("listing {what}"))?;
+    {
+        Ok(f) => f,
+        Err(e @ ApiError::NotFound(_)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "listing {what}: {}",
+                not_found_hint(&cfg.api.base_url, &what)
+            )));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("listing {what}"))),
+    };
     let n = fetched.value.get("count").and_then(|c| c.as_u64());
     println!(
         "API: {} reachable; {what}: {}",

@@ -59,6 +59,8 @@ pub struct CycleReport {
     pub failures: Vec<(String, String)>,
     /// Of those, the ones that failed (not skipped for a 403/404 on their scope).
     pub hard_failures: u64,
+    /// Scopes listed completely.
+    pub scopes_ok: u64,
     /// Listings done but for their deletion checks, which wait for the end of the
     /// resource's cycle ([`Syncer::finish`]).
     finishing: Vec<Finish>,
@@ -93,7 +95,14 @@ impl CycleReport {
         self.queued += o.queued;
         self.failures.extend(o.failures);
         self.hard_failures += o.hard_failures;
+        self.scopes_ok += o.scopes_ok;
         self.finishing.extend(o.finishing);
+    }
+
+    /// A good cycle (SPEC §6): nothing failed, and at least one scope was listed
+    /// unless there was none to list; a 404 on every scope is not good.
+    pub fn is_good(&self) -> bool {
+        self.hard_failures == 0 && (self.scopes_ok > 0 || self.failures.is_empty())
     }
 
     fn add(&mut self, o: &records::PageOutcome) {
@@ -378,7 +387,7 @@ impl Syncer {
             let mut report = CycleReport::default();
             let scope = format!("slice_items:{uid}");
             match self.sync_slice_items(&uid, &owner, &slug, &scope).await {
-                Ok(()) => {}
+                Ok(()) => report.scopes_ok += 1,
                 Err(e @ ApiError::Unauthorized(_)) => return Err(e),
                 Err(e) => self.record_failure(&mut report, &[scope], &e).await,
             }
@@ -605,6 +614,7 @@ impl Syncer {
         report.skipped += skipped;
         writes.commit().await.map_err(db_error)?;
         let unstable = pages.finish().await || duplicates > 0;
+        report.scopes_ok += scopes.len() as u64;
         let (sc, n) = (scopes.clone(), now.clone());
         self.store
             .call(move |c| {
