@@ -444,11 +444,42 @@ impl RawConfig {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         let origin = path.map_or("the environment".into(), |p| p.display().to_string());
-        builder
+        let built = builder
             .add_source(env_source)
             .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError(vec![format!("{origin}: {e}")]))
+            .map_err(|e| ConfigError(vec![format!("{origin}: {e}")]))?;
+        let whole = match built.clone().try_deserialize() {
+            Ok(raw) => return Ok(raw),
+            Err(e) => e,
+        };
+        // serde stops at the first error: each section on its own names them all
+        let mut problems = Vec::new();
+        section::<RawApi>(&built, "api", &origin, &mut problems);
+        section::<RawScope>(&built, "scope", &origin, &mut problems);
+        section::<RawSchedule>(&built, "schedule", &origin, &mut problems);
+        section::<RawStore>(&built, "store", &origin, &mut problems);
+        section::<RawDownloads>(&built, "downloads", &origin, &mut problems);
+        section::<RawEvents>(&built, "events", &origin, &mut problems);
+        section::<Vec<RawSink>>(&built, "sinks", &origin, &mut problems);
+        section::<RawHttp>(&built, "http", &origin, &mut problems);
+        section::<RawLog>(&built, "log", &origin, &mut problems);
+        if problems.is_empty() {
+            problems.push(format!("{origin}: {whole}"));
+        }
+        Err(ConfigError(problems))
+    }
+}
+
+/// The problem with one section of the configuration, if any (absent is fine).
+fn section<T: serde::de::DeserializeOwned>(
+    built: &config::Config,
+    key: &str,
+    origin: &str,
+    problems: &mut Vec<String>,
+) {
+    match built.get::<T>(key) {
+        Ok(_) | Err(config::ConfigError::NotFound(_)) => {}
+        Err(e) => problems.push(format!("{origin}: [{key}] {e}")),
     }
 }
 
@@ -488,6 +519,20 @@ fn duration(problems: &mut Vec<String>, key: &str, value: &str) -> Duration {
             ));
             Duration::from_secs(1)
         }
+    }
+}
+
+/// `dir` exists, is a directory, and this process may create files in it.
+fn usable_dir(problems: &mut Vec<String>, key: &str, dir: &Path) {
+    let shown = dir.display();
+    if !dir.exists() {
+        problems.push(format!(
+            "{key}: the directory {shown} does not exist; create it or choose another"
+        ));
+    } else if !dir.is_dir() {
+        problems.push(format!("{key}: {shown} is not a directory"));
+    } else if let Err(e) = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+        problems.push(format!("{key}: cannot write in {shown}: {e}"));
     }
 }
 
@@ -640,6 +685,12 @@ impl RawConfig {
         let timeout = duration(&mut p, "api.timeout", &self.api.timeout);
         let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);
         let backoff_max = duration(&mut p, "api.backoff_max", &self.api.backoff_max);
+        if backoff_min > backoff_max {
+            p.push(format!(
+                "api.backoff_min ({}) is longer than api.backoff_max ({})",
+                self.api.backoff_min, self.api.backoff_max
+            ));
+        }
 
         let mut resources = Vec::new();
         for r in &self.scope.resources {
@@ -693,6 +744,23 @@ impl RawConfig {
 
         if self.downloads.concurrency == 0 {
             p.push("downloads.concurrency: must be at least 1".into());
+        }
+        // an unusable path is the configuration's fault: exit 2 now, not 1 at the
+        // first write (which systemd would restart every 10 s)
+        let store_dir = match self.store.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        usable_dir(&mut p, "store.path", store_dir);
+        if self.downloads.enabled {
+            let dir = &self.downloads.dir;
+            match dir.parent() {
+                _ if dir.exists() => usable_dir(&mut p, "downloads.dir", dir),
+                Some(parent) if !parent.as_os_str().is_empty() => {
+                    usable_dir(&mut p, "downloads.dir", parent)
+                }
+                _ => usable_dir(&mut p, "downloads.dir", Path::new(".")),
+            }
         }
 
         let mut sinks = Vec::new();
@@ -972,6 +1040,56 @@ mod tests {
             .unwrap_err()
             .to_string();
             assert!(err.contains("api.max_response_bytes"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_type_error_at_once_and_unusable_paths_before_anything_runs() {
+        let env = [("AVALA_API_KEY", "k")];
+        // two wrong types in two sections, and backoff bounds the wrong way round
+        let err = load(
+            &format!(
+                "{MIN}[api]\nburst = \"many\"\nbackoff_min = \"2m\"\nbackoff_max = \"1m\"\n[downloads]\nconcurrency = \"two\"\n"
+            ),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[api]") && err.contains("[downloads]"),
+            "{err}"
+        );
+        let err = load(
+            &format!("{MIN}[api]\nbackoff_min = \"2m\"\nbackoff_max = \"1m\"\n"),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("api.backoff_min (2m) is longer than api.backoff_max (1m)"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        for (path, says) in [
+            (dir.path().join("missing/mirror.db"), "does not exist"),
+            (file.join("mirror.db"), "is not a directory"),
+        ] {
+            let err = load(
+                &format!(
+                    "{MIN}[store]\npath = \"{}\"\n[downloads]\ndir = \"{}\"\n",
+                    path.display(),
+                    file.join("exports").display()
+                ),
+                &env,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("store.path") && err.contains(says), "{err}");
+            assert!(err.contains("downloads.dir"), "{err}");
+            assert!(!dir.path().join("missing").exists(), "a parent was created");
         }
     }
 }

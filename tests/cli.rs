@@ -122,11 +122,21 @@ async fn key_never_reaches_the_database_or_events() {
 #[tokio::test]
 async fn config_errors_exit_2_naming_the_key_before_any_request() {
     let env = start(small_world()).await;
-    let cases: [(&str, &str); 4] = [
+    let cases: [(&str, &str); 6] = [
         ("[schedule]\nitems = \"every hour\"\n", "schedule.items"),
         ("[downloads]\nenable = true\n", "enable"),
         ("[events]\nemit_inital = true\n", "emit_inital"),
         ("[[sinks]]\ntype = \"pager\"\n", "sinks[0].type"),
+        // a store whose directory is missing is not created behind the user's back
+        (
+            "[downloads]\ndir = \"/nonexistent-avala/exports\"\n",
+            "downloads.dir: the directory /nonexistent-avala does not exist",
+        ),
+        // two type errors in two sections: the second is named too
+        (
+            "[log]\nlevel = [\"a\"]\n[downloads]\nconcurrency = \"two\"\n",
+            "[downloads]",
+        ),
     ];
     for (extra, needle) in cases {
         let cfg = env.write_config("test-key-5f3a9c", extra);
@@ -139,6 +149,19 @@ async fn config_errors_exit_2_naming_the_key_before_any_request() {
         assert_eq!(code, 2, "{extra}: {out}\n{err}");
         assert!(err.contains(needle), "{extra}: expected {needle} in {err}");
     }
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let (code, _, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[("AVALA_MIRROR__STORE__PATH", "/nonexistent-avala/mirror.db")],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("store.path: the directory /nonexistent-avala does not exist"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/nonexistent-avala").exists());
     // http:// to a non-loopback host, and a missing key
     let cfg = env.write_config("test-key-5f3a9c", "");
     let (code, _, err) = run_binary(
@@ -469,4 +492,24 @@ async fn sync_shows_its_progress_on_a_terminal() {
         !piped.contains("records (") && !err.contains("records ("),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_dataset_slug_in_scope_that_names_nothing_is_warned_about() {
+    let env = start(small_world()).await;
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[scope]\n",
+        "[scope]\ndatasets = [\"batch-001\", \"bacth-002\"]\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("no dataset named \"bacth-002\""), "{err}");
+    assert!(!err.contains("no dataset named \"batch-001\""), "{err}");
 }

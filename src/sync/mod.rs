@@ -222,6 +222,9 @@ impl Syncer {
             Ok(r)
         });
         report.merge(self.side_by_side(finished).await?);
+        if res == Resource::Datasets && report.failures.is_empty() {
+            self.warn_unmatched_slugs().await?;
+        }
         report.resource = Some(res);
         let m = &crate::metrics::METRICS;
         let label = crate::metrics::label("resource", res.table());
@@ -262,6 +265,25 @@ impl Syncer {
             slugs: vec![],
             attribution: Attribution::Fixed(None),
         }
+    }
+
+    /// A `scope.datasets` slug that names no dataset of the owners in scope is
+    /// most likely a typo: say so once per datasets cycle.
+    async fn warn_unmatched_slugs(&self) -> Result<(), ApiError> {
+        let wanted = &self.cfg.scope.datasets;
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let present = self.datasets().await?;
+        for slug in wanted
+            .iter()
+            .filter(|s| !present.iter().any(|d| &d.slug == *s))
+        {
+            tracing::warn!(
+                "scope.datasets: no dataset named \"{slug}\" among the owners and organizations in scope; check the slug"
+            );
+        }
+        Ok(())
     }
 
     async fn datasets(&self) -> Result<Vec<records::DatasetRef>, ApiError> {
