@@ -110,6 +110,8 @@ pub struct ApiConfig {
     pub concurrency: u32,
     /// The largest decoded body of one API response (`api.max_response_bytes`).
     pub max_response_bytes: u64,
+    /// The longest a `Retry-After` or `X-RateLimit-Reset` may pause requests (`api.max_wait`).
+    pub max_wait: Duration,
     pub max_retries: u32,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -225,6 +227,7 @@ struct RawApi {
     page_size: u32,
     concurrency: u32,
     max_response_bytes: String,
+    max_wait: String,
     max_retries: u32,
     backoff_min: String,
     backoff_max: String,
@@ -241,6 +244,7 @@ impl Default for RawApi {
             page_size: 100,
             concurrency: 8,
             max_response_bytes: "64MiB".into(),
+            max_wait: "15m".into(),
             max_retries: 6,
             backoff_min: "500ms".into(),
             backoff_max: "60s".into(),
@@ -683,6 +687,7 @@ impl RawConfig {
             &self.api.max_response_bytes,
         );
         let timeout = duration(&mut p, "api.timeout", &self.api.timeout);
+        let max_wait = duration(&mut p, "api.max_wait", &self.api.max_wait);
         let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);
         let backoff_max = duration(&mut p, "api.backoff_max", &self.api.backoff_max);
         if backoff_min > backoff_max {
@@ -833,6 +838,7 @@ impl RawConfig {
                 page_size: self.api.page_size,
                 concurrency: self.api.concurrency,
                 max_response_bytes,
+                max_wait,
                 max_retries: self.api.max_retries,
                 backoff_min,
                 backoff_max,

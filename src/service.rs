@@ -97,11 +97,17 @@ impl Health {
             );
         }
         let ok = stale.is_empty();
-        let body = json!({
+        let mut body = json!({
             "status": if ok { "ok" } else { "stale" },
             "stale": stale,
             "resources": resources,
         });
+        // a pause the API asked for (at most api.max_wait) stops every resource
+        let paused = crate::api::pace::PAUSED_UNTIL.load(std::sync::atomic::Ordering::Relaxed);
+        let paused = std::time::UNIX_EPOCH + Duration::from_secs(paused);
+        if paused > now {
+            body["api_paused_until"] = json!(humantime::format_rfc3339_seconds(paused).to_string());
+        }
         (ok, body)
     }
 

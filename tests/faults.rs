@@ -166,3 +166,30 @@ async fn timeouts_are_retried() {
     );
     assert_mirror_equals_sim(&env);
 }
+
+#[tokio::test]
+async fn an_endless_retry_after_waits_api_max_wait_only() {
+    let mut world = small_world();
+    world.organizations.clear();
+    world.items_per_dataset = 20;
+    let mut env = start(world).await;
+    env.cfg.scope.organizations.clear();
+    env.cfg.api.max_wait = Duration::from_millis(300);
+    env.cfg.api.requests_per_second = 50.0;
+    // 31 years, as a broken or hostile server might say
+    env.sim.faults(|f| {
+        f.rate_limit = Some((10.0, 2));
+        f.retry_after_secs = 999_999_999;
+    });
+    let reports = tokio::time::timeout(Duration::from_secs(60), env.sync())
+        .await
+        .expect("the sync ended instead of waiting 31 years")
+        .unwrap();
+    assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
+    assert!(
+        env.sim.faults(|f| f.log.iter().any(|l| l.status == 429)),
+        "the storm happened"
+    );
+    env.sim.faults(|f| f.rate_limit = None);
+    assert_mirror_equals_sim(&env);
+}

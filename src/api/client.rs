@@ -59,7 +59,12 @@ impl Client {
             http,
             base,
             key: cfg.key.clone(),
-            pacer: Pacer::new(cfg.requests_per_second, cfg.burst, cfg.concurrency),
+            pacer: Pacer::new(
+                cfg.requests_per_second,
+                cfg.burst,
+                cfg.concurrency,
+                cfg.max_wait,
+            ),
             cfg: cfg.clone(),
             pages: Default::default(),
             stats: ClientStats::default(),
@@ -332,7 +337,8 @@ enum Attempt {
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let v = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        // saturating: a hostile 1e30 is a long wait (capped by the pacer), not a panic
+        return (secs >= 0.0).then(|| Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
     }
     let at = httpdate(v)?;
     Some(
@@ -410,6 +416,16 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        // absurd values are long waits for the pacer to cap, never a panic
+        h.insert(RETRY_AFTER, "100000000000000000000000".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::MAX));
+        h.insert(RETRY_AFTER, "inf".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::MAX));
+        h.insert(
+            RETRY_AFTER,
+            "Fri, 31 Dec 9999 23:59:59 GMT".parse().unwrap(),
+        );
+        assert!(retry_after(&h).unwrap() > Duration::from_secs(86_400 * 365 * 1000));
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct Pacer {
     limiter: DefaultDirectRateLimiter,
     clock: DefaultClock,
     period: Duration,
+    /// `api.max_wait`: the longest any answer may pause requests.
+    max_wait: Duration,
+    /// When a capped wait was last logged (at most once a minute).
+    capped_logged: Mutex<Option<Instant>>,
     state: Mutex<PaceState>,
     /// A slot was freed or the last high-priority request stopped waiting.
     changed: Notify,
@@ -67,7 +71,12 @@ impl Drop for InFlight<'_> {
 }
 
 impl Pacer {
-    pub fn new(requests_per_second: f64, burst: u32, concurrency: u32) -> Pacer {
+    pub fn new(
+        requests_per_second: f64,
+        burst: u32,
+        concurrency: u32,
+        max_wait: Duration,
+    ) -> Pacer {
         let period = Duration::from_secs_f64(1.0 / requests_per_second.max(1e-6));
         let burst = NonZeroU32::new(burst.max(1)).expect("max(1)");
         let quota = Quota::with_period(period)
@@ -79,6 +88,8 @@ impl Pacer {
             limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
             period,
+            max_wait,
+            capped_logged: Mutex::new(None),
             state: Mutex::new(PaceState {
                 paused_until: now,
                 slowdown: Duration::ZERO,
@@ -155,13 +166,13 @@ impl Pacer {
         }
     }
 
-    /// A 429: pause everyone for `retry_after`, then send at most half as fast as before.
+    /// A 429: pause everyone for `retry_after` (at most `api.max_wait`), then send
+    /// at most half as fast as before.
     pub fn on_rate_limited(&self, retry_after: Option<Duration>) {
+        let pause = self.capped(retry_after.unwrap_or(Duration::from_secs(1)), "Retry-After");
         let mut s = self.state.lock().expect("pacer lock");
-        let pause = retry_after
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(600));
         s.paused_until = s.paused_until.max(Instant::now() + pause);
+        note_pause(pause);
         s.slowdown = (s.slowdown * 2)
             .max(self.period)
             .min(Duration::from_secs(60));
@@ -190,6 +201,7 @@ impl Pacer {
             return;
         };
         let low_mark = limit.map(|l| (l / 5).max(2)).unwrap_or(5);
+        let reset_in = self.capped(reset_in, "X-RateLimit-Reset");
         let mut s = self.state.lock().expect("pacer lock");
         if remaining <= low_mark {
             s.header_gap = reset_in / (remaining as u32 + 1);
@@ -201,6 +213,40 @@ impl Pacer {
 }
 
 /// Counts a high-priority request in one of the pacer's counters while it lives.
+impl Pacer {
+    /// `wait`, or `api.max_wait` when the API asked for longer (logged at most once a minute).
+    fn capped(&self, wait: Duration, header: &str) -> Duration {
+        if wait <= self.max_wait {
+            return wait;
+        }
+        let mut logged = self.capped_logged.lock().expect("pacer lock");
+        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *logged = Some(Instant::now());
+            tracing::warn!(
+                "the API's {header} asks to wait {}; waiting api.max_wait ({}) instead, then trying again",
+                humantime::format_duration(Duration::from_secs(wait.as_secs().min(u64::MAX / 2))),
+                humantime::format_duration(self.max_wait)
+            );
+        }
+        self.max_wait
+    }
+}
+
+/// Requests are paused past this time (UNIX seconds; 0: not paused): shown by
+/// `/healthz`, since a long pause stops every resource at once.
+pub static PAUSED_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Pauses of a minute or more are worth showing.
+fn note_pause(pause: Duration) {
+    if pause >= Duration::from_secs(60) {
+        let until = std::time::SystemTime::now() + pause;
+        let secs = until
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PAUSED_UNTIL.fetch_max(secs, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct HighCount<'a>(&'a Pacer, fn(&mut PaceState) -> &mut usize);
 
 impl<'a> HighCount<'a> {
@@ -233,7 +279,8 @@ pub fn parse_reset(value: &str, now_unix: u64) -> Option<Duration> {
     } else {
         v
     };
-    Some(Duration::from_secs_f64(secs.min(3600.0)))
+    // saturating: the pacer caps it at `api.max_wait`
+    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
 #[cfg(test)]
@@ -252,7 +299,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_pauses_and_slows() {
-        let p = Pacer::new(10.0, 1, 1);
+        let p = Pacer::new(10.0, 1, 1, Duration::from_secs(900));
         drop(p.acquire(Priority::High).await);
         p.on_rate_limited(Some(Duration::from_secs(2)));
         let t = Instant::now();
@@ -270,7 +317,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn low_headers_spread_requests() {
-        let p = Pacer::new(1000.0, 100, 8);
+        let p = Pacer::new(1000.0, 100, 8, Duration::from_secs(900));
         p.on_headers(Some(100), Some(3), Some(Duration::from_secs(4)));
         let t = Instant::now();
         for _ in 0..3 {
@@ -282,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn requests_in_flight_are_bounded_and_a_poll_takes_the_first_free_slot() {
         use std::sync::Arc;
-        let p = Arc::new(Pacer::new(1e6, 1_000_000, 2));
+        let p = Arc::new(Pacer::new(1e6, 1_000_000, 2, Duration::from_secs(900)));
         let a = p.acquire(Priority::Low).await;
         let b = p.acquire(Priority::Low).await;
         // a third crawl request and then a status poll wait for a slot
@@ -324,7 +371,7 @@ mod tests {
     async fn a_crawl_holding_a_slot_lets_a_poll_take_the_next_token() {
         use std::sync::Arc;
         // 10/s, burst 1: each token comes 100 ms after the one before
-        let p = Arc::new(Pacer::new(10.0, 1, 2));
+        let p = Arc::new(Pacer::new(10.0, 1, 2, Duration::from_secs(900)));
         let first = p.acquire(Priority::Low).await;
         let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
         let crawl = {
@@ -352,6 +399,25 @@ mod tests {
         assert_eq!(order.recv().await, Some("crawl"));
         poll.await.unwrap();
         crawl.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_retry_after_pauses_for_max_wait_only() {
+        let p = Pacer::new(1000.0, 100, 1, Duration::from_secs(2));
+        drop(p.acquire(Priority::High).await);
+        p.on_rate_limited(Some(Duration::MAX));
+        let t = Instant::now();
+        drop(p.acquire(Priority::High).await);
+        assert!(
+            (Duration::from_secs(2)..Duration::from_secs(3)).contains(&t.elapsed()),
+            "{:?}",
+            t.elapsed()
+        );
+        // and a reset a year away spreads requests over at most max_wait
+        p.on_headers(Some(100), Some(0), Some(Duration::from_secs(86_400 * 365)));
+        let t = Instant::now();
+        drop(p.acquire(Priority::High).await);
+        assert!(t.elapsed() <= Duration::from_secs(3), "{:?}", t.elapsed());
     }
 
     async fn slot_held(_slot: InFlight<'_>) {}
