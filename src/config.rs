@@ -128,6 +128,8 @@ pub struct ScopeConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DownloadsConfig {
     pub enabled: bool,
+    /// Storage links may lead to loopback and private addresses (SPEC §6).
+    pub allow_private: bool,
     pub dir: PathBuf,
     pub concurrency: u32,
     pub backfill: bool,
@@ -315,6 +317,7 @@ impl Default for RawStore {
 #[serde(deny_unknown_fields, default)]
 struct RawDownloads {
     enabled: bool,
+    allow_private: Option<bool>,
     dir: PathBuf,
     concurrency: u32,
     backfill: bool,
@@ -324,6 +327,7 @@ impl Default for RawDownloads {
     fn default() -> Self {
         RawDownloads {
             enabled: true,
+            allow_private: None,
             dir: "exports".into(),
             concurrency: 2,
             backfill: false,
@@ -602,6 +606,11 @@ impl RawConfig {
     fn validate(self, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let mut p = Vec::new();
         let base_url = check_base_url(&mut p, &self.api.base_url);
+        // by default only with an API on loopback (the simulator's storage is too)
+        let allow_private = self
+            .downloads
+            .allow_private
+            .unwrap_or_else(|| is_loopback(&base_url));
 
         let key = match (env.get("AVALA_API_KEY"), &self.api.api_key_file) {
             (Some(k), _) if !k.trim().is_empty() => Some(ApiKey::new(k.trim())),
@@ -853,6 +862,7 @@ impl RawConfig {
             store_path: self.store.path,
             downloads: DownloadsConfig {
                 enabled: self.downloads.enabled,
+                allow_private,
                 dir: self.downloads.dir,
                 concurrency: self.downloads.concurrency,
                 backfill: self.downloads.backfill,

@@ -653,3 +653,60 @@ async fn exports_create_wait_download_from_the_command_line() {
     assert!(err.contains("nothing to export"), "{err}");
     assert_key_never_at_storage(&env);
 }
+
+#[tokio::test]
+async fn storage_links_never_lead_to_metadata_or_unallowed_private_addresses() {
+    // a redirect to the cloud metadata service: refused at the hop, whatever allow_private
+    let env = backfill(start(small_world()).await);
+    assert!(
+        env.cfg.downloads.allow_private,
+        "on by default with the API on loopback"
+    );
+    env.sim.faults(|f| {
+        f.storage.redirect_to = Some("http://169.254.169.254/latest/meta-data/iam".into())
+    });
+    env.sync().await.unwrap();
+    let done = downloader(&env).drain().await;
+    assert_eq!(done.len(), 3);
+    for r in download_rows(&env) {
+        assert_eq!(r.status, "failed", "{r:?}");
+        let e = r.error.unwrap();
+        assert!(
+            e.contains("169.254.169.254") && e.contains("link-local or cloud-metadata"),
+            "{e}"
+        );
+        assert_eq!(r.attempts, 1, "a refused link is not tried again");
+    }
+
+    // allow_private = false: the storage on loopback is refused, by address and by name
+    for via_name in [false, true] {
+        let mut env = backfill(start(small_world()).await);
+        env.cfg.downloads.allow_private = false;
+        env.sync().await.unwrap();
+        if via_name {
+            // the links name `localhost`: refused by the storage client's resolver
+            let port = env.sim.storage_addr.port();
+            env.store().with(|c| {
+                c.execute(
+                    "UPDATE downloads SET url = replace(url, '127.0.0.1:' || ?1, 'localhost:' || ?1)",
+                    [port],
+                )
+                .unwrap()
+            });
+        }
+        downloader(&env).drain().await;
+        for r in download_rows(&env) {
+            assert_eq!(r.status, "failed", "{r:?}");
+            let e = r.error.unwrap();
+            assert!(
+                e.contains("loopback or private") && e.contains("allow_private"),
+                "{e}"
+            );
+            assert_eq!(e.contains("localhost: it resolves to"), via_name, "{e}");
+        }
+        let fetched = env
+            .sim
+            .faults(|f| f.storage.log.iter().filter(|l| l.status == 200).count());
+        assert_eq!(fetched, 0, "no archive left storage");
+    }
+}

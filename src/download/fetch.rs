@@ -35,12 +35,14 @@ pub enum Failure {
     Link(String),
     /// Anything another attempt may fix; the partial file is kept when it is good.
     Retry(String),
+    /// The link leads where the mirror may not fetch from (`download::guard`).
+    Refused(String),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Link(m) | Failure::Retry(m) => f.write_str(m),
+            Failure::Link(m) | Failure::Retry(m) | Failure::Refused(m) => f.write_str(m),
         }
     }
 }
@@ -89,10 +91,14 @@ pub async fn attempt(
     if offset > 0 {
         req = req.header(RANGE, format!("bytes={offset}-"));
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| retry(format!("storage request to {ep} failed: {}", chain(&e))))?;
+    let resp = req.send().await.map_err(|e| {
+        let why = format!("storage request to {ep} failed: {}", chain(&e));
+        // a refused host or redirect hop (download::guard) will not change on its own
+        match why.contains("refusing the storage") {
+            true => Failure::Refused(why),
+            false => retry(why),
+        }
+    })?;
     let status = resp.status();
     match status {
         StatusCode::PARTIAL_CONTENT => {

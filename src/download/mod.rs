@@ -5,6 +5,7 @@
 //! presigned: the storage client never carries the API key.
 
 mod fetch;
+pub mod guard;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
@@ -46,6 +47,7 @@ pub struct Downloader {
     /// For storage only: follows redirects, never carries the API key.
     http: reqwest::Client,
     dir: PathBuf,
+    allow_private: bool,
     concurrency: usize,
     backoff: (Duration, Duration),
     progress: Option<ProgressFn>,
@@ -53,8 +55,10 @@ pub struct Downloader {
 
 impl Downloader {
     pub fn new(cfg: &Config, store: Store, api: Arc<Client>) -> Result<Downloader, reqwest::Error> {
+        let allow_private = cfg.downloads.allow_private;
         let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(guard::redirect_policy(allow_private))
+            .dns_resolver(guard::resolver(allow_private))
             .connect_timeout(cfg.api.timeout.min(Duration::from_secs(10)))
             .read_timeout(cfg.api.timeout)
             .user_agent(concat!("avala-mirror/", env!("CARGO_PKG_VERSION")))
@@ -64,6 +68,7 @@ impl Downloader {
             api,
             http,
             dir: cfg.downloads.dir.clone(),
+            allow_private,
             concurrency: cfg.downloads.concurrency.max(1) as usize,
             backoff: (cfg.api.backoff_min, cfg.api.backoff_max),
             progress: None,
@@ -179,7 +184,16 @@ impl Downloader {
                     p(&uid, got, total)
                 }
             };
-            let failure = match fetch::attempt(&self.http, &url, &target, &on_bytes).await {
+            let checked = reqwest::Url::parse(&url)
+                .map_err(|e| fetch::Failure::Retry(format!("the download link is not a URL: {e}")))
+                .and_then(|u| {
+                    guard::check_url(&u, self.allow_private).map_err(fetch::Failure::Refused)
+                });
+            let result = match checked {
+                Ok(()) => fetch::attempt(&self.http, &url, &target, &on_bytes).await,
+                Err(f) => Err(f),
+            };
+            let failure = match result {
                 Ok(done) => {
                     let (u, d, n) = (uid.clone(), done.clone(), now_rfc3339());
                     self.store
@@ -201,7 +215,9 @@ impl Downloader {
             } else {
                 stalled + 1
             };
-            let mut give_up = stalled >= MAX_ATTEMPTS;
+            // a link that may not be fetched from is not fetched again
+            let mut give_up =
+                stalled >= MAX_ATTEMPTS || matches!(failure, fetch::Failure::Refused(_));
             let mut link_changed = false;
             if matches!(failure, fetch::Failure::Link(_)) && !give_up {
                 match self.refresh(&uid).await {
@@ -318,9 +334,17 @@ pub fn file_name(uid: &str, name: Option<&str>, url: &str) -> String {
                 .then(|| ext.to_ascii_lowercase())
         })
         .unwrap_or_else(|| "zip".into());
+    // two uids that clean to the same text (`a/b`, `a?b`) keep apart by a hash
     let uid = match clean(uid, 64) {
-        u if u.is_empty() => "export".to_string(),
-        u => u,
+        u if u == uid => u,
+        u => {
+            use sha2::Digest;
+            let hash = hex::encode(&sha2::Sha256::digest(uid.as_bytes())[..4]);
+            match u.is_empty() {
+                true => format!("export-{hash}"),
+                false => format!("{u}-{hash}"),
+            }
+        }
     };
     let stem = match name.map(|n| clean(n, 80)) {
         Some(n) if !n.is_empty() => format!("{n}_{uid}"),
@@ -367,7 +391,17 @@ mod tests {
             );
             assert!(n.ends_with("u1.gz"), "{n}");
         }
-        assert_eq!(file_name("../..", None, "https://s/e"), "export.zip");
+        let n = file_name("../..", None, "https://s/e");
+        assert!(n.starts_with("export-") && n.ends_with(".zip"), "{n}");
+        // uids that clean to the same text never share a file
+        let names: Vec<String> = ["a/b", "a?b", "a_b", "a b"]
+            .iter()
+            .map(|u| file_name(u, Some("Export"), "https://s/e.zip"))
+            .collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
         assert_eq!(file_name("u", None, "https://s/e.php%2F..%2Fx"), "u.zip");
         let job = Job {
             export_uid: "u".into(),

@@ -51,6 +51,8 @@ pub struct StorageFaults {
     pub slow: std::time::Duration,
     /// Answer `/exports/…` with a 302 to the same archive under `/blobs/…`.
     pub redirect: bool,
+    /// Answer `/exports/…` with a 302 to this URL (a hostile or broken storage).
+    pub redirect_to: Option<String>,
     /// Announce an archive of this many bytes and send none of it (a download
     /// larger than the disk has room for).
     pub claim_length: Option<u64>,
@@ -241,7 +243,7 @@ async fn answer(
             None => return no_such_key(),
         }
     };
-    let (slow, cut, ignore_range, redirect, claim) = {
+    let (slow, cut, ignore_range, redirect, claim, redirect_to) = {
         let mut f = st.faults.lock().expect("faults lock");
         let s = &mut f.storage;
         if s.not_found > 0 {
@@ -260,13 +262,23 @@ async fn answer(
         if cut.is_some() {
             s.drops -= 1;
         }
-        (s.slow, cut, s.ignore_range, s.redirect, s.claim_length)
+        (
+            s.slow,
+            cut,
+            s.ignore_range,
+            s.redirect,
+            s.claim_length,
+            s.redirect_to.clone(),
+        )
     };
     let valid = q.get("v").and_then(|v| v.parse::<u64>().ok()) == Some(version)
         && q.get("signature").map(String::as_str)
             == Some(signature(st.cfg.seed, uid, version).as_str());
     if !valid {
         return denied("Request has expired");
+    }
+    if let Some(to) = redirect_to.filter(|_| !is_blob) {
+        return ((StatusCode::FOUND, [("location", to)]).into_response(), 302);
     }
     if redirect && !is_blob {
         let to = format!("/blobs/{file}?{query}");
