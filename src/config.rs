@@ -91,6 +91,10 @@ pub struct Config {
     pub store_path: PathBuf,
     pub downloads: DownloadsConfig,
     pub emit_initial: bool,
+    /// `events.retention`: settled events older than this are pruned.
+    pub events_retention: Duration,
+    /// `store.keep_deleted`: rows tombstoned longer ago than this are pruned.
+    pub keep_deleted: Duration,
     pub sinks: Vec<SinkConfig>,
     /// `[http] listen`: where `run` serves /healthz and /metrics (None: off).
     pub http_listen: Option<std::net::SocketAddr>,
@@ -303,12 +307,14 @@ impl Default for RawSchedule {
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     path: PathBuf,
+    keep_deleted: String,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         RawStore {
             path: "mirror.db".into(),
+            keep_deleted: "30d".into(),
         }
     }
 }
@@ -335,10 +341,20 @@ impl Default for RawDownloads {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawEvents {
     emit_initial: bool,
+    retention: String,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        RawEvents {
+            emit_initial: false,
+            retention: "90d".into(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -697,6 +713,8 @@ impl RawConfig {
         );
         let timeout = duration(&mut p, "api.timeout", &self.api.timeout);
         let max_wait = duration(&mut p, "api.max_wait", &self.api.max_wait);
+        let events_retention = duration(&mut p, "events.retention", &self.events.retention);
+        let keep_deleted = duration(&mut p, "store.keep_deleted", &self.store.keep_deleted);
         let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);
         let backoff_max = duration(&mut p, "api.backoff_max", &self.api.backoff_max);
         if backoff_min > backoff_max {
@@ -868,6 +886,8 @@ impl RawConfig {
                 backfill: self.downloads.backfill,
             },
             emit_initial: self.events.emit_initial,
+            events_retention,
+            keep_deleted,
             sinks,
             http_listen,
             log_level: self.log.level,

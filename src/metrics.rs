@@ -103,6 +103,8 @@ struct Snapshot {
     failed: Vec<(String, i64)>,
     pending: Vec<(String, i64)>,
     downloads: Vec<(String, i64)>,
+    /// ("used" | "free", bytes) of the database file.
+    database: Vec<(String, i64)>,
 }
 
 fn snapshot(db: &Path) -> rusqlite::Result<Snapshot> {
@@ -135,6 +137,10 @@ fn snapshot(db: &Path) -> rusqlite::Result<Snapshot> {
             "SELECT s.sink, (SELECT count(*) FROM events e WHERE e.seq > s.cursor) FROM sink_state s",
         )?,
         downloads: pairs(&c, "SELECT status, count(*) FROM downloads GROUP BY status")?,
+        database: {
+            let (bytes, free) = crate::store::retention::size(&c)?;
+            vec![("used".into(), bytes - free), ("free".into(), free)]
+        },
     })
 }
 
@@ -205,6 +211,14 @@ impl Collector for FromDatabase {
             MetricType::Gauge,
             "status",
             f(s.downloads),
+        )?;
+        family(
+            "database",
+            "Size of the database file: pages in use, and free for reuse",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            "kind",
+            f(s.database),
         )?;
         Ok(())
     }

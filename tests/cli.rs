@@ -513,3 +513,56 @@ async fn a_dataset_slug_in_scope_that_names_nothing_is_warned_about() {
     assert!(err.contains("no dataset named \"bacth-002\""), "{err}");
     assert!(!err.contains("no dataset named \"batch-001\""), "{err}");
 }
+
+#[tokio::test]
+async fn sync_prunes_what_retention_no_longer_keeps() {
+    let env = start(small_world()).await;
+    let cfg = env.write_config("test-key-5f3a9c", "[events]\nemit_initial = true\n");
+    let cfg = cfg.to_str().unwrap();
+    let retention = [
+        ("AVALA_MIRROR__EVENTS__RETENTION", "30d"),
+        ("AVALA_MIRROR__STORE__KEEP_DELETED", "30d"),
+    ];
+    let (code, out, err) = run_binary(&["--config", cfg, "sync"], &retention, env.dir.path()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let ids = env.event_ids();
+    assert!(ids.len() > 100);
+    // the first 100 events were written 40 days ago, and an export gone upstream
+    // was tombstoned 40 days ago
+    env.store().with(|c| {
+        c.execute_batch(
+            "UPDATE events SET created_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-40 days') WHERE seq <= 100;
+             INSERT INTO exports (uid, hash, raw, first_seen_at, last_seen_at, deleted_at)
+               VALUES ('gone', x'00', '{}', 't', 't', strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-40 days'));",
+        )
+        .unwrap()
+    });
+    let (code, out, err) = run_binary(&["--config", cfg, "sync"], &retention, env.dir.path()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let kept = env.event_ids();
+    assert_eq!(
+        kept[..ids.len() - 100],
+        ids[100..],
+        "the old events, and only they, were pruned"
+    );
+    let tombstones: i64 = env.store().with(|c| {
+        c.query_row("SELECT count(*) FROM exports WHERE uid = 'gone'", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    });
+    assert_eq!(tombstones, 0, "the old tombstone was pruned");
+    // `events --since` a pruned id starts at the next event kept
+    let (code, out, _) = run_binary(
+        &["--config", cfg, "events", "--since", &ids[50], "--json"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["id"], ids[100].as_str());
+    let (_, out, _) = run_binary(&["--config", cfg, "status", "--json"], &[], env.dir.path()).await;
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(status["database_bytes"].as_i64().unwrap() > 0, "{status}");
+}

@@ -24,6 +24,9 @@ use crate::store::Store;
 use crate::store::lock::WriterLock;
 use crate::sync::Syncer;
 
+/// How often `run` prunes what retention no longer keeps (SPEC §6: at least once a minute).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a stopping generation gets to finish the page in hand.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
@@ -69,6 +72,20 @@ impl Prepared {
             let rx = rx.clone();
             workers.push(tokio::spawn(async move { d.serve(rx).await }));
         }
+        let (store, cfg, mut stopping) = (syncer.store.clone(), syncer.cfg.clone(), rx.clone());
+        workers.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = super::sync::prune(&store, &cfg).await {
+                    tracing::error!("pruning what retention no longer keeps: {e}");
+                }
+            }
+        }));
         health.configure(&syncer.cfg);
         tracing::info!(db = %syncer.store.path().display(), "mirror running");
         let store = syncer.store.clone();

@@ -83,8 +83,11 @@ pub fn collect(c: &Connection) -> rusqlite::Result<Value> {
         );
     }
     let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
+    let (bytes, free) = crate::store::retention::size(c)?;
     Ok(json!({
         "database": c.path().unwrap_or(""),
+        "database_bytes": bytes,
+        "database_free_bytes": free,
         "resources": resources,
         "events": {
             "total": count("SELECT count(*) FROM events")?,
@@ -115,7 +118,13 @@ fn disabled_sinks(c: &Connection) -> rusqlite::Result<Vec<Value>> {
 }
 
 fn print_human(v: &Value) {
-    println!("mirror: {}", v["database"].as_str().unwrap_or(""));
+    let mib = |k: &str| v[k].as_i64().unwrap_or(0) as f64 / (1 << 20) as f64;
+    println!(
+        "mirror: {} ({:.1} MiB, of which {:.1} MiB free for reuse)",
+        v["database"].as_str().unwrap_or(""),
+        mib("database_bytes"),
+        mib("database_free_bytes")
+    );
     println!(
         "{:<10} {:>9} {:>8}  {:<22} statuses",
         "resource", "present", "deleted", "last success"

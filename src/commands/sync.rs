@@ -97,6 +97,12 @@ pub fn progress(total: Option<u64>) -> (ProgressBar, ProgressFn) {
     (bar, f)
 }
 
+/// Prunes settled events past `events.retention` and tombstones past `store.keep_deleted`.
+pub async fn prune(store: &Store, cfg: &Config) -> rusqlite::Result<(usize, usize)> {
+    let sinks = cfg.sinks.iter().map(|s| s.name.clone()).collect();
+    crate::store::retention::prune(store, cfg.events_retention, cfg.keep_deleted, sinks).await
+}
+
 /// How long `sync` keeps delivering pending events before it exits.
 const DELIVERY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -156,6 +162,10 @@ pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8
                 "  events held for sink {sink}: its receiver is failing; they will be retried"
             );
         }
+    }
+    if let Err(e) = prune(&syncer.store, &syncer.cfg).await {
+        failed = true;
+        println!("  pruning what retention no longer keeps: {e}");
     }
     Ok(if failed { EXIT_WORK_FAILED } else { EXIT_OK })
 }

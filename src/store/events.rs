@@ -119,10 +119,21 @@ pub fn seq_of(conn: &Connection, since: &str) -> rusqlite::Result<Option<i64>> {
     if let Ok(n) = since.parse::<i64>() {
         return Ok(Some(n));
     }
-    conn.query_row("SELECT seq FROM events WHERE id = ?1", [since], |r| {
-        r.get(0)
-    })
-    .optional()
+    let found = conn
+        .query_row("SELECT seq FROM events WHERE id = ?1", [since], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if found.is_some() || !since.starts_with("evt_") {
+        return Ok(found);
+    }
+    // pruned by retention: ids are ULIDs, in time order, so the listing starts at
+    // the next event kept
+    conn.query_row(
+        "SELECT COALESCE((SELECT min(seq) FROM events WHERE id > ?1) - 1, (SELECT max(seq) FROM events))",
+        [since],
+        |r| r.get(0),
+    )
 }
 
 /// A human line for an event, e.g. `sequence johndoe/batch-001/seq_017: labeling_2d → customer_review`

@@ -14,6 +14,7 @@ pub mod downloads;
 pub mod events;
 pub mod lock;
 pub mod records;
+pub mod retention;
 pub mod state;
 
 use std::collections::HashMap;
