@@ -95,6 +95,8 @@ pub struct Config {
     pub events_retention: Duration,
     /// `store.keep_deleted`: rows tombstoned longer ago than this are pruned.
     pub keep_deleted: Duration,
+    /// `store.max_wal`: past this, while a reader holds the WAL, writes wait.
+    pub max_wal: u64,
     pub sinks: Vec<SinkConfig>,
     /// `[http] listen`: where `run` serves /healthz and /metrics (None: off).
     pub http_listen: Option<std::net::SocketAddr>,
@@ -308,6 +310,7 @@ impl Default for RawSchedule {
 struct RawStore {
     path: PathBuf,
     keep_deleted: String,
+    max_wal: String,
 }
 
 impl Default for RawStore {
@@ -315,6 +318,7 @@ impl Default for RawStore {
         RawStore {
             path: "mirror.db".into(),
             keep_deleted: "30d".into(),
+            max_wal: "1GiB".into(),
         }
     }
 }
@@ -715,6 +719,7 @@ impl RawConfig {
         let max_wait = duration(&mut p, "api.max_wait", &self.api.max_wait);
         let events_retention = duration(&mut p, "events.retention", &self.events.retention);
         let keep_deleted = duration(&mut p, "store.keep_deleted", &self.store.keep_deleted);
+        let max_wal = byte_size(&mut p, "store.max_wal", &self.store.max_wal);
         let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);
         let backoff_max = duration(&mut p, "api.backoff_max", &self.api.backoff_max);
         if backoff_min > backoff_max {
@@ -888,6 +893,7 @@ impl RawConfig {
             emit_initial: self.events.emit_initial,
             events_retention,
             keep_deleted,
+            max_wal,
             sinks,
             http_listen,
             log_level: self.log.level,

@@ -108,6 +108,13 @@ impl Health {
         if paused > now {
             body["api_paused_until"] = json!(humantime::format_rfc3339_seconds(paused).to_string());
         }
+        // writes wait for a reader past store.max_wal: nothing is mirrored meanwhile
+        let wal = crate::store::WAL_WAITING.load(std::sync::atomic::Ordering::Relaxed);
+        if wal > 0 {
+            body["status"] = json!("writes waiting");
+            body["writes_waiting_for_a_reader"] = json!({"wal_bytes": wal});
+            return (false, body);
+        }
         (ok, body)
     }
 

@@ -84,10 +84,16 @@ pub fn collect(c: &Connection) -> rusqlite::Result<Value> {
     }
     let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
     let (bytes, free) = crate::store::retention::size(c)?;
+    // a WAL far past its usual size: a reader holds a transaction (store.max_wal)
+    let wal = c
+        .path()
+        .and_then(|p| std::fs::metadata(format!("{p}-wal")).ok())
+        .map_or(0, |m| m.len());
     Ok(json!({
         "database": c.path().unwrap_or(""),
         "database_bytes": bytes,
         "database_free_bytes": free,
+        "wal_bytes": wal,
         "resources": resources,
         "events": {
             "total": count("SELECT count(*) FROM events")?,
@@ -120,10 +126,11 @@ fn disabled_sinks(c: &Connection) -> rusqlite::Result<Vec<Value>> {
 fn print_human(v: &Value) {
     let mib = |k: &str| v[k].as_i64().unwrap_or(0) as f64 / (1 << 20) as f64;
     println!(
-        "mirror: {} ({:.1} MiB, of which {:.1} MiB free for reuse)",
+        "mirror: {} ({:.1} MiB, of which {:.1} MiB free for reuse; WAL {:.1} MiB)",
         v["database"].as_str().unwrap_or(""),
         mib("database_bytes"),
-        mib("database_free_bytes")
+        mib("database_free_bytes"),
+        mib("wal_bytes")
     );
     println!(
         "{:<10} {:>9} {:>8}  {:<22} statuses",

@@ -19,7 +19,7 @@ use crate::sync::{CycleReport, ProgressFn, Syncer};
 
 /// Opens the store and the client for a command that syncs.
 pub fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<Syncer> {
-    let store = Store::open(&cfg.store_path)?;
+    let store = Store::open_with_max_wal(&cfg.store_path, cfg.max_wal)?;
     let client = Client::new(&cfg.api).context("building the HTTP client")?;
     Ok(Syncer {
         client,

@@ -48,6 +48,17 @@ const MAX_READERS: usize = 2;
 /// The page cache of a read connection.
 const READER_CACHE_KIB: i64 = 2048;
 
+/// How long the writer waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `store.max_wal` by default: past it, while a reader's open transaction keeps
+/// the WAL from starting over, the writer waits ([`WalCap::wait_for_readers`]).
+pub const MAX_WAL_BYTES: u64 = 1 << 30;
+
+/// The writer is waiting for a reader to let the WAL start over (shown by
+/// `/healthz`): the WAL's size in bytes, 0 when not waiting.
+pub static WAL_WAITING: AtomicU64 = AtomicU64::new(0);
+
 /// What the WAL file is cut back to after it starts over, outside a listing.
 const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 
@@ -86,10 +97,15 @@ struct Inner {
 impl Store {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        Store::open_with_wal_cap(path, WAL_CAP_BYTES)
+        Store::open_with(path, WAL_CAP_BYTES, MAX_WAL_BYTES)
     }
 
-    fn open_with_wal_cap(path: &Path, wal_cap_bytes: u64) -> anyhow::Result<Store> {
+    /// Opens with `store.max_wal` (see [`WalCap`]).
+    pub fn open_with_max_wal(path: &Path, max_wal_bytes: u64) -> anyhow::Result<Store> {
+        Store::open_with(path, WAL_CAP_BYTES, max_wal_bytes)
+    }
+
+    fn open_with(path: &Path, wal_cap_bytes: u64, max_wal_bytes: u64) -> anyhow::Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the directory of {}", path.display()))?;
@@ -103,6 +119,8 @@ impl Store {
         let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
         let wal = WalCap {
             cap: wal_cap_bytes / page_size.max(512) as u64,
+            max: max_wal_bytes / page_size.max(512) as u64,
+            page_size: page_size.max(512) as u64,
             copied: Arc::new(AtomicU64::new(0)),
             draining: false,
             last: 0,
@@ -539,6 +557,9 @@ fn shared_error(why: &str, e: Option<&rusqlite::Error>) -> rusqlite::Error {
 struct WalCap {
     /// [`WAL_CAP_BYTES`] (less in tests), in frames.
     cap: u64,
+    /// `store.max_wal`, in frames.
+    max: u64,
+    page_size: u64,
     /// Frames copied back by the checkpointer's last pass.
     copied: Arc<AtomicU64>,
     draining: bool,
@@ -551,6 +572,9 @@ impl WalCap {
     /// After a job, with no transaction open: wakes the checkpointer, or past the
     /// cap and once only the last commit is left to copy, checkpoints here.
     fn after_job(&mut self, conn: &Connection, checkpointer: &mpsc::SyncSender<()>) {
+        if WAL_FRAMES.get() > self.max {
+            self.wait_for_readers(conn);
+        }
         let frames = WAL_FRAMES.get();
         if frames != self.last {
             (self.before_last, self.last) = (self.last, frames);
@@ -571,6 +595,47 @@ impl WalCap {
             return;
         }
         let _ = checkpointer.try_send(());
+    }
+
+    /// Past `store.max_wal` a reader's open transaction is what keeps the WAL
+    /// from starting over (the checkpoints cannot copy past its snapshot), and
+    /// every write would grow it: the writer waits, nothing is lost, and it goes
+    /// on once a checkpoint has copied everything back and restarted the WAL.
+    fn wait_for_readers(&mut self, conn: &Connection) {
+        let mut said = false;
+        // tried once a second rather than in the busy handler's long waits
+        let _ = conn.busy_timeout(Duration::ZERO);
+        loop {
+            // RESTART succeeds once no reader is left in the WAL
+            match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            }) {
+                Ok((0, log, done)) if log == done => break,
+                Ok(_) | Err(_) => {}
+            }
+            if !said {
+                said = true;
+                let bytes = WAL_FRAMES.get() * self.page_size;
+                WAL_WAITING.store(bytes, Ordering::Relaxed);
+                tracing::warn!(
+                    wal_mib = bytes >> 20,
+                    "the WAL is past store.max_wal and a reader's open transaction keeps it from starting over; writes wait until it ends (nothing is lost)"
+                );
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        if said {
+            tracing::info!("the reader let go; the WAL started over and writes go on");
+        }
+        WAL_WAITING.store(0, Ordering::Relaxed);
+        WAL_FRAMES.set(0);
+        self.copied.store(0, Ordering::Relaxed);
+        (self.draining, self.last, self.before_last) = (false, 0, 0);
     }
 
     /// Whether the open batch should end now, to drain the WAL.
@@ -610,7 +675,7 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
 
 fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // Large pages: fewer WAL frames (two writes each) and B-tree splits for rows
     // of a few hundred bytes. A first sync's writer used ~10 % less CPU than with
     // 8 KiB; 32 KiB measured the same as 16 KiB. (Only a new database takes it.)
@@ -834,11 +899,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn past_max_wal_writes_wait_for_a_reader_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let store = Store::open_with(&path, WAL_CAP_BYTES, 2 << 20).unwrap();
+        store.with(|c| c.execute_batch("CREATE TABLE b (x BLOB)").unwrap());
+        // a reader holding a transaction open, as a person's query might
+        let reader = Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM b;")
+            .unwrap();
+        let wal_path = dir.path().join("m.db-wal");
+        let wal = move || std::fs::metadata(&wal_path).map(|m| m.len()).unwrap_or(0);
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    store
+                        .call(|c| c.execute("INSERT INTO b VALUES (randomblob(100000))", []))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while WAL_WAITING.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the writer never waited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let held = wal();
+        assert!(
+            held < 4 << 20,
+            "the WAL grew to {held} bytes past a 2 MiB max_wal"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            wal(),
+            held,
+            "nothing more was written while the reader held on"
+        );
+        assert!(!writer.is_finished());
+        reader.execute_batch("COMMIT").unwrap();
+        writer.await.unwrap();
+        assert_eq!(WAL_WAITING.load(Ordering::Relaxed), 0);
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM b", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 100, "every write went in once the reader let go");
+    }
+
+    #[tokio::test]
     async fn a_long_listing_lets_the_wal_start_over() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
         // a cap of 1 MiB; the listing writes 30 MiB at most 10 MiB/s
-        let store = Store::open_with_wal_cap(&path, 1 << 20).unwrap();
+        let store = Store::open_with(&path, 1 << 20, MAX_WAL_BYTES).unwrap();
         store.with(|c| c.execute_batch("CREATE TABLE b (x BLOB)").unwrap());
         let wal_path = dir.path().join("m.db-wal");
         let wal = || std::fs::metadata(&wal_path).map(|m| m.len()).unwrap_or(0);
