@@ -61,48 +61,70 @@ fn count(db: &Path, sql: &str) -> i64 {
 /// Every resource every 500 ms: stale after 1.5 s.
 const FAST: &str = "[schedule]\ndatasets = \"500ms\"\nsequences = \"500ms\"\nitems = \"500ms\"\nslices = \"500ms\"\nexports = \"500ms\"\n";
 
+/// `run` with systemd's notify socket and a watchdog, and what it said there.
+struct Notified {
+    child: tokio::process::Child,
+    sock: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Notified {
+    fn start(env: &TestEnv, cfg: &Path, watchdog_usec: &str) -> Notified {
+        let sock_path = env.dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        let child = spawn_run(
+            cfg,
+            &[
+                ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+                ("WATCHDOG_USEC", watchdog_usec),
+            ],
+            &env.dir.path().join("log"),
+        );
+        Notified {
+            child,
+            sock,
+            seen: vec![],
+        }
+    }
+
+    /// Reads messages until `done` holds for all seen so far (20 s at most each).
+    async fn until(&mut self, done: impl Fn(&[String]) -> bool) {
+        let mut buf = [0u8; 4096];
+        while !done(&self.seen) {
+            let n = tokio::time::timeout(Duration::from_secs(20), self.sock.recv(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no notify message after {:?}", self.seen))
+                .unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen.extend(text.lines().map(str::to_owned));
+        }
+    }
+}
+
+/// How many of `seen` are `message`.
+fn times(seen: &[String], message: &str) -> usize {
+    seen.iter().filter(|m| *m == message).count()
+}
+
 #[tokio::test]
 async fn notify_protocol_ready_watchdog_stopping_in_order() {
     let env = start(small_world()).await;
     let cfg = env.write_config("test-key-5f3a9c", "");
-    let sock_path = env.dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let mut child = spawn_run(
-        &cfg,
-        &[
-            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "200000"),
-        ],
-        &env.dir.path().join("log"),
-    );
-    let mut seen: Vec<String> = Vec::new();
-    let mut buf = [0u8; 4096];
-    async fn recv(sock: &UnixDatagram, buf: &mut [u8], seen: &mut Vec<String>) {
-        let n = tokio::time::timeout(Duration::from_secs(20), sock.recv(buf))
-            .await
-            .unwrap_or_else(|_| panic!("no notify message after {seen:?}"))
-            .unwrap();
-        seen.extend(
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .map(str::to_owned),
-        );
-    }
-    while seen.iter().filter(|m| *m == "WATCHDOG=1").count() < 2
-        || !seen
-            .iter()
-            .any(|m| m.starts_with("STATUS=") && m.contains("listed"))
-    {
-        recv(&sock, &mut buf, &mut seen).await;
-    }
-    signal(&child, "-TERM");
-    while !seen.iter().any(|m| m == "STOPPING=1") {
-        recv(&sock, &mut buf, &mut seen).await;
-    }
+    let mut n = Notified::start(&env, &cfg, "200000");
+    n.until(|seen| {
+        times(seen, "WATCHDOG=1") >= 2
+            && seen
+                .iter()
+                .any(|m| m.starts_with("STATUS=") && m.contains("listed"))
+    })
+    .await;
+    signal(&n.child, "-TERM");
+    n.until(|seen| times(seen, "STOPPING=1") > 0).await;
     assert_eq!(
-        exit_code(&mut child, Duration::from_secs(20)).await,
+        exit_code(&mut n.child, Duration::from_secs(20)).await,
         Some(0)
     );
+    let seen = &n.seen;
     let at = |m: &str| seen.iter().position(|x| x == m).unwrap_or(usize::MAX);
     assert!(
         at("READY=1") < at("WATCHDOG=1") && at("WATCHDOG=1") < at("STOPPING=1"),
@@ -495,53 +517,21 @@ async fn sighup_with_an_unchanged_configuration_does_not_restart_a_crawl() {
 async fn the_watchdog_is_fed_across_a_reload() {
     let env = start(small_world()).await;
     let cfg = env.write_config("test-key-5f3a9c", "");
-    let sock_path = env.dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let mut child = spawn_run(
-        &cfg,
-        &[
-            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-        &env.dir.path().join("log"),
-    );
-    let mut seen: Vec<String> = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut recv = async |seen: &mut Vec<String>| {
-        let n = tokio::time::timeout(Duration::from_secs(20), sock.recv(&mut buf))
-            .await
-            .expect("a notify message")
-            .unwrap();
-        seen.extend(
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .map(str::to_owned),
-        );
-    };
-    while !seen.iter().any(|m| m == "WATCHDOG=1") {
-        recv(&mut seen).await;
-    }
+    let mut n = Notified::start(&env, &cfg, "400000");
+    n.until(|seen| times(seen, "WATCHDOG=1") > 0).await;
     // a changed configuration: the generation is replaced
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("burst = 50", "burst = 40");
     std::fs::write(&cfg, text).unwrap();
-    signal(&child, "-HUP");
-    while !seen.iter().any(|m| m == "RELOADING=1") {
-        recv(&mut seen).await;
-    }
-    let reloading = seen.iter().position(|m| m == "RELOADING=1").unwrap();
-    while seen[reloading..]
-        .iter()
-        .filter(|m| *m == "WATCHDOG=1")
-        .count()
-        < 3
-    {
-        recv(&mut seen).await;
-    }
-    signal(&child, "-TERM");
+    signal(&n.child, "-HUP");
+    n.until(|seen| times(seen, "RELOADING=1") > 0).await;
+    let reloading = n.seen.iter().position(|m| m == "RELOADING=1").unwrap();
+    n.until(|seen| times(&seen[reloading..], "WATCHDOG=1") >= 3)
+        .await;
+    signal(&n.child, "-TERM");
     assert_eq!(
-        exit_code(&mut child, Duration::from_secs(20)).await,
+        exit_code(&mut n.child, Duration::from_secs(20)).await,
         Some(0)
     );
 }

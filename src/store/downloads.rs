@@ -36,13 +36,10 @@ pub fn enqueue(
     let n = conn
         .prepare_cached(
             "INSERT INTO downloads (export_uid, url, file_name, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, 'pending', ?4, ?4)
-             ON CONFLICT(export_uid) DO UPDATE SET url = excluded.url,
-               file_name = excluded.file_name, status = 'pending', updated_at = excluded.updated_at
-             WHERE status = 'awaiting_link'",
+             VALUES (?1, ?2, ?3, 'pending', ?4, ?4) ON CONFLICT(export_uid) DO NOTHING",
         )?
         .execute(params![export_uid, url, file_name, now])?;
-    Ok(n == 1)
+    Ok(n == 1 || link_arrived(conn, export_uid, url, file_name, now)?)
 }
 
 /// Remembers an export that became `exported` with no link yet, so the listing

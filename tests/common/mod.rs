@@ -267,3 +267,32 @@ pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A sync through a server that allows less than the mirror is configured for
+/// (`server_rps`, burst 2, 429 with Retry-After 1 s): it converges, never above
+/// the configured rate and burst, and mirrors everything.
+pub async fn assert_a_rate_limit_storm_converges(env: &TestEnv, server_rps: f64) {
+    env.sim.faults(|f| {
+        f.rate_limit = Some((server_rps, 2));
+        f.retry_after_secs = 1;
+    });
+    let reports = env.sync().await.unwrap();
+    assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
+    let (limited, most_in_a_second) = env.sim.faults(|f| {
+        (
+            f.log.iter().filter(|l| l.status == 429).count(),
+            f.max_in_window(Duration::from_secs(1)),
+        )
+    });
+    assert!(limited > 0, "the storm happened");
+    let (rps, burst) = (
+        env.cfg.api.requests_per_second as usize,
+        env.cfg.api.burst as usize,
+    );
+    assert!(
+        most_in_a_second <= rps + burst,
+        "{most_in_a_second} requests in one second (configured {rps}/s, burst {burst})"
+    );
+    env.sim.faults(|f| f.rate_limit = None);
+    assert_mirror_equals_sim(env);
+}
