@@ -181,9 +181,7 @@ impl Syncer {
                     self.cfg.scope.organizations.iter().map(|org| {
                         self.simple(res, v1::datasets_of_org(&self.client, org), Some(org))
                     });
-                let listings: Vec<Listing> = users.chain(orgs).collect();
-                self.side_by_side(listings.into_iter().map(|l| self.run_alone(l)))
-                    .await?
+                self.each_alone(users.chain(orgs).collect()).await?
             }
             Resource::Exports => {
                 let l = self.simple(res, v1::exports(&self.client), None);
@@ -203,9 +201,7 @@ impl Syncer {
                         l
                     },
                 );
-                let listings: Vec<Listing> = listings.collect();
-                self.side_by_side(listings.into_iter().map(|l| self.run_alone(l)))
-                    .await?
+                self.each_alone(listings.collect()).await?
             }
             Resource::Sequences => self.sync_sequences().await?,
             Resource::Slices => self.sync_slices().await?,
@@ -247,6 +243,12 @@ impl Syncer {
             report.merge(r?);
         }
         Ok(report)
+    }
+
+    /// Each listing on its own, side by side.
+    async fn each_alone(&self, listings: Vec<Listing>) -> Result<CycleReport, ApiError> {
+        self.side_by_side(listings.into_iter().map(|l| self.run_alone(l)))
+            .await
     }
 
     /// One listing with a report of its own.
@@ -371,11 +373,7 @@ impl Syncer {
             slugs: vec![slug.clone()],
             attribution: Attribution::Fixed(Some(slug.into())),
         });
-        let one_by_one: Vec<Listing> = one_by_one.collect();
-        report.merge(
-            self.side_by_side(one_by_one.into_iter().map(|l| self.run_alone(l)))
-                .await?,
-        );
+        report.merge(self.each_alone(one_by_one.collect()).await?);
         Ok(report)
     }
 
@@ -388,18 +386,14 @@ impl Syncer {
             .owners
             .iter()
             .chain(&self.cfg.scope.organizations);
-        let listings: Vec<Listing> = owners
-            .map(|owner| {
-                self.simple(
-                    Resource::Slices,
-                    v1::slices_of(&self.client, owner),
-                    Some(owner),
-                )
-            })
-            .collect();
-        let mut report = self
-            .side_by_side(listings.into_iter().map(|l| self.run_alone(l)))
-            .await?;
+        let listings = owners.map(|owner| {
+            self.simple(
+                Resource::Slices,
+                v1::slices_of(&self.client, owner),
+                Some(owner),
+            )
+        });
+        let mut report = self.each_alone(listings.collect()).await?;
         let stale = self
             .store
             .read(records::slices_to_relist)
@@ -445,8 +439,12 @@ impl Syncer {
             uids.collect::<Vec<String>>()
         });
         let mut total = 0u64;
-        while let Some(uids) = pages.next().await {
-            let uids = uids?.value;
+        while let Some(page) = pages.next().await {
+            // its place in the page budget is kept until the page is written
+            let Ahead {
+                value: uids,
+                held: _held,
+            } = page?;
             total += uids.len() as u64;
             let slice = uid.to_string();
             self.store
