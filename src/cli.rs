@@ -323,6 +323,8 @@ fn init_logging(env: &HashMap<String, String>, json: bool, quiet: bool) {
     } else {
         fmt.boxed()
     };
+    // a warning or error repeats at most once a minute per cause (SPEC §6)
+    let fmt = fmt.with_filter(crate::logging::OncePerCause::default());
     if tracing_subscriber::registry()
         .with(filter)
         .with(fmt)

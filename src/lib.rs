@@ -8,6 +8,7 @@ pub mod config;
 pub mod download;
 pub mod error;
 pub mod events;
+pub mod logging;
 pub mod metrics;
 pub mod scheduler;
 pub mod service;
