@@ -97,13 +97,7 @@ async fn an_export_poll_overtakes_a_multi_dataset_item_crawl() {
         })
     })
     .await;
-    let before = env.sim.faults(|f| f.log.len());
-    s.sync_resource(Resource::Exports).await.unwrap();
-    let log = env.sim.faults(|f| f.log[before..].to_vec());
-    let exports_at = log
-        .iter()
-        .position(|l| l.path == "/exports/")
-        .expect("exports polled");
+    let exports_at = requests_ahead_of_an_export_poll(&env, &s).await;
     assert!(
         exports_at <= 4,
         "the export poll waited behind {exports_at} crawl requests, more than the 4 in flight"

@@ -98,13 +98,7 @@ async fn export_poll_overtakes_an_item_crawl() {
     while env.sim.faults(|f| f.log.len()) < 10 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before = env.sim.faults(|f| f.log.len());
-    s.sync_resource(Resource::Exports).await.unwrap();
-    let log = env.sim.faults(|f| f.log[before..].to_vec());
-    let exports_at = log
-        .iter()
-        .position(|l| l.path == "/exports/")
-        .expect("exports polled");
+    let exports_at = requests_ahead_of_an_export_poll(&env, &s).await;
     assert!(
         exports_at <= 1,
         "the export poll waited behind {exports_at} crawl pages"

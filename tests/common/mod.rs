@@ -296,3 +296,18 @@ pub async fn assert_a_rate_limit_storm_converges(env: &TestEnv, server_rps: f64)
     env.sim.faults(|f| f.rate_limit = None);
     assert_mirror_equals_sim(env);
 }
+
+/// Polls the exports through `s` while other work runs: how many requests of
+/// that work reached the API between the poll's start and its own request.
+pub async fn requests_ahead_of_an_export_poll(env: &TestEnv, s: &Syncer) -> usize {
+    let before = env.sim.faults(|f| f.log.len());
+    s.sync_resource(avala_mirror::config::Resource::Exports)
+        .await
+        .unwrap();
+    env.sim.faults(|f| {
+        f.log[before..]
+            .iter()
+            .position(|l| l.path == "/exports/")
+            .expect("exports polled")
+    })
+}
