@@ -729,6 +729,22 @@ mod tests {
         c.execute("INSERT INTO t VALUES (1)", []).map(drop)
     }
 
+    /// Tables where [`orphan`] succeeds but its transaction's COMMIT fails (a
+    /// deferred foreign key), as a full disk would make a commit fail.
+    fn fails_at_commit(store: &Store) {
+        store.with(|c| {
+            c.execute_batch(
+                "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                 CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);",
+            )
+            .unwrap()
+        });
+    }
+
+    fn orphan(c: &mut Connection) -> rusqlite::Result<()> {
+        c.execute("INSERT INTO child VALUES (7)", []).map(drop)
+    }
+
     #[tokio::test]
     async fn a_batch_is_seen_by_readers_once_committed() {
         let (_dir, store, reader) = scratch();
@@ -809,14 +825,7 @@ mod tests {
 
         // a failed commit (a deferred foreign key: at COMMIT, as a full disk would)
         // leaves both unfinished, and a third failure does not hide the first
-        store.with(|c| {
-            c.execute_batch(
-                "CREATE TABLE parent (id INTEGER PRIMARY KEY);
-                 CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);",
-            )
-            .unwrap()
-        });
-        let orphan = |c: &mut Connection| c.execute("INSERT INTO child VALUES (7)", []).map(drop);
+        fails_at_commit(&store);
         let third = store.batch();
         first.call(insert).await.unwrap();
         second.call(orphan).await.unwrap();
@@ -855,14 +864,7 @@ mod tests {
     async fn a_failed_commit_rolls_back_and_is_reported_to_the_batch() {
         let (_dir, store, reader) = scratch();
         // a deferred foreign key fails at COMMIT, not at the insert
-        store.with(|c| {
-            c.execute_batch(
-                "CREATE TABLE parent (id INTEGER PRIMARY KEY);
-                 CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);",
-            )
-            .unwrap()
-        });
-        let orphan = |c: &mut Connection| c.execute("INSERT INTO child VALUES (7)", []).map(drop);
+        fails_at_commit(&store);
         let batch = store.batch();
         batch.call(insert).await.unwrap();
         batch.call(orphan).await.unwrap();
