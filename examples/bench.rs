@@ -21,7 +21,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use avala_mirror::api::Client;
 use avala_mirror::config::{Config, Resource};
 use avala_mirror::sim::{SimConfig, Simulator};
 use avala_mirror::store::Store;
@@ -111,12 +110,8 @@ async fn main() -> anyhow::Result<()> {
     }
     cfg.api.page_size = 1000;
     cfg.scope.resources = vec![Resource::Datasets, Resource::Items];
-    let syncer = Syncer {
-        client: Client::new(&cfg.api)?,
-        store: Store::open(&cfg.store_path)?,
-        cfg: Arc::new(cfg),
-        progress: None,
-    };
+    let store = Store::open(&cfg.store_path)?;
+    let syncer = Syncer::new(Arc::new(cfg), store)?;
     let where_ = if in_process {
         "in this process"
     } else {

@@ -37,6 +37,7 @@ fn append(store: &Store, n: u64) -> anyhow::Result<()> {
                 object: &object,
                 download: None,
                 moved_from: None,
+                steps: None,
             };
             events::append(&tx, &ev, &now)?;
         }

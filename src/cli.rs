@@ -41,7 +41,9 @@ pub enum Command {
     Run,
     /// One complete cycle of every enabled resource, then exit (cron-friendly)
     Sync {
-        /// Only this resource: datasets, sequences, items, slices or exports
+        /// Only this collection, by its table: datasets, sequences, items, slices,
+        /// exports, or (JSON:API) projects, jsonapi_datasets, entries, annotations,
+        /// note_feeds, note_comments, project_members
         #[arg(long, value_parser = parse_resource)]
         only: Option<Resource>,
     },
@@ -165,7 +167,11 @@ pub enum EventsAction {
 
 fn parse_resource(s: &str) -> Result<Resource, String> {
     Resource::parse(s).ok_or_else(|| {
-        format!("unknown resource {s:?}; expected datasets, sequences, items, slices or exports")
+        let names: Vec<&str> = Resource::ALL.iter().map(|r| r.table()).collect();
+        format!(
+            "unknown collection {s:?}; expected one of {}",
+            names.join(", ")
+        )
     })
 }
 

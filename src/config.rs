@@ -11,7 +11,9 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 
-/// The v1 resources the mirror keeps, in the order a cycle needs them.
+/// Every collection the mirror keeps: the v1 resources in the order a cycle
+/// needs them, then the JSON:API service's collections (SPEC §8). What tells one
+/// from another is its entry in [`SPECS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Resource {
     Datasets,
@@ -19,39 +21,162 @@ pub enum Resource {
     Items,
     Slices,
     Exports,
+    Projects,
+    JsonapiDatasets,
+    Entries,
+    Annotations,
+    NoteFeeds,
+    NoteComments,
+    ProjectMembers,
 }
 
+/// What a collection is: its table, its event name and, for the JSON:API
+/// service, how it is listed. Adding a JSON:API collection is one entry here,
+/// one variant above and its table in a migration.
+#[derive(Debug)]
+pub struct Spec {
+    /// Table name, also its name on the command line and in `/healthz`.
+    pub table: &'static str,
+    /// Singular name used in event types (`sequence.status_changed`).
+    pub singular: &'static str,
+    pub jsonapi: Option<JsonApiSpec>,
+}
+
+/// How a JSON:API collection is listed (SPEC §8).
+#[derive(Debug)]
+pub struct JsonApiSpec {
+    /// Its path under `jsonapi.base_url`, and its name in `jsonapi.resources`
+    /// and `[jsonapi.schedule]`.
+    pub path: &'static str,
+    /// The reference documents `filter[updated_at__gte]`: incremental listings.
+    pub incremental: bool,
+    /// `filter[project_id]` narrows it to `jsonapi.projects`.
+    pub by_project: bool,
+    /// A change of `attributes.wf_step` is a status change (entries).
+    pub step: bool,
+    /// Listed unless `jsonapi.resources` says otherwise.
+    pub default_on: bool,
+    /// Its default interval in `[jsonapi.schedule]`.
+    pub every: &'static str,
+}
+
+const fn v1(table: &'static str, singular: &'static str) -> Spec {
+    Spec {
+        table,
+        singular,
+        jsonapi: None,
+    }
+}
+
+/// [`JsonApiSpec`] flags: incremental, narrowed by project, wf_step, opt-in.
+const INCREMENTAL: u8 = 1;
+const BY_PROJECT: u8 = 2;
+const STEP: u8 = 4;
+const OPT_IN: u8 = 8;
+
+const fn jsonapi(
+    table: &'static str,
+    singular: &'static str,
+    path: &'static str,
+    flags: u8,
+    every: &'static str,
+) -> Spec {
+    Spec {
+        table,
+        singular,
+        jsonapi: Some(JsonApiSpec {
+            path,
+            incremental: flags & INCREMENTAL != 0,
+            by_project: flags & BY_PROJECT != 0,
+            step: flags & STEP != 0,
+            default_on: flags & OPT_IN == 0,
+            every,
+        }),
+    }
+}
+
+/// One entry per [`Resource`], in its order.
+pub const SPECS: [Spec; 12] = [
+    v1("datasets", "dataset"),
+    v1("sequences", "sequence"),
+    v1("items", "item"),
+    v1("slices", "slice"),
+    v1("exports", "export"),
+    jsonapi("projects", "project", "projects", INCREMENTAL, "5m"),
+    jsonapi(
+        "jsonapi_datasets",
+        "jsonapi_dataset",
+        "datasets",
+        INCREMENTAL | BY_PROJECT,
+        "5m",
+    ),
+    jsonapi("entries", "entry", "entries", BY_PROJECT | STEP, "60s"),
+    jsonapi(
+        "annotations",
+        "annotation",
+        "annotations",
+        BY_PROJECT | OPT_IN,
+        "1h",
+    ),
+    jsonapi(
+        "note_feeds",
+        "note_feed",
+        "note_feeds",
+        INCREMENTAL | BY_PROJECT,
+        "60s",
+    ),
+    jsonapi(
+        "note_comments",
+        "note_comment",
+        "note_comments",
+        INCREMENTAL,
+        "60s",
+    ),
+    jsonapi(
+        "project_members",
+        "project_member",
+        "project_members",
+        BY_PROJECT,
+        "1h",
+    ),
+];
+
 impl Resource {
-    pub const ALL: [Resource; 5] = [
+    pub const ALL: [Resource; 12] = [
         Resource::Datasets,
         Resource::Sequences,
         Resource::Items,
         Resource::Slices,
         Resource::Exports,
+        Resource::Projects,
+        Resource::JsonapiDatasets,
+        Resource::Entries,
+        Resource::Annotations,
+        Resource::NoteFeeds,
+        Resource::NoteComments,
+        Resource::ProjectMembers,
     ];
 
-    /// Table name, also the config and CLI name.
+    pub fn spec(self) -> &'static Spec {
+        &SPECS[self as usize]
+    }
+
+    /// Table name, also the CLI name.
     pub fn table(self) -> &'static str {
-        match self {
-            Resource::Datasets => "datasets",
-            Resource::Sequences => "sequences",
-            Resource::Items => "items",
-            Resource::Slices => "slices",
-            Resource::Exports => "exports",
-        }
+        self.spec().table
     }
 
     /// Singular name used in event types (`sequence.status_changed`).
     pub fn singular(self) -> &'static str {
-        match self {
-            Resource::Datasets => "dataset",
-            Resource::Sequences => "sequence",
-            Resource::Items => "item",
-            Resource::Slices => "slice",
-            Resource::Exports => "export",
-        }
+        self.spec().singular
     }
 
+    /// How it is listed, for a JSON:API collection.
+    pub fn jsonapi(self) -> Option<&'static JsonApiSpec> {
+        self.spec().jsonapi.as_ref()
+    }
+
+    /// By table name (`note_feeds`, `jsonapi_datasets`, `items`).
     pub fn parse(s: &str) -> Option<Resource> {
         Resource::ALL.into_iter().find(|r| r.table() == s)
     }
@@ -87,7 +212,10 @@ impl fmt::Debug for ApiKey {
 pub struct Config {
     pub api: ApiConfig,
     pub scope: ScopeConfig,
+    /// Every collection's interval, v1 and JSON:API.
     pub schedule: HashMap<Resource, Duration>,
+    /// `[jsonapi]`: the second service, when its `base_url` is set.
+    pub jsonapi: Option<JsonApiConfig>,
     pub store_path: PathBuf,
     pub downloads: DownloadsConfig,
     pub emit_initial: bool,
@@ -121,6 +249,21 @@ pub struct ApiConfig {
     pub max_retries: u32,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+}
+
+/// `[jsonapi]` (SPEC §8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonApiConfig {
+    /// Its base URL, key and quota, with `[api]`'s timeouts, retries and bounds.
+    pub api: ApiConfig,
+    /// The collections listed, in [`Resource`] order.
+    pub resources: Vec<Resource>,
+    /// Project ids that narrow the collections listed by project; empty = all.
+    pub projects: Vec<String>,
+    /// A complete listing of each collection at least this often.
+    pub full_every: Duration,
+    /// Taken off an incremental watermark, for clocks and same-second writes.
+    pub overlap: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -222,6 +365,49 @@ struct RawConfig {
     sinks: Vec<RawSink>,
     http: RawHttp,
     log: RawLog,
+    jsonapi: RawJsonApi,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawJsonApi {
+    base_url: Option<String>,
+    api_key_file: Option<PathBuf>,
+    requests_per_second: f64,
+    burst: u32,
+    page_size: u32,
+    resources: Vec<String>,
+    projects: Vec<String>,
+    full_every: String,
+    overlap: String,
+    schedule: HashMap<String, String>,
+}
+
+impl Default for RawJsonApi {
+    fn default() -> Self {
+        RawJsonApi {
+            base_url: None,
+            api_key_file: None,
+            requests_per_second: 5.0,
+            burst: 5,
+            page_size: 1000,
+            resources: jsonapi_collections()
+                .filter(|(_, j)| j.default_on)
+                .map(|(_, j)| j.path.to_string())
+                .collect(),
+            projects: vec![],
+            full_every: "1h".into(),
+            overlap: "2m".into(),
+            schedule: HashMap::new(),
+        }
+    }
+}
+
+/// The JSON:API collections with how each is listed.
+fn jsonapi_collections() -> impl Iterator<Item = (Resource, &'static JsonApiSpec)> {
+    Resource::ALL
+        .into_iter()
+        .filter_map(|r| Some((r, r.jsonapi()?)))
 }
 
 #[derive(Deserialize)]
@@ -277,6 +463,7 @@ impl Default for RawScope {
             datasets: vec![],
             resources: Resource::ALL
                 .iter()
+                .filter(|r| r.jsonapi().is_none())
                 .map(|r| r.table().to_string())
                 .collect(),
         }
@@ -438,6 +625,18 @@ impl Config {
         RawConfig::read(path, env)?.validate(env)
     }
 
+    /// Every collection mirrored: the v1 resources in scope, then the JSON:API
+    /// collections when that service is on.
+    pub fn resources(&self) -> Vec<Resource> {
+        let jsonapi = self.jsonapi.iter().flat_map(|j| j.resources.iter());
+        self.scope
+            .resources
+            .iter()
+            .chain(jsonapi)
+            .copied()
+            .collect()
+    }
+
     /// Only `store.path`, for the commands that only read the mirror: no key is
     /// needed, and nothing else is checked.
     pub fn load_store_path(
@@ -466,6 +665,8 @@ impl RawConfig {
             .with_list_parse_key("scope.organizations")
             .with_list_parse_key("scope.datasets")
             .with_list_parse_key("scope.resources")
+            .with_list_parse_key("jsonapi.resources")
+            .with_list_parse_key("jsonapi.projects")
             .source(Some(env.clone()));
         let mut builder = config::Config::builder();
         if let Some(path) = path {
@@ -491,6 +692,7 @@ impl RawConfig {
         section::<Vec<RawSink>>(&built, "sinks", &origin, &mut problems);
         section::<RawHttp>(&built, "http", &origin, &mut problems);
         section::<RawLog>(&built, "log", &origin, &mut problems);
+        section::<RawJsonApi>(&built, "jsonapi", &origin, &mut problems);
         if problems.is_empty() {
             problems.push(format!("{origin}: {whole}"));
         }
@@ -534,6 +736,26 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Turns the JSON:API service on at `base_url`, every other `[jsonapi]` key
+    /// at its default (the demo, the tests and the benchmarks).
+    pub fn enable_jsonapi(&mut self, base_url: &Url) -> Result<(), ConfigError> {
+        let raw = RawJsonApi {
+            base_url: Some(base_url.to_string()),
+            ..RawJsonApi::default()
+        };
+        let mut p = Vec::new();
+        let j = raw.check(&mut p, &mut self.schedule, Some(&self.api.key));
+        match j {
+            Some(j) if p.is_empty() => {
+                self.jsonapi = Some(j.with(&self.api));
+                Ok(())
+            }
+            _ => Err(ConfigError(p)),
+        }
+    }
+}
+
 fn duration(problems: &mut Vec<String>, key: &str, value: &str) -> Duration {
     match humantime::parse_duration(value) {
         Ok(d) if !d.is_zero() => d,
@@ -564,6 +786,147 @@ fn usable_dir(problems: &mut Vec<String>, key: &str, dir: &Path) {
     }
 }
 
+/// The key in `file`, or the problem with it.
+fn key_file(problems: &mut Vec<String>, key: &str, file: &Path) -> Option<ApiKey> {
+    match std::fs::read_to_string(file) {
+        Ok(k) if !k.trim().is_empty() => Some(ApiKey::new(k.trim())),
+        Ok(_) => {
+            problems.push(format!("{key}: {} is empty", file.display()));
+            None
+        }
+        Err(e) => {
+            problems.push(format!("{key}: cannot read {}: {e}", file.display()));
+            None
+        }
+    }
+}
+
+/// `[jsonapi]` checked, before `[api]`'s shared settings are added.
+struct CheckedJsonApi {
+    base_url: Url,
+    key: Option<ApiKey>,
+    requests_per_second: f64,
+    burst: u32,
+    page_size: u32,
+    resources: Vec<Resource>,
+    projects: Vec<String>,
+    full_every: Duration,
+    overlap: Duration,
+}
+
+impl CheckedJsonApi {
+    /// The configuration, with `[api]`'s timeouts, retries and bounds (and its
+    /// key, unless `jsonapi.api_key_file` gave one).
+    fn with(self, api: &ApiConfig) -> JsonApiConfig {
+        JsonApiConfig {
+            api: ApiConfig {
+                base_url: self.base_url,
+                key: self.key.unwrap_or_else(|| api.key.clone()),
+                requests_per_second: self.requests_per_second,
+                burst: self.burst,
+                page_size: self.page_size,
+                ..api.clone()
+            },
+            resources: self.resources,
+            projects: self.projects,
+            full_every: self.full_every,
+            overlap: self.overlap,
+        }
+    }
+}
+
+impl RawJsonApi {
+    /// Checks the section and puts its intervals in `schedule`; None when the
+    /// service is off (no `base_url`).
+    fn check(
+        self,
+        p: &mut Vec<String>,
+        schedule: &mut HashMap<Resource, Duration>,
+        api_key: Option<&ApiKey>,
+    ) -> Option<CheckedJsonApi> {
+        let names = || {
+            jsonapi_collections()
+                .map(|(_, j)| j.path)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let by_name = |name: &str| jsonapi_collections().find(|(_, j)| j.path == name);
+        for (res, j) in jsonapi_collections() {
+            schedule.insert(
+                res,
+                duration(p, &format!("jsonapi.schedule.{}", j.path), j.every),
+            );
+        }
+        for (name, every) in &self.schedule {
+            match by_name(name) {
+                Some((res, _)) => {
+                    let d = duration(p, &format!("jsonapi.schedule.{name}"), every);
+                    schedule.insert(res, d);
+                }
+                None => p.push(format!(
+                    "jsonapi.schedule.{name}: unknown collection; expected one of {}",
+                    names()
+                )),
+            }
+        }
+        let mut resources = Vec::new();
+        for name in &self.resources {
+            match by_name(name) {
+                Some((res, _)) if !resources.contains(&res) => resources.push(res),
+                Some(_) => {}
+                None => p.push(format!(
+                    "jsonapi.resources: unknown collection \"{name}\"; expected one of {}",
+                    names()
+                )),
+            }
+        }
+        resources.sort();
+        let full_every = duration(p, "jsonapi.full_every", &self.full_every);
+        let overlap = match humantime::parse_duration(&self.overlap) {
+            Ok(d) => d,
+            Err(e) => {
+                p.push(format!(
+                    "jsonapi.overlap: \"{}\" is not a duration ({e})",
+                    self.overlap
+                ));
+                Duration::ZERO
+            }
+        };
+        let rps = self.requests_per_second;
+        if !(rps.is_finite() && rps > 0.0) {
+            p.push(format!(
+                "jsonapi.requests_per_second: must be a positive number, got {rps}"
+            ));
+        }
+        if self.burst == 0 {
+            p.push("jsonapi.burst: must be at least 1".into());
+        }
+        // the reference's default and maximum
+        if !(1..=1000).contains(&self.page_size) {
+            p.push(format!(
+                "jsonapi.page_size: must be 1..=1000, got {}",
+                self.page_size
+            ));
+        }
+        let base_url = check_base_url(p, "jsonapi.base_url", self.base_url.as_deref()?);
+        let key = match &self.api_key_file {
+            Some(file) => key_file(p, "jsonapi.api_key_file", file),
+            None => api_key.cloned(),
+        };
+        Some(CheckedJsonApi {
+            base_url,
+            key,
+            requests_per_second: rps,
+            burst: self.burst,
+            page_size: self.page_size,
+            resources,
+            projects: self.projects,
+            full_every,
+            overlap,
+        })
+    }
+}
+
 /// A size such as "64MiB", "512KiB", "1GiB" or a number of bytes.
 fn byte_size(problems: &mut Vec<String>, key: &str, value: &str) -> u64 {
     let v = value.trim();
@@ -588,12 +951,12 @@ fn byte_size(problems: &mut Vec<String>, key: &str, value: &str) -> u64 {
 }
 
 /// http:// is allowed only for loopback hosts (as the official SDK does).
-fn check_base_url(problems: &mut Vec<String>, value: &str) -> Url {
+fn check_base_url(problems: &mut Vec<String>, key: &str, value: &str) -> Url {
     let fallback = || Url::parse("https://invalid.invalid/").expect("static URL");
     let url = match Url::parse(value) {
         Ok(u) => u,
         Err(e) => {
-            problems.push(format!("api.base_url: \"{value}\" is not a URL ({e})"));
+            problems.push(format!("{key}: \"{value}\" is not a URL ({e})"));
             return fallback();
         }
     };
@@ -601,14 +964,14 @@ fn check_base_url(problems: &mut Vec<String>, value: &str) -> Url {
         "https" => {}
         "http" if is_loopback(&url) => {}
         "http" => problems.push(format!(
-            "api.base_url: plain http:// is only allowed for loopback hosts, got \"{value}\"; use https://"
+            "{key}: plain http:// is only allowed for loopback hosts, got \"{value}\"; use https://"
         )),
         other => problems.push(format!(
-            "api.base_url: scheme \"{other}\" is not supported; use https://"
+            "{key}: scheme \"{other}\" is not supported; use https://"
         )),
     }
     if !url.username().is_empty() || url.password().is_some() {
-        problems.push("api.base_url: must not carry credentials".into());
+        problems.push(format!("{key}: must not carry credentials"));
     }
     url
 }
@@ -625,7 +988,7 @@ pub fn is_loopback(url: &Url) -> bool {
 impl RawConfig {
     fn validate(self, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let mut p = Vec::new();
-        let base_url = check_base_url(&mut p, &self.api.base_url);
+        let base_url = check_base_url(&mut p, "api.base_url", &self.api.base_url);
         // by default only with an API on loopback (the simulator's storage is too)
         let allow_private = self
             .downloads
@@ -634,20 +997,7 @@ impl RawConfig {
 
         let key = match (env.get("AVALA_API_KEY"), &self.api.api_key_file) {
             (Some(k), _) if !k.trim().is_empty() => Some(ApiKey::new(k.trim())),
-            (_, Some(file)) => match std::fs::read_to_string(file) {
-                Ok(k) if !k.trim().is_empty() => Some(ApiKey::new(k.trim())),
-                Ok(_) => {
-                    p.push(format!("api.api_key_file: {} is empty", file.display()));
-                    None
-                }
-                Err(e) => {
-                    p.push(format!(
-                        "api.api_key_file: cannot read {}: {e}",
-                        file.display()
-                    ));
-                    None
-                }
-            },
+            (_, Some(file)) => key_file(&mut p, "api.api_key_file", file),
             _ => match env.get("CREDENTIALS_DIRECTORY") {
                 // systemd's LoadCredential=api_key:…
                 Some(dir) if Path::new(dir).join("api_key").is_file() => {
@@ -731,7 +1081,7 @@ impl RawConfig {
 
         let mut resources = Vec::new();
         for r in &self.scope.resources {
-            match Resource::parse(r) {
+            match Resource::parse(r).filter(|r| r.jsonapi().is_none()) {
                 Some(res) if !resources.contains(&res) => resources.push(res),
                 Some(_) => {}
                 None => p.push(format!(
@@ -756,7 +1106,7 @@ impl RawConfig {
         }
 
         let s = &self.schedule;
-        let schedule = HashMap::from([
+        let mut schedule = HashMap::from([
             (
                 Resource::Datasets,
                 duration(&mut p, "schedule.datasets", &s.datasets),
@@ -778,6 +1128,8 @@ impl RawConfig {
                 duration(&mut p, "schedule.exports", &s.exports),
             ),
         ]);
+
+        let jsonapi = self.jsonapi.check(&mut p, &mut schedule, key.as_ref());
 
         if self.downloads.concurrency == 0 {
             p.push("downloads.concurrency: must be at least 1".into());
@@ -860,21 +1212,24 @@ impl RawConfig {
         if !p.is_empty() {
             return Err(ConfigError(p));
         }
+        let api = ApiConfig {
+            base_url,
+            key: key.expect("checked above"),
+            requests_per_second: rps,
+            burst: self.api.burst,
+            timeout,
+            page_size: self.api.page_size,
+            concurrency: self.api.concurrency,
+            max_response_bytes,
+            max_wait,
+            max_retries: self.api.max_retries,
+            backoff_min,
+            backoff_max,
+        };
+        let jsonapi = jsonapi.map(|j| j.with(&api));
         Ok(Config {
-            api: ApiConfig {
-                base_url,
-                key: key.expect("checked above"),
-                requests_per_second: rps,
-                burst: self.api.burst,
-                timeout,
-                page_size: self.api.page_size,
-                concurrency: self.api.concurrency,
-                max_response_bytes,
-                max_wait,
-                max_retries: self.api.max_retries,
-                backoff_min,
-                backoff_max,
-            },
+            api,
+            jsonapi,
             scope: ScopeConfig {
                 owners: self.scope.owners,
                 organizations: self.scope.organizations,
@@ -917,6 +1272,59 @@ mod tests {
     }
 
     const MIN: &str = "[scope]\nowners = [\"johndoe\"]\n";
+
+    #[test]
+    fn the_jsonapi_service_is_off_until_it_has_a_base_url() {
+        let c = load(MIN, &[("AVALA_API_KEY", "k")]).unwrap();
+        assert!(c.jsonapi.is_none());
+        assert_eq!(c.resources(), c.scope.resources);
+        let c = load(
+            &format!(
+                "{MIN}[jsonapi]\nbase_url = \"https://dataset-api.example.com\"\nresources = [\"entries\", \"note_feeds\", \"annotations\"]\nprojects = [\"p1\"]\n[jsonapi.schedule]\nentries = \"15s\"\n"
+            ),
+            &[("AVALA_API_KEY", "k"), ("AVALA_MIRROR__JSONAPI__PAGE_SIZE", "500")],
+        )
+        .unwrap();
+        let j = c.jsonapi.as_ref().unwrap();
+        assert_eq!(
+            j.resources,
+            vec![
+                Resource::Entries,
+                Resource::Annotations,
+                Resource::NoteFeeds
+            ]
+        );
+        assert_eq!((j.api.page_size, j.api.key.expose()), (500, "k"));
+        assert_eq!(j.projects, vec!["p1"]);
+        assert_eq!(c.schedule[&Resource::Entries], Duration::from_secs(15));
+        assert_eq!(c.schedule[&Resource::NoteFeeds], Duration::from_secs(60));
+        assert!(c.resources().contains(&Resource::Annotations));
+        // every problem, each by its key
+        let err = load(
+            &format!(
+                "{MIN}[jsonapi]\nbase_url = \"http://dataset-api.example.com\"\npage_size = 5000\nresources = [\"comments\"]\nfull_every = \"often\"\n[jsonapi.schedule]\nnotes = \"1m\"\n"
+            ),
+            &[("AVALA_API_KEY", "k")],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "jsonapi.base_url: plain http://",
+            "jsonapi.page_size",
+            "jsonapi.resources: unknown collection \"comments\"",
+            "jsonapi.full_every",
+            "jsonapi.schedule.notes",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        // the v1 scope does not take a JSON:API collection
+        let err = load(
+            "[scope]\nowners = [\"johndoe\"]\nresources = [\"note_feeds\"]\n",
+            &[("AVALA_API_KEY", "k")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("scope.resources"), "{err}");
+    }
 
     #[test]
     fn defaults_and_env_override() {

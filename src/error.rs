@@ -61,6 +61,9 @@ pub enum ApiError {
         "the listing at {endpoint} cannot be trusted: {message}; it is incomplete and nothing was deleted"
     )]
     Untrusted { endpoint: String, message: String },
+    /// An incremental listing whose server did not apply `filter[updated_at__gte]`.
+    #[error("the server ignored filter[updated_at__gte] at {endpoint}: {message}")]
+    FilterIgnored { endpoint: String, message: String },
     #[error(
         "the answer at {endpoint} is larger than api.max_response_bytes ({limit} bytes); refused"
     )]

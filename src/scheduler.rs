@@ -23,7 +23,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     health: Option<Arc<Health>>,
 ) -> Result<(), ApiError> {
-    let resources = syncer.cfg.scope.resources.clone();
+    let resources = syncer.cfg.resources();
     let done = move |r: Result<CycleReport, ApiError>| -> Result<(), ApiError> {
         let report = r?;
         if let Some(h) = &health {
@@ -44,7 +44,8 @@ pub async fn run(
         tasks.spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
-            if res != Resource::Datasets {
+            // the JSON:API collections need nothing from the v1 ones
+            if res != Resource::Datasets && res.jsonapi().is_none() {
                 tokio::select! {
                     _ = first.wait_for(|done| *done) => {}
                     _ = stopped(&mut stop) => return,

@@ -51,13 +51,9 @@ impl Health {
     pub fn configure(&self, cfg: &Config) {
         let mut h = self.inner.lock().expect("health lock");
         let now = SystemTime::now();
-        h.intervals = cfg
-            .scope
-            .resources
-            .iter()
-            .map(|r| (*r, cfg.schedule[r]))
-            .collect();
-        for r in &cfg.scope.resources {
+        let resources = cfg.resources();
+        h.intervals = resources.iter().map(|r| (*r, cfg.schedule[r])).collect();
+        for r in &resources {
             h.last_ok.entry(*r).or_insert(now);
         }
         h.db = cfg.store_path.clone();

@@ -13,7 +13,7 @@ async fn sync_status_and_events_from_the_command_line() {
     let cfg = cfg.to_str().unwrap();
     let (code, out, err) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("items     listed 360"), "{out}");
+    assert!(out.contains("items            listed 360"), "{out}");
 
     env.sim.world(|w| {
         let s = w.sequences_of(0)[1];

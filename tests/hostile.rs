@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use avala_mirror::api::Client;
 use avala_mirror::config::{Config, Resource};
 use avala_mirror::store::Store;
 use avala_mirror::sync::Syncer;
@@ -109,12 +108,8 @@ async fn endless_listings_end_incomplete_after_a_few_requests_and_delete_nothing
     cfg.api.requests_per_second = 1000.0;
     cfg.api.burst = 100;
     cfg.downloads.enabled = false;
-    let syncer = Syncer {
-        client: Client::new(&cfg.api).unwrap(),
-        store: Store::open(&cfg.store_path).unwrap(),
-        cfg: Arc::new(cfg),
-        progress: None,
-    };
+    let store = Store::open(&cfg.store_path).unwrap();
+    let syncer = Syncer::new(Arc::new(cfg), store).unwrap();
     let report = syncer.sync_resource(Resource::Exports).await.unwrap();
     assert!(report.failures.is_empty(), "{report:?}");
     for (mode, says) in [

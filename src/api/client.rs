@@ -94,6 +94,20 @@ impl Client {
         url
     }
 
+    /// The base URL plus path segments, without the trailing slash (the JSON:API
+    /// service's paths have none), and query parameters.
+    pub fn url_exact(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("http(s) base URL")
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
     /// The key goes only to the API's own scheme, host and port.
     pub fn is_api_host(&self, url: &Url) -> bool {
         url.scheme() == self.base.scheme()
@@ -291,7 +305,7 @@ impl Client {
     /// The endpoint as a metric label: the path under the base URL, with every
     /// value (owner, slug, uid) replaced by `*` so the label set stays small.
     fn endpoint_label(&self, url: &Url) -> String {
-        const WORDS: [&str; 7] = [
+        const WORDS: [&str; 13] = [
             "datasets",
             "list",
             "organizations",
@@ -299,6 +313,12 @@ impl Client {
             "items",
             "slices",
             "exports",
+            "projects",
+            "entries",
+            "annotations",
+            "note_feeds",
+            "note_comments",
+            "project_members",
         ];
         let path = url
             .path()
@@ -397,7 +417,12 @@ fn transport(endpoint: String, e: reqwest::Error) -> ApiError {
     ApiError::Transport { endpoint, message }
 }
 
+/// What an error body says: a JSON:API error document's titles and details, else
+/// its first 200 bytes.
 fn snippet(body: &[u8]) -> String {
+    if let Some(text) = super::jsonapi::error_text(body) {
+        return text.chars().take(500).collect();
+    }
     let s = String::from_utf8_lossy(&body[..body.len().min(200)]);
     s.trim().to_string()
 }

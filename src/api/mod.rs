@@ -1,5 +1,6 @@
 //! Talking to Avala: the client (key, pacing, retries), pagination, endpoints.
 pub mod client;
+pub mod jsonapi;
 pub mod pace;
 pub mod page;
 pub mod v1;

@@ -1,7 +1,10 @@
-//! Cursor and page pagination as one sequence of pages: both styles answer
+//! Pagination as one sequence of pages. Both v1 styles answer
 //! `{"next": <absolute URL|null>, "results": [...]}` (page style adds `count`),
-//! so following `next` covers both. A `count` that changes mid-listing marks the
-//! listing unstable (records may have shifted between pages).
+//! so following `next` covers both. The JSON:API service answers
+//! `{"data": [...], "meta": {"count"}, "links": {"next"}}` and is paged by
+//! number, or by key for an incremental listing ([`Paging`]). A `count` that
+//! changes mid-listing marks the listing unstable (records may have shifted
+//! between pages).
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -16,8 +19,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::client::Client;
+use super::jsonapi;
 use super::pace::Priority;
 use crate::error::ApiError;
+use crate::sync::diff::Head;
 
 /// Pages fetched and converted ahead of the writer by one listing: enough to keep
 /// the writer busy across a slow response.
@@ -87,8 +92,42 @@ impl Page {
     }
 }
 
+/// How a listing finds its next page.
+pub enum Paging {
+    /// v1: the server's `next` link.
+    Next,
+    /// JSON:API: `page[number]` + 1 while pages are full (SPEC §8).
+    Number,
+    /// JSON:API incremental: each request asks for what changed since the last
+    /// `updated_at` received, so a record updated mid-listing (which moves to
+    /// the end) cannot push another past a page boundary unseen.
+    Keyed(Keyed),
+}
+
+/// The state of an incremental listing paged by key.
+#[derive(Default)]
+pub struct Keyed {
+    /// The current request's bound, as sent and as an instant.
+    bound: String,
+    at: i128,
+    /// Ids received whose `updated_at` is the bound: a later page that
+    /// returns them again (it starts at that instant) drops them.
+    at_bound: HashSet<String>,
+}
+
+impl Keyed {
+    pub fn new(bound: &str) -> Keyed {
+        Keyed {
+            bound: bound.to_string(),
+            at: jsonapi::instant(bound).unwrap_or(i128::MIN),
+            at_bound: HashSet::new(),
+        }
+    }
+}
+
 pub struct Pager {
     client: Arc<Client>,
+    paging: Paging,
     next: Option<Url>,
     prio: Priority,
     first_count: Option<u64>,
@@ -108,8 +147,13 @@ const PAGE_SLACK: u64 = 10;
 
 impl Pager {
     pub fn new(client: Arc<Client>, first: Url, prio: Priority) -> Pager {
+        Pager::paged(client, first, prio, Paging::Next)
+    }
+
+    pub fn paged(client: Arc<Client>, first: Url, prio: Priority, paging: Paging) -> Pager {
         Pager {
             client,
+            paging,
             visited: HashSet::from([first.clone()]),
             next: Some(first),
             prio,
@@ -124,8 +168,14 @@ impl Pager {
         let Some(url) = self.next.take() else {
             return Ok(None);
         };
-        let fetched = self.client.fetch(&url, self.prio, parse_page).await?;
-        let (page, next) = fetched.value;
+        let (mut page, next) = match self.paging {
+            Paging::Next => self.client.fetch(&url, self.prio, parse_page).await?.value,
+            _ => {
+                let fetched = self.client.fetch(&url, self.prio, parse_document).await?;
+                let (page, links) = fetched.value;
+                (page, links)
+            }
+        };
         let untrusted = |message: String| ApiError::Untrusted {
             endpoint: super::client::endpoint(&url),
             message,
@@ -138,6 +188,12 @@ impl Pager {
             )));
         }
         self.received += n;
+        if let Paging::Keyed(k) = &mut self.paging {
+            // the count is of what changed since a moving bound: nothing to compare
+            let next = k.next(&url, &mut page, n == limit)?;
+            self.next = self.follow(&url, next)?;
+            return Ok(Some(page));
+        }
         match (self.first_count, page.count) {
             (None, Some(c)) => self.first_count = Some(c),
             (Some(a), Some(b)) if a != b => self.unstable = true,
@@ -149,6 +205,27 @@ impl Pager {
                 "{} records and counting, more than a page past the {count} it announced",
                 self.received
             )));
+        }
+        if let Paging::Number = self.paging {
+            // a short page is the last; so is one whose links name no next page
+            let next = match next {
+                Some(link) if n == limit => {
+                    if !link.is_empty() {
+                        let link = url.join(&link).map_err(|e| ApiError::Malformed {
+                            endpoint: super::client::endpoint(&url),
+                            message: format!("bad next link: {e}"),
+                        })?;
+                        if !self.client.is_api_host(&link) {
+                            return Err(ApiError::ForeignHost(super::client::endpoint(&link)));
+                        }
+                    }
+                    // the link only says there is one; the page asked for is ours
+                    Some(jsonapi::with_page(&url, jsonapi::page_number(&url) + 1))
+                }
+                _ => None,
+            };
+            self.next = self.follow(&url, next)?;
+            return Ok(Some(page));
         }
         if let Some(next) = next {
             let next = url.join(&next).map_err(|e| ApiError::Malformed {
@@ -166,6 +243,17 @@ impl Pager {
             self.next = Some(next);
         }
         Ok(Some(page))
+    }
+
+    /// Takes `next` as the next page, unless this listing asked for it already.
+    fn follow(&mut self, url: &Url, next: Option<Url>) -> Result<Option<Url>, ApiError> {
+        match next {
+            Some(next) if !self.visited.insert(next.clone()) => Err(ApiError::Untrusted {
+                endpoint: super::client::endpoint(url),
+                message: "its next page is one it already fetched".into(),
+            }),
+            next => Ok(next),
+        }
     }
 
     /// Fetches pages ahead on a task of their own and turns each into `T` on a
@@ -245,6 +333,128 @@ impl<T> Drop for PageStream<T> {
     }
 }
 
+impl Keyed {
+    /// Checks a page against the filter its request sent, drops the records
+    /// received already at the bound's instant, and gives the next request:
+    /// from the last `updated_at` of the page, page 1 (or, when the whole page
+    /// shares the one instant, the next page of that instant). None after a
+    /// page that was not full.
+    fn next(&mut self, url: &Url, page: &mut Page, full: bool) -> Result<Option<Url>, ApiError> {
+        let ignored = |message: String| ApiError::FilterIgnored {
+            endpoint: super::client::endpoint(url),
+            message,
+        };
+        let mut keep = Vec::with_capacity(page.records.len());
+        let mut last: Option<(i128, String)> = None;
+        let mut all_same = true;
+        let mut ids_at_last = Vec::new();
+        for range in &page.records {
+            let text = &page.body[range.clone()];
+            let Ok(head) = Head::parse_jsonapi(text) else {
+                // skipped and counted by the listing
+                keep.push(range.clone());
+                continue;
+            };
+            let Some(t) = head.updated_at.as_deref().and_then(jsonapi::instant) else {
+                return Err(ignored(format!(
+                    "record {} has no readable updated_at to page by",
+                    head.uid
+                )));
+            };
+            if t < self.at {
+                return Err(ignored(format!(
+                    "record {} was updated at {}, before the {} asked for",
+                    head.uid,
+                    head.updated_at.as_deref().unwrap_or_default(),
+                    self.bound
+                )));
+            }
+            let id = head.uid.into_owned();
+            if t == self.at && self.at_bound.contains(&id) {
+                continue;
+            }
+            match &last {
+                Some((l, _)) if *l == t => {}
+                Some(_) => {
+                    all_same = false;
+                    ids_at_last.clear();
+                }
+                None => {}
+            }
+            ids_at_last.push(id);
+            last = Some((t, head.updated_at.unwrap_or_default().into_owned()));
+            keep.push(range.clone());
+        }
+        page.records = keep;
+        let (Some((t, text)), true) = (last, full) else {
+            return Ok(None);
+        };
+        let number = jsonapi::page_number(url);
+        let next_number = if t == self.at {
+            // every record of the page at the bound: the next page of that instant
+            number + 1
+        } else {
+            self.at_bound.clear();
+            self.bound = text;
+            self.at = t;
+            // a page all of one instant: page 1 from that instant would be this one
+            if all_same { 2 } else { 1 }
+        };
+        self.at_bound.extend(ids_at_last);
+        let url = jsonapi::with_param(url, jsonapi::SINCE, &self.bound);
+        Ok(Some(jsonapi::with_page(&url, next_number)))
+    }
+}
+
+/// A JSON:API document's `data` (the records, unparsed), `meta.count`, and
+/// whether its `links` name a next page: `Some` of the link when they do, or
+/// when there are no links (only a short page ends such a listing).
+pub fn parse_document(body: &Bytes) -> Result<(Page, Option<String>), String> {
+    #[derive(Deserialize)]
+    struct Doc<'a> {
+        #[serde(borrow)]
+        data: Vec<&'a RawValue>,
+        #[serde(default)]
+        meta: Value,
+        #[serde(default)]
+        links: Value,
+    }
+    let body = ByteString::try_from(body.clone()).map_err(|e| format!("not JSON: {e}"))?;
+    let doc: Doc = serde_json::from_str(&body).map_err(|e| format!("not a JSON:API list: {e}"))?;
+    let next = match &doc.links {
+        Value::Null => Some(String::new()),
+        Value::Object(links) => match links.get("next") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            // JSON:API 1.1: a link may be an object with `href`
+            Some(Value::Object(o)) => o.get("href").and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        },
+        _ => return Err("`links` is not an object".into()),
+    };
+    let count = doc.meta.get("count").and_then(Value::as_u64);
+    let records = ranges(&body, &doc.data);
+    Ok((
+        Page {
+            body: body.clone(),
+            records,
+            count,
+        },
+        next,
+    ))
+}
+
+/// Where each of `values` (parsed from `body`) is in `body`.
+fn ranges(body: &str, values: &[&RawValue]) -> Vec<Range<usize>> {
+    let base = body.as_ptr() as usize;
+    values
+        .iter()
+        .map(|r| {
+            let start = r.get().as_ptr() as usize - base;
+            start..start + r.get().len()
+        })
+        .collect()
+}
+
 #[derive(Deserialize)]
 struct Body<'a> {
     #[serde(borrow)]
@@ -274,14 +484,7 @@ fn parse_page(body: &Bytes) -> Result<(Page, Option<String>), String> {
         }
         _ => return Err("a page must be an object with `results`".into()),
     };
-    let base = body.as_ptr() as usize;
-    let records = results
-        .iter()
-        .map(|r| {
-            let start = r.get().as_ptr() as usize - base;
-            start..start + r.get().len()
-        })
-        .collect();
+    let records = ranges(&body, &results);
     Ok((
         Page {
             body: body.clone(),

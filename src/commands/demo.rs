@@ -38,12 +38,30 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     cfg.downloads.dir = dir.join("exports");
     cfg.api.requests_per_second = 40.0;
     cfg.api.burst = 20;
+    cfg.enable_jsonapi(&sim.jsonapi_url())?;
+    if let Some(j) = cfg.jsonapi.as_mut() {
+        // every collection, annotations too
+        j.resources = Resource::ALL
+            .into_iter()
+            .filter(|r| r.jsonapi().is_some())
+            .collect();
+        j.api.requests_per_second = 20.0;
+        j.api.burst = 10;
+        j.full_every = Duration::from_secs(30);
+    }
     for (res, secs) in [
         (Resource::Datasets, 10),
         (Resource::Sequences, 2),
         (Resource::Items, 15),
         (Resource::Slices, 10),
         (Resource::Exports, 2),
+        (Resource::Projects, 10),
+        (Resource::JsonapiDatasets, 10),
+        (Resource::Entries, 3),
+        (Resource::Annotations, 15),
+        (Resource::NoteFeeds, 2),
+        (Resource::NoteComments, 2),
+        (Resource::ProjectMembers, 5),
     ] {
         cfg.schedule.insert(res, Duration::from_secs(secs));
     }
@@ -55,6 +73,10 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
         sim.base_url(),
         owners.join(", "),
         orgs.join(", ")
+    );
+    println!(
+        "  simulated JSON:API:  {}  (projects, entries, annotations, note feeds and comments, members)",
+        sim.jsonapi_url()
     );
     println!("  mirror database:     {}", db.display());
     println!(
@@ -69,22 +91,30 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
 
     let total = sim.world(|w| {
         let items: u64 = (0..w.datasets.len()).map(|d| w.item_count(d)).sum();
-        items + (w.datasets.len() + w.sequences.len() + w.slices.len() + w.exports.len()) as u64
+        let jsonapi: u64 = w
+            .jsonapi
+            .colls
+            .iter()
+            .map(|c| c.count - c.deleted.len() as u64)
+            .sum();
+        items
+            + jsonapi
+            + (w.datasets.len() + w.sequences.len() + w.slices.len() + w.exports.len()) as u64
     });
     let (bar, progress) = super::sync::progress(Some(total));
     let syncer = super::sync::syncer(cfg.clone(), Some(progress))?;
     let started = std::time::Instant::now();
-    let reports = super::sync::cycle(&syncer, &cfg.scope.resources).await?;
+    let reports = super::sync::cycle(&syncer, &cfg.resources()).await?;
     bar.finish_and_clear();
     let listed: u64 = reports.iter().map(|r| r.listed).sum();
     println!(
         "first sync: {listed} records mirrored in {:.1}s with {} API requests (a silent baseline: no events yet)",
         started.elapsed().as_secs_f64(),
-        syncer
-            .client
-            .stats
-            .requests
-            .load(std::sync::atomic::Ordering::Relaxed)
+        [Some(&syncer.client), syncer.jsonapi.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|c| c.stats.requests.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>()
     );
     println!(
         "watching for changes for {}s (Ctrl-C to stop early)...",
@@ -130,14 +160,14 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     for res in Resource::ALL {
         let r = &status["resources"][res.table()];
         println!(
-            "  {:<10} {:>6} present, {:>3} deleted",
+            "  {:<16} {:>6} present, {:>3} deleted",
             res.table(),
             r["present"],
             r["deleted"]
         );
     }
     println!(
-        "  downloads  {:>6} archives in {}, {} pending, {} failed",
+        "  downloads        {:>6} archives in {}, {} pending, {} failed",
         status["downloads"]["downloaded"],
         cfg.downloads.dir.display(),
         status["downloads"]["pending"],
@@ -153,6 +183,12 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     );
     println!(
         "  sqlite3 {path} \"SELECT type, uid, old_status, new_status, created_at FROM events ORDER BY seq DESC LIMIT 20;\""
+    );
+    println!(
+        "  sqlite3 {path} \"SELECT uid, entry_id, anchor_type, status, raw->>'$.attributes.content_md' FROM note_feeds WHERE status = 'pending' AND deleted_at IS NULL;\""
+    );
+    println!(
+        "  sqlite3 {path} \"SELECT wf_step, status, count(*) FROM entries WHERE deleted_at IS NULL GROUP BY 1, 2;\""
     );
     println!(
         "  sqlite3 {path} \"SELECT e.raw->>'name', e.status, d.status, d.path, d.sha256 FROM exports e LEFT JOIN downloads d ON d.export_uid = e.uid ORDER BY e.raw->>'created_at' DESC;\""

@@ -22,6 +22,10 @@ pub async fn simulate(
             humantime::format_duration(latency)
         );
     }
+    println!(
+        "  JSON:API service (projects, entries, notes…) on {}",
+        sim.jsonapi_url()
+    );
     println!("  export archives served from http://{}", sim.storage_addr);
     println!("  key:   X-Avala-Api-Key: {key}");
     println!(
@@ -29,8 +33,9 @@ pub async fn simulate(
         sim.base_url()
     );
     println!(
-        "  mirror it with: AVALA_API_KEY={key} AVALA_MIRROR__API__BASE_URL={} AVALA_MIRROR__SCOPE__OWNERS={owners} AVALA_MIRROR__SCOPE__ORGANIZATIONS={orgs} avala-mirror sync",
-        sim.base_url()
+        "  mirror it with: AVALA_API_KEY={key} AVALA_MIRROR__API__BASE_URL={} AVALA_MIRROR__SCOPE__OWNERS={owners} AVALA_MIRROR__SCOPE__ORGANIZATIONS={orgs} AVALA_MIRROR__JSONAPI__BASE_URL={} avala-mirror sync",
+        sim.base_url(),
+        sim.jsonapi_url()
     );
     tokio::signal::ctrl_c().await?;
     Ok(())

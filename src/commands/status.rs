@@ -73,14 +73,36 @@ pub fn collect(c: &Connection) -> rusqlite::Result<Value> {
                 Ok(json!({"scope": r.get::<_, String>(0)?, "error": r.get::<_, String>(1)?}))
             })?
             .collect::<Result<_, _>>()?;
-        resources.insert(
-            t.into(),
-            json!({
-                "present": total, "deleted": deleted, "by_status": by_status,
-                "scopes": scopes, "last_success_at": last_success, "oldest_scope_success_at": oldest_success,
-                "failing_scopes": failing, "skipped_records": skipped, "errors": errors,
-            }),
-        );
+        let mut entry = json!({
+            "present": total, "deleted": deleted, "by_status": by_status,
+            "scopes": scopes, "last_success_at": last_success, "oldest_scope_success_at": oldest_success,
+            "failing_scopes": failing, "skipped_records": skipped, "errors": errors,
+        });
+        if res.jsonapi().is_some() {
+            // incremental listings (SPEC §8): the last full one, and scopes whose
+            // server ignored or refused the filter (on full listings for now)
+            entry["last_full_listing_at"] = c
+                .query_row(
+                    "SELECT max(full_at) FROM sync_state WHERE resource = ?1",
+                    [t],
+                    |r| r.get::<_, Option<String>>(0),
+                )?
+                .into();
+            let mut st = c.prepare(
+                "SELECT scope, filter_failed_at, filter_error FROM sync_state
+                 WHERE resource = ?1 AND filter_failed_at IS NOT NULL ORDER BY scope LIMIT 10",
+            )?;
+            let refused: Vec<Value> = st
+                .query_map([t], |r| {
+                    Ok(
+                        json!({"scope": r.get::<_, String>(0)?, "since": r.get::<_, String>(1)?,
+                              "error": r.get::<_, Option<String>>(2)?}),
+                    )
+                })?
+                .collect::<Result<_, _>>()?;
+            entry["filter_not_honoured"] = refused.into();
+        }
+        resources.insert(t.into(), entry);
     }
     let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
     let (bytes, free) = crate::store::retention::size(c)?;
@@ -133,20 +155,25 @@ fn print_human(v: &Value) {
         mib("wal_bytes")
     );
     println!(
-        "{:<10} {:>9} {:>8}  {:<22} statuses",
-        "resource", "present", "deleted", "last success"
+        "{:<16} {:>9} {:>8}  {:<22} statuses",
+        "collection", "present", "deleted", "last success"
     );
     if let Some(m) = v["resources"].as_object() {
         for (name, r) in m {
+            let jsonapi = Resource::parse(name).is_some_and(|r| r.jsonapi().is_some());
+            if jsonapi && r["scopes"].as_i64() == Some(0) && r["present"].as_i64() == Some(0) {
+                // the JSON:API service was never on: nothing to say
+                continue;
+            }
             let statuses: Vec<String> = r["by_status"]
                 .as_object()
                 .map(|s| s.iter().map(|(k, n)| format!("{k}={n}")).collect())
                 .unwrap_or_default();
             println!(
-                "{:<10} {:>9} {:>8}  {:<22} {}",
+                "{:<16} {:>9} {:>8}  {:<22} {}",
                 name,
-                r["present"],
-                r["deleted"],
+                r["present"].as_i64().unwrap_or(0),
+                r["deleted"].as_i64().unwrap_or(0),
                 r["last_success_at"].as_str().unwrap_or("never"),
                 statuses.join(" ")
             );
@@ -159,6 +186,14 @@ fn print_human(v: &Value) {
             for e in r["errors"].as_array().into_iter().flatten() {
                 println!(
                     "           failing {}: {}",
+                    e["scope"].as_str().unwrap_or(""),
+                    e["error"].as_str().unwrap_or("")
+                );
+            }
+            for e in r["filter_not_honoured"].as_array().into_iter().flatten() {
+                println!(
+                    "           on full listings since {} (retried daily), {}: {}",
+                    e["since"].as_str().unwrap_or(""),
                     e["scope"].as_str().unwrap_or(""),
                     e["error"].as_str().unwrap_or("")
                 );

@@ -7,7 +7,6 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::api::Client;
 use crate::config::{Config, Resource};
 use crate::download::Downloader;
 use crate::error::{ApiError, ConfigError, EXIT_OK, EXIT_WORK_FAILED};
@@ -20,13 +19,8 @@ use crate::sync::{CycleReport, ProgressFn, Syncer};
 /// Opens the store and the client for a command that syncs.
 pub fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<Syncer> {
     let store = Store::open_with_max_wal(&cfg.store_path, cfg.max_wal)?;
-    let client = Client::new(&cfg.api).context("building the HTTP client")?;
-    Ok(Syncer {
-        client,
-        store,
-        cfg,
-        progress,
-    })
+    let syncer = Syncer::new(cfg, store).context("building the HTTP client")?;
+    Ok(Syncer { progress, ..syncer })
 }
 
 /// The configured sinks' delivery queues (none when no sink is configured), each
@@ -108,8 +102,14 @@ const DELIVERY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8> {
     let resources = match only {
+        Some(r) if r.jsonapi().is_some() && cfg.jsonapi.is_none() => {
+            return Err(ConfigError(vec![format!(
+                "sync --only {r}: a JSON:API collection, and the JSON:API service is off; set jsonapi.base_url"
+            )])
+            .into());
+        }
         Some(r) => vec![r],
-        None => cfg.scope.resources.clone(),
+        None => cfg.resources(),
     };
     let _writer = WriterLock::acquire(&cfg.store_path, "sync")?;
     // a counter on a terminal (SPEC §1: long work shows progress)
@@ -129,12 +129,12 @@ pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8
             println!("  failed {scope}: {why}");
         }
     }
-    let requests = syncer
-        .client
-        .stats
-        .requests
-        .load(std::sync::atomic::Ordering::Relaxed);
-    println!("{requests} API requests");
+    let requests =
+        |c: &crate::api::Client| c.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{} API requests", requests(&syncer.client));
+    if let Some(c) = &syncer.jsonapi {
+        println!("{} JSON:API requests", requests(c));
+    }
     if let Some(mut d) = downloader(&syncer)? {
         if let Some(bars) = super::exports::bars() {
             d = d.with_progress(bars);
@@ -172,7 +172,7 @@ pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8
 
 pub fn summary_line(r: &CycleReport) -> String {
     format!(
-        "{:<9} listed {} (created {}, updated {}, status changed {}, deleted {}), skipped {}, events {}",
+        "{:<16} listed {} (created {}, updated {}, status changed {}, deleted {}), skipped {}, events {}",
         r.resource.map(|r| r.table()).unwrap_or("?"),
         r.listed,
         r.created,

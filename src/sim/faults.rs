@@ -63,6 +63,8 @@ pub struct Faults {
     pub log: Vec<Logged>,
     /// Knobs and request log of the storage address.
     pub storage: super::storage::StorageFaults,
+    /// Knobs of the JSON:API service.
+    pub jsonapi: super::jsonapi::JsonApiFaults,
     rng: StdRng,
     tokens: f64,
     refilled: Instant,
@@ -85,6 +87,7 @@ impl Faults {
             shift_once: false,
             log: vec![],
             storage: Default::default(),
+            jsonapi: Default::default(),
             rng: StdRng::seed_from_u64(seed ^ 0xFA17),
             tokens: 0.0,
             refilled: Instant::now(),

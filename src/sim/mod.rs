@@ -3,6 +3,8 @@
 //! `avala-mirror simulate` runs it alone; `demo` and the tests run it in-process.
 
 pub mod faults;
+pub mod jsonapi;
+mod jsonapi_routes;
 pub mod routes;
 pub mod storage;
 pub mod world;
@@ -25,6 +27,8 @@ pub struct SimState {
     pub api_key: String,
     /// `http://127.0.0.1:PORT/api/v1`, the base of every `next` link.
     pub api_base: String,
+    /// `http://127.0.0.1:PORT/jsonapi`, the JSON:API service's base.
+    pub jsonapi_base: String,
     pub cfg: SimConfig,
     pub archives: storage::Archives,
 }
@@ -56,10 +60,12 @@ impl Simulator {
             faults: Mutex::new(Faults::new(cfg.seed)),
             api_key: cfg.api_key.clone(),
             api_base: format!("http://{addr}/api/v1"),
+            jsonapi_base: format!("http://{addr}/jsonapi"),
             cfg,
         });
         let app = Router::new()
             .route("/api/v1/{*rest}", any(routes::api))
+            .route("/jsonapi/{*rest}", any(routes::jsonapi))
             .with_state(state.clone());
         let storage_app = Router::new()
             .route("/{*rest}", any(storage::serve))
@@ -97,6 +103,11 @@ impl Simulator {
 
     pub fn base_url(&self) -> Url {
         Url::parse(&self.state.api_base).expect("valid base URL")
+    }
+
+    /// The JSON:API service's base URL.
+    pub fn jsonapi_url(&self) -> Url {
+        Url::parse(&self.state.jsonapi_base).expect("valid base URL")
     }
 
     pub fn world<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {

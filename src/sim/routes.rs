@@ -14,8 +14,6 @@ use super::SimState;
 use super::faults::{Logged, Verdict};
 use super::world::{ItemWriter, World};
 
-type Query = HashMap<String, String>;
-
 pub async fn api(
     State(st): State<Arc<SimState>>,
     method: Method,
@@ -23,11 +21,47 @@ pub async fn api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri.path().trim_start_matches("/api/v1").to_string();
+    serve(st, method, uri, headers, body, "/api/v1", route).await
+}
+
+/// The JSON:API service, on the same address under `/jsonapi`.
+pub async fn jsonapi(
+    State(st): State<Arc<SimState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(
+        st,
+        method,
+        uri,
+        headers,
+        body,
+        "/jsonapi",
+        super::jsonapi_routes::route,
+    )
+    .await
+}
+
+type Route = fn(&SimState, &Method, &[&str], &str, &Query, &[u8]) -> (StatusCode, Vec<u8>);
+
+/// Auth, fault knobs, latency and the request log, then `route` under `prefix`.
+async fn serve(
+    st: Arc<SimState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    prefix: &str,
+    route: Route,
+) -> Response {
+    let path = uri.path().trim_start_matches(prefix).to_string();
     let query_str = uri.query().unwrap_or("").to_string();
     let authorized =
         headers.get("x-avala-api-key").and_then(|v| v.to_str().ok()) == Some(&st.api_key);
     let _in_flight = InFlight::new(&st);
+    let jsonapi = prefix == "/jsonapi";
     let (verdict, slow, rate, latency) = {
         let mut f = st.faults.lock().expect("faults lock");
         let verdict = if authorized {
@@ -52,15 +86,28 @@ pub async fn api(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    let fail = |status: StatusCode, detail: &str| match jsonapi {
+        true => (
+            status,
+            [("content-type", "application/vnd.api+json")],
+            super::jsonapi::error_doc(
+                status.as_u16(),
+                status.canonical_reason().unwrap_or(""),
+                detail,
+            ),
+        )
+            .into_response(),
+        false => error(status, detail),
+    };
     let mut resp = match verdict {
-        Verdict::Fail(401) => error(StatusCode::UNAUTHORIZED, "Invalid API key."),
-        Verdict::Fail(s) => error(
+        Verdict::Fail(401) => fail(StatusCode::UNAUTHORIZED, "Invalid API key."),
+        Verdict::Fail(s) => fail(
             StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             "Simulated failure.",
         ),
         Verdict::RateLimited => {
             let secs = st.faults.lock().expect("faults lock").retry_after_secs;
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "Request was throttled.");
+            let mut r = fail(StatusCode::TOO_MANY_REQUESTS, "Request was throttled.");
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));
             r
@@ -146,6 +193,8 @@ fn not_found() -> (StatusCode, Vec<u8>) {
         json_bytes(&json!({"detail": "Not found."})),
     )
 }
+
+pub(super) type Query = HashMap<String, String>;
 
 fn route(
     st: &SimState,

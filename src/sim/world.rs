@@ -51,6 +51,8 @@ pub struct SimConfig {
     pub max_page_size: usize,
     /// Size of each export archive on the storage address.
     pub archive_bytes: u64,
+    /// The JSON:API service's collections.
+    pub jsonapi: super::jsonapi::JsonApiSizes,
 }
 
 impl Default for SimConfig {
@@ -68,6 +70,7 @@ impl Default for SimConfig {
             default_page_size: 100,
             max_page_size: 1000,
             archive_bytes: 256 * 1024,
+            jsonapi: Default::default(),
         }
     }
 }
@@ -156,6 +159,8 @@ pub struct World {
     pub exports: Vec<Export>,
     /// Base of export download links (the storage address).
     pub storage_base: String,
+    /// The JSON:API service's records.
+    pub jsonapi: super::jsonapi::JsonApi,
     rng: StdRng,
     serial: u64,
 }
@@ -290,6 +295,7 @@ impl World {
             slices: vec![],
             exports: vec![],
             storage_base,
+            jsonapi: super::jsonapi::JsonApi::new(cfg.seed, &cfg.jsonapi),
             rng: StdRng::seed_from_u64(cfg.seed),
             serial: 0,
         };
@@ -649,6 +655,7 @@ impl World {
         if self.rng.random_bool(0.25) {
             self.add_export();
         }
+        self.jsonapi.step();
     }
 }
 

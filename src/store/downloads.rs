@@ -239,6 +239,7 @@ fn append_event(
             object: &object,
             download: Some(detail),
             moved_from: None,
+            steps: None,
         },
         now,
     )?;

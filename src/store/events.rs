@@ -21,6 +21,8 @@ pub struct NewEvent<'a> {
     pub download: Option<Value>,
     /// The (owner, dataset slug) a record had before it moved to this one.
     pub moved_from: Option<(Option<&'a str>, Option<&'a str>)>,
+    /// (old, new) workflow step of an entry (`data.old_wf_step`, `data.new_wf_step`).
+    pub steps: Option<(Option<&'a str>, Option<&'a str>)>,
 }
 
 /// An event as stored.
@@ -65,6 +67,10 @@ pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<S
     if let Some((owner, slug)) = ev.moved_from {
         payload["data"]["old_owner"] = json!(owner);
         payload["data"]["old_dataset_slug"] = json!(slug);
+    }
+    if let Some((old, new)) = ev.steps {
+        payload["data"]["old_wf_step"] = json!(old);
+        payload["data"]["new_wf_step"] = json!(new);
     }
     conn.prepare_cached(
         "INSERT INTO events (id, type, resource, uid, owner, dataset_slug, old_status, new_status, created_at, payload)
@@ -141,6 +147,9 @@ pub fn seq_of(conn: &Connection, since: &str) -> rusqlite::Result<Option<i64>> {
 pub fn describe(e: &Event) -> String {
     let payload: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
     let object = &payload["data"]["object"];
+    if object.get("attributes").is_some() {
+        return describe_jsonapi(e, &payload);
+    }
     let label = ["key", "slug", "name"]
         .iter()
         .find_map(|k| object.get(k).and_then(Value::as_str))
@@ -170,6 +179,101 @@ pub fn describe(e: &Event) -> String {
     format!("{resource} {place}{label}: {what}")
 }
 
+/// A JSON:API event in words: what a reviewer did to which entry, and the
+/// first line of what they wrote.
+fn describe_jsonapi(e: &Event, payload: &Value) -> String {
+    let data = &payload["data"];
+    let a = &data["object"]["attributes"];
+    let attr = |k: &str| a.get(k).and_then(Value::as_str);
+    let short = |id: Option<&str>| -> String {
+        let id = id.unwrap_or("?");
+        id.get(..8).unwrap_or(id).to_string()
+    };
+    let first_line = |k: &str| {
+        let text = attr(k).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        match line.chars().count() > 120 {
+            true => format!("{}…", line.chars().take(120).collect::<String>()),
+            false => line.to_string(),
+        }
+    };
+    let (resource, action) = e.kind.split_once('.').unwrap_or((&e.kind, ""));
+    let status_move = || {
+        format!(
+            "{} → {}",
+            e.old_status.as_deref().unwrap_or("(none)"),
+            e.new_status.as_deref().unwrap_or("(none)")
+        )
+    };
+    match (resource, action) {
+        ("note_feed", _) => {
+            let anchor = match attr("anchor_type") {
+                Some("annotation") => format!(
+                    "annotation {} of entry {}",
+                    short(attr("annotation_id")),
+                    short(attr("entry_id"))
+                ),
+                _ => format!("entry {}", short(attr("entry_id"))),
+            };
+            let state = match action {
+                "status_changed" => status_move(),
+                "created" => attr("status").unwrap_or("opened").to_string(),
+                other => other.replace('_', " "),
+            };
+            format!("note on {anchor}: {state} — {}", first_line("content_md"))
+        }
+        ("note_comment", _) => {
+            let feed = data["object"]["relationships"]["note_feed"]["data"]["id"]
+                .as_str()
+                .or(attr("note_feed_id"));
+            let what = match action {
+                "created" => String::new(),
+                other => format!(" {}", other.replace('_', " ")),
+            };
+            format!(
+                "comment on note {}{what} — {}",
+                short(feed),
+                first_line("content_md")
+            )
+        }
+        ("entry", "status_changed") => {
+            let step = |k: &str| data[k].as_str().unwrap_or("(none)").to_string();
+            format!(
+                "entry {} in dataset {}: {} ({}) → {} ({})",
+                short(Some(&e.uid)),
+                short(attr("dataset_id")),
+                step("old_wf_step"),
+                e.old_status.as_deref().unwrap_or("(none)"),
+                step("new_wf_step"),
+                e.new_status.as_deref().unwrap_or("(none)")
+            )
+        }
+        ("project_member", _) => format!(
+            "{} ({}) in project {}: {}",
+            attr("email").or(attr("name")).unwrap_or(&e.uid),
+            attr("role").unwrap_or("member"),
+            short(attr("project_id")),
+            match action {
+                "created" => "added".to_string(),
+                "deleted" => "removed".to_string(),
+                other => other.replace('_', " "),
+            }
+        ),
+        _ => {
+            let label = attr("name").map_or_else(|| short(Some(&e.uid)), str::to_owned);
+            let what = match action {
+                "status_changed" => status_move(),
+                other => other.replace('_', " "),
+            };
+            format!("{resource} {label}: {what}")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +294,7 @@ mod tests {
             object: &object,
             download: None,
             moved_from: None,
+            steps: None,
         };
         let id = append(&conn, &ev, "2026-11-22T10:00:00Z").unwrap();
         let e = list(&conn, 0, "sequence.*", 10).unwrap().remove(0);

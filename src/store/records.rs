@@ -81,23 +81,29 @@ pub fn apply_pages(
         seen,
         out: PageOutcome::default(),
     };
+    let step = step_column(res);
     let mut select = conn.prepare_cached(&format!(
-        "SELECT rowid, hash, status, deleted_at IS NOT NULL FROM {t} WHERE uid = ?1"
+        "SELECT rowid, hash, status, deleted_at IS NOT NULL, {step} FROM {t} WHERE uid = ?1"
     ))?;
     // Insert and update stay two statements: one upsert with RETURNING rowid
     // measured 2-3x slower on a first sync.
-    let mut insert = conn.prepare_cached(&insert_sql(t, 1))?;
+    let mut insert = conn.prepare_cached(&insert_sql(res, 1))?;
+    // a JSON:API record's scope columns are generated from it (?2 and ?3 unused)
+    let scope = match res.jsonapi() {
+        None => "owner_name = ?2, dataset_slug = ?3,",
+        Some(_) => "",
+    };
     let mut update = conn.prepare_cached(&format!(
-        "UPDATE {t} SET owner_name = ?2, dataset_slug = ?3, status = ?4, hash = ?5, raw = ?6,
+        "UPDATE {t} SET {scope} status = ?4, hash = ?5, raw = ?6,
          last_seen_at = ?7, deleted_at = NULL WHERE rowid = ?1"
     ))?;
     let recs: Vec<&Incoming> = pages.iter().flatten().collect();
     let mut window = match mostly_new {
         true => vec![None; recs.len()],
-        false => read_window(conn, t, &recs)?,
+        false => read_window(conn, res, &recs)?,
     };
     let mut many = match mostly_new && recs.len() >= INSERT_CHUNK {
-        true => Some(conn.prepare_cached(&insert_sql(t, INSERT_CHUNK))?),
+        true => Some(conn.prepare_cached(&insert_sql(res, INSERT_CHUNK))?),
         false => None,
     };
     let mut i = 0;
@@ -152,18 +158,40 @@ pub fn apply_pages(
     Ok(ap.out)
 }
 
-/// An INSERT of `rows` records that skips a uid already stored.
-fn insert_sql(table: &str, rows: usize) -> String {
+/// The column holding a record's workflow step, as SQL (`NULL` where there is none).
+fn step_column(res: Resource) -> &'static str {
+    match res.jsonapi() {
+        Some(j) if j.step => "wf_step",
+        _ => "NULL",
+    }
+}
+
+/// The scoping columns a v1 row has, as SQL; a JSON:API row has none of these
+/// (its own are generated from `raw`).
+fn scope_columns(res: Resource) -> &'static str {
+    match res.jsonapi() {
+        None => "owner_name, dataset_slug",
+        Some(_) => "NULL, NULL",
+    }
+}
+
+/// An INSERT of `rows` records that skips a uid already stored. Every row has
+/// six parameters; a JSON:API table leaves the two scope ones unused.
+fn insert_sql(res: Resource, rows: usize) -> String {
+    let (table, v1) = (res.table(), res.jsonapi().is_none());
+    let scope = if v1 { "owner_name, dataset_slug, " } else { "" };
     let mut sql = format!(
-        "INSERT OR IGNORE INTO {table} (uid, owner_name, dataset_slug, status, hash, raw, first_seen_at, last_seen_at) VALUES "
+        "INSERT OR IGNORE INTO {table} (uid, {scope}status, hash, raw, first_seen_at, last_seen_at) VALUES "
     );
     for r in 0..rows {
         let p = 2 + 6 * r;
         let sep = if r == 0 { "" } else { "," };
+        let scope = match v1 {
+            true => format!("?{}, ?{}, ", p + 1, p + 2),
+            false => String::new(),
+        };
         sql.push_str(&format!(
-            "{sep}(?{p}, ?{}, ?{}, ?{}, ?{}, ?{}, ?1, ?1)",
-            p + 1,
-            p + 2,
+            "{sep}(?{p}, {scope}?{}, ?{}, ?{}, ?1, ?1)",
             p + 3,
             p + 4,
             p + 5
@@ -251,6 +279,10 @@ impl Apply<'_> {
     /// The scope a changed record's row had, when the record now comes from
     /// another (it moved to another dataset or owner): one `updated` event names both.
     fn moved_from(&self, rowid: i64, rec: &Incoming) -> rusqlite::Result<Option<Scope>> {
+        if self.res.jsonapi().is_some() {
+            // its scope is in its content: the event's object shows it
+            return Ok(None);
+        }
         let t = self.res.table();
         let (owner, slug): Scope = self
             .conn
@@ -305,12 +337,11 @@ fn stored_row(r: &rusqlite::Row, incoming: Option<&[u8; 16]>) -> rusqlite::Resul
     // a hash of another length (none is written) never matches
     let hash: [u8; 16] = r.get_ref(1)?.as_blob()?.try_into().unwrap_or_default();
     let deleted: bool = r.get(3)?;
+    let unchanged = incoming.is_some_and(|h| *h == hash && !deleted);
     Ok(Stored {
         rowid: r.get(0)?,
-        status: match incoming {
-            Some(h) if *h == hash && !deleted => None,
-            _ => r.get(2)?,
-        },
+        status: if unchanged { None } else { r.get(2)? },
+        step: if unchanged { None } else { r.get(4)? },
         hash,
         deleted,
     })
@@ -324,9 +355,10 @@ fn stored_row(r: &rusqlite::Row, incoming: Option<&[u8; 16]>) -> rusqlite::Resul
 /// caller, and so is a uid listed twice (its row serves the first listing only).
 fn read_window(
     conn: &Connection,
-    table: &str,
+    res: Resource,
     recs: &[&Incoming],
 ) -> rusqlite::Result<Vec<Option<Stored>>> {
+    let (table, step) = (res.table(), step_column(res));
     let mut found: Vec<Option<Stored>> = vec![None; recs.len()];
     let Some(first) = recs.first() else {
         return Ok(found);
@@ -339,7 +371,7 @@ fn read_window(
         return Ok(found);
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT rowid, hash, status, deleted_at IS NOT NULL, uid FROM {table}
+        "SELECT rowid, hash, status, deleted_at IS NOT NULL, {step}, uid FROM {table}
          WHERE rowid >= ?1 ORDER BY rowid LIMIT ?2"
     ))?;
     // some slack for rows of records that have gone since
@@ -348,7 +380,7 @@ fn read_window(
     let mut next = 0;
     let mut strays: HashMap<String, Stored> = HashMap::new();
     while let Some(row) = rows.next()? {
-        let uid = row.get_ref(4)?.as_str()?;
+        let uid = row.get_ref(5)?.as_str()?;
         // the next few records: one that is new since leaves a gap of one
         match (next..recs.len().min(next + 4)).find(|&k| recs[k].uid == uid) {
             Some(k) => {
@@ -409,8 +441,12 @@ fn append_event(
     let Some(action) = diff::event_suffix(decision) else {
         return Ok(());
     };
-    let old_status = match decision {
-        Decision::StatusChanged { old, .. } => old.as_deref(),
+    let (old_status, old_step) = match decision {
+        Decision::StatusChanged { old, old_step, .. } => (old.as_deref(), old_step.as_deref()),
+        _ => (None, None),
+    };
+    let steps = match res.jsonapi() {
+        Some(j) if j.step => Some((old_step, rec.step.as_deref())),
         _ => None,
     };
     events::append(
@@ -426,6 +462,7 @@ fn append_event(
             object: &rec.value(),
             download: None,
             moved_from: moved.as_ref().map(|(o, s)| (o.as_deref(), s.as_deref())),
+            steps,
         },
         now,
     )?;
@@ -435,11 +472,47 @@ fn append_event(
 /// (owner_name, dataset_slug) of a row.
 type Scope = (Option<String>, Option<String>);
 
-/// Which rows a listing covers: all of a table, one owner's, or some datasets of one owner.
-#[derive(Debug, Clone)]
+/// Which rows a listing covers: all of a table, one owner's, some datasets of
+/// one owner, or (JSON:API) one project's.
+#[derive(Debug, Clone, Default)]
 pub struct ScopeFilter {
     pub owner: Option<String>,
     pub dataset_slugs: Option<Vec<String>>,
+    pub project_id: Option<String>,
+}
+
+impl ScopeFilter {
+    /// The SQL condition (after `deleted_at IS NULL`) and its arguments.
+    fn sql(&self) -> (String, Vec<&str>) {
+        let mut sql = String::new();
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(owner) = &self.owner {
+            sql.push_str(" AND owner_name = ?");
+            args.push(owner);
+        }
+        if let Some(slugs) = &self.dataset_slugs {
+            sql.push_str(" AND dataset_slug IN (");
+            sql.push_str(&vec!["?"; slugs.len()].join(","));
+            sql.push(')');
+            args.extend(slugs.iter().map(String::as_str));
+        }
+        if let Some(project) = &self.project_id {
+            sql.push_str(" AND project_id = ?");
+            args.push(project);
+        }
+        (sql, args)
+    }
+}
+
+/// Present rows in `filter` (the count probe of an incremental listing compares this).
+pub fn live_count(conn: &Connection, res: Resource, filter: &ScopeFilter) -> rusqlite::Result<u64> {
+    let (cond, args) = filter.sql();
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE deleted_at IS NULL{cond}",
+        res.table()
+    );
+    let n: i64 = conn.query_row(&sql, params_from_iter(args), |r| r.get(0))?;
+    Ok(n as u64)
 }
 
 /// A present row that a complete listing did not return.
@@ -460,19 +533,10 @@ pub fn missing(
     seen: &RoaringTreemap,
 ) -> rusqlite::Result<Vec<Missing>> {
     let t = res.table();
-    let mut sql = format!("SELECT rowid FROM {t} WHERE deleted_at IS NULL");
-    let mut args: Vec<&str> = Vec::new();
-    if let Some(owner) = &filter.owner {
-        sql.push_str(" AND owner_name = ?");
-        args.push(owner);
-    }
-    if let Some(slugs) = &filter.dataset_slugs {
-        sql.push_str(" AND dataset_slug IN (");
-        sql.push_str(&vec!["?"; slugs.len()].join(","));
-        sql.push(')');
-        args.extend(slugs.iter().map(String::as_str));
-    }
-    let mut stmt = conn.prepare(&sql)?;
+    let (cond, args) = filter.sql();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT rowid FROM {t} WHERE deleted_at IS NULL{cond}"
+    ))?;
     let mut rows = stmt.query(params_from_iter(args))?;
     let mut gone = Vec::new();
     while let Some(r) = rows.next()? {
@@ -481,8 +545,9 @@ pub fn missing(
             gone.push(rowid);
         }
     }
+    let scope = scope_columns(res);
     let mut detail = conn.prepare(&format!(
-        "SELECT uid, owner_name, dataset_slug, raw FROM {t} WHERE rowid = ?1"
+        "SELECT uid, {scope}, raw FROM {t} WHERE rowid = ?1"
     ))?;
     gone.into_iter()
         .map(|rowid| {
@@ -498,6 +563,19 @@ pub fn missing(
         .collect()
 }
 
+/// The uids of a table's present rows.
+pub fn present_uids(
+    conn: &Connection,
+    res: Resource,
+) -> rusqlite::Result<std::collections::HashSet<String>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT uid FROM {} WHERE deleted_at IS NULL",
+        res.table()
+    ))?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
 /// Marks a row deleted (with a `deleted` event when `emit`). False when it was not present.
 pub fn tombstone(
     conn: &mut Connection,
@@ -511,7 +589,8 @@ pub fn tombstone(
     let row: Option<Row> = tx
         .query_row(
             &format!(
-                "SELECT owner_name, dataset_slug, status, raw FROM {} WHERE uid = ?1 AND deleted_at IS NULL",
+                "SELECT {}, status, raw FROM {} WHERE uid = ?1 AND deleted_at IS NULL",
+                scope_columns(res),
                 res.table()
             ),
             [uid],
@@ -553,6 +632,7 @@ pub fn tombstone(
                 object: &object,
                 download: None,
                 moved_from: None,
+                steps: None,
             },
             now,
         )?;

@@ -149,6 +149,7 @@ mod tests {
                 object: &object,
                 download: None,
                 moved_from: None,
+                steps: None,
             },
             at,
         )

@@ -53,3 +53,79 @@ pub fn failure(conn: &Connection, scope: &str, error: &str, skipped: u64) -> rus
     )?;
     Ok(())
 }
+
+/// An incrementally listed scope's state (SPEC §8).
+#[derive(Debug, Default, Clone)]
+pub struct Incremental {
+    /// The largest `updated_at` of its last complete listing.
+    pub watermark: Option<String>,
+    /// Its last complete, stable full listing.
+    pub full_at: Option<String>,
+    /// When the server last ignored or refused `filter[updated_at__gte]`.
+    pub filter_failed_at: Option<String>,
+}
+
+pub fn incremental(conn: &Connection, scope: &str) -> rusqlite::Result<Incremental> {
+    Ok(conn
+        .query_row(
+            "SELECT watermark, full_at, filter_failed_at FROM sync_state WHERE scope = ?1",
+            [scope],
+            |r| {
+                Ok(Incremental {
+                    watermark: r.get(0)?,
+                    full_at: r.get(1)?,
+                    filter_failed_at: r.get(2)?,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// After a complete listing (the scope's row exists): its newest `updated_at`
+/// becomes the watermark (a full listing sets it, an incremental one only
+/// moves it on), and a stable full listing is the scope's `full_at`.
+pub fn listed(
+    conn: &Connection,
+    scope: &str,
+    newest: Option<&str>,
+    full_and_stable: bool,
+    full: bool,
+    now: &str,
+) -> rusqlite::Result<()> {
+    let old: Option<String> = conn
+        .query_row(
+            "SELECT watermark FROM sync_state WHERE scope = ?1",
+            [scope],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    let at = |t: &Option<&str>| t.and_then(crate::api::jsonapi::instant);
+    let watermark = match (full, newest) {
+        (true, _) => newest.map(str::to_owned).or(old),
+        (false, Some(n)) if at(&Some(n)) > at(&old.as_deref()) => Some(n.to_owned()),
+        (false, _) => old,
+    };
+    conn.execute(
+        "UPDATE sync_state SET watermark = ?2, full_at = CASE WHEN ?3 THEN ?4 ELSE full_at END
+         WHERE scope = ?1",
+        params![scope, watermark, full_and_stable, now],
+    )?;
+    Ok(())
+}
+
+/// The server ignored or refused the filter: the scope stays on full listings
+/// for a while (`status` shows why); `None` clears it once the filter works.
+pub fn filter_failed(
+    conn: &Connection,
+    scope: &str,
+    failed: Option<(&str, &str)>,
+) -> rusqlite::Result<()> {
+    let (at, error) = failed.unzip();
+    conn.execute(
+        "UPDATE sync_state SET filter_failed_at = ?2, filter_error = ?3 WHERE scope = ?1",
+        params![scope, at, error],
+    )?;
+    Ok(())
+}

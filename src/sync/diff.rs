@@ -14,6 +14,8 @@ pub struct Stored {
     pub hash: [u8; 16],
     /// May be left unread (None) when `hash` matches the incoming record's.
     pub status: Option<String>,
+    /// The workflow step (entries), read like `status`.
+    pub step: Option<String>,
     pub deleted: bool,
 }
 
@@ -24,6 +26,9 @@ pub struct Head<'a> {
     pub uid: Cow<'a, str>,
     pub status: Option<Cow<'a, str>>,
     pub dataset_uid: Option<Cow<'a, str>>,
+    /// JSON:API: `attributes.wf_step` and `attributes.updated_at`.
+    pub step: Option<Cow<'a, str>>,
+    pub updated_at: Option<Cow<'a, str>>,
 }
 
 /// A head field as text: a string's value, another scalar's JSON, None for null.
@@ -80,6 +85,59 @@ impl<'a> Head<'a> {
             uid,
             status: status.and_then(field_text),
             dataset_uid: dataset_uid.and_then(field_text),
+            ..Head::default()
+        })
+    }
+
+    /// The head of a JSON:API resource object (SPEC §8): `id` is the uid, and
+    /// `status`, `wf_step` and `updated_at` come from its `attributes`. The same
+    /// rules of shape as [`Head::parse`]: an id is a non-blank string; status,
+    /// step and time are strings or null.
+    pub fn parse_jsonapi(raw: &'a str) -> Result<Head<'a>, Rejected> {
+        if too_deep(raw) {
+            return Err(Rejected::TooDeep);
+        }
+        let (mut id, mut attributes) = (None, None);
+        members(raw, |key, value| {
+            match key {
+                "id" => id = id.or(Some(value)),
+                "attributes" => attributes = attributes.or(Some(value)),
+                _ => {}
+            }
+            id.is_none() || attributes.is_none()
+        })
+        .ok_or(Rejected::NotAnObject)?;
+        let uid = match id.map(|v| (v, v.as_bytes().first())) {
+            None | Some((_, Some(b'n'))) => return Err(Rejected::NoUid),
+            Some((v, Some(b'"'))) => field_text(v)
+                .filter(|u| !u.trim().is_empty())
+                .ok_or(Rejected::BadUid)?,
+            Some(_) => return Err(Rejected::BadUid),
+        };
+        let (mut status, mut step, mut updated_at) = (None, None, None);
+        if let Some(attrs) = attributes.filter(|a| *a != "null") {
+            members(attrs, |key, value| {
+                let field = match key {
+                    "status" => &mut status,
+                    "wf_step" => &mut step,
+                    "updated_at" => &mut updated_at,
+                    _ => return true,
+                };
+                field.get_or_insert(value);
+                status.is_none() || step.is_none() || updated_at.is_none()
+            })
+            .ok_or(Rejected::NotAnObject)?;
+        }
+        let text = |v: Option<&'a str>| match v {
+            Some(v) if !v.starts_with('"') && v != "null" => Err(Rejected::BadStatus),
+            v => Ok(v.and_then(field_text)),
+        };
+        Ok(Head {
+            uid,
+            status: text(status)?,
+            step: text(step)?,
+            updated_at: text(updated_at)?,
+            dataset_uid: None,
         })
     }
 }
@@ -213,6 +271,8 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
 pub struct Incoming {
     pub uid: ByteString,
     pub status: Option<ByteString>,
+    /// The workflow step of an entry (JSON:API); None elsewhere.
+    pub step: Option<ByteString>,
     pub owner: Option<ByteString>,
     pub dataset_slug: Option<ByteString>,
     /// The JSON object as received, stored in `raw`.
@@ -227,9 +287,11 @@ pub enum Decision {
     Created,
     /// Content changed, status did not.
     Updated,
+    /// The status or the workflow step changed; `old_step` is the step before.
     StatusChanged {
         old: Option<String>,
         new: Option<String>,
+        old_step: Option<String>,
     },
 }
 
@@ -286,6 +348,7 @@ impl Incoming {
         Incoming {
             uid: text(head.uid),
             status: head.status.map(text),
+            step: head.step.map(text),
             owner: owner.cloned(),
             dataset_slug: dataset_slug.cloned(),
             raw: raw.clone(),
@@ -335,10 +398,16 @@ pub fn decide(old: Option<&Stored>, new: &Incoming) -> Decision {
         None => Decision::Created,
         Some(o) if o.deleted => Decision::Created,
         Some(o) if o.hash == new.hash => Decision::Unchanged,
-        Some(o) if o.status.as_deref() != new.status.as_deref() => Decision::StatusChanged {
-            old: o.status.clone(),
-            new: new.status.as_deref().map(str::to_owned),
-        },
+        Some(o)
+            if o.status.as_deref() != new.status.as_deref()
+                || o.step.as_deref() != new.step.as_deref() =>
+        {
+            Decision::StatusChanged {
+                old: o.status.clone(),
+                new: new.status.as_deref().map(str::to_owned),
+                old_step: o.step.clone(),
+            }
+        }
         Some(_) => Decision::Updated,
     }
 }
@@ -366,6 +435,7 @@ mod tests {
             rowid: 1,
             hash: i.hash,
             status: i.status.as_deref().map(str::to_owned),
+            step: i.step.as_deref().map(str::to_owned),
             deleted,
         }
     }
@@ -383,9 +453,48 @@ mod tests {
             decide(Some(&stored(&a, false)), &c),
             Decision::StatusChanged {
                 old: Some("pending".into()),
-                new: Some("completed".into())
+                new: Some("completed".into()),
+                old_step: None,
             }
         );
+    }
+
+    #[test]
+    fn a_jsonapi_head_and_a_step_change() {
+        let entry = |status: &str, step: &str| {
+            let raw = ByteString::from(format!(
+                r#"{{"type":"entries","id":"e1","attributes":{{"status":"{status}","wf_step":"{step}","updated_at":"2026-12-01T10:00:00Z","meta":{{"status":"x"}}}}}}"#
+            ));
+            let head = Head::parse_jsonapi(&raw).unwrap();
+            Incoming::new(head, &raw, None, None)
+        };
+        let a = entry("in_progress", "annotate");
+        assert_eq!(
+            (&*a.uid, a.status.as_deref(), a.step.as_deref()),
+            ("e1", Some("in_progress"), Some("annotate"))
+        );
+        let b = entry("in_progress", "review");
+        assert_eq!(
+            decide(Some(&stored(&a, false)), &b),
+            Decision::StatusChanged {
+                old: Some("in_progress".into()),
+                new: Some("in_progress".into()),
+                old_step: Some("annotate".into()),
+            }
+        );
+        let bad = |raw: &str| Head::parse_jsonapi(raw).unwrap_err();
+        assert_eq!(
+            bad(r#"{"type":"entries","attributes":{}}"#),
+            Rejected::NoUid
+        );
+        assert_eq!(bad(r#"{"id":7,"attributes":{}}"#), Rejected::BadUid);
+        assert_eq!(
+            bad(r#"{"id":"a","attributes":{"status":["x"]}}"#),
+            Rejected::BadStatus
+        );
+        assert_eq!(bad(r#"[1]"#), Rejected::NotAnObject);
+        let head = Head::parse_jsonapi(r#"{"id":"p","attributes":null}"#).unwrap();
+        assert_eq!((&*head.uid, head.status), ("p", None));
     }
 
     #[test]
@@ -419,6 +528,7 @@ mod tests {
                 uid: "12".into(),
                 status: Some("done".into()),
                 dataset_uid: Some("d1".into()),
+                ..Head::default()
             }
         );
         assert_eq!(Head::parse(raw, false).unwrap().dataset_uid, None);

@@ -9,6 +9,7 @@
 //! writes its pages in order, so events keep detection order within a scope.
 
 pub mod diff;
+mod jsonapi;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use reqwest::Url;
 use roaring::RoaringTreemap;
 use serde_json::Value;
 
-use crate::api::page::{Ahead, Pager};
+use crate::api::page::{Ahead, Pager, Paging};
 use crate::api::{Client, Priority, v1};
 use crate::config::{Config, Resource};
 use crate::error::ApiError;
@@ -121,9 +122,29 @@ pub type ProgressFn = Arc<dyn Fn(&str, u64) + Send + Sync>;
 #[derive(Clone)]
 pub struct Syncer {
     pub client: Arc<Client>,
+    /// The JSON:API service's client, when `[jsonapi]` is on: its own quota.
+    pub jsonapi: Option<Arc<Client>>,
     pub store: Store,
     pub cfg: Arc<Config>,
     pub progress: Option<ProgressFn>,
+}
+
+impl Syncer {
+    /// The clients of both services (the JSON:API one when `[jsonapi]` is on)
+    /// over `store`.
+    pub fn new(cfg: Arc<Config>, store: Store) -> Result<Syncer, reqwest::Error> {
+        let jsonapi = match &cfg.jsonapi {
+            Some(j) => Some(Client::new(&j.api)?),
+            None => None,
+        };
+        Ok(Syncer {
+            client: Client::new(&cfg.api)?,
+            jsonapi,
+            store,
+            cfg,
+            progress: None,
+        })
+    }
 }
 
 /// How a listing fills the scoping columns of its records (from the listing, SPEC §3).
@@ -132,11 +153,42 @@ enum Attribution {
     Fixed(Option<ByteString>),
     /// Cross-dataset listing: a record's `dataset_uid` names its dataset among these.
     ByDatasetUid(HashMap<String, ByteString>),
+    /// A JSON:API resource object, which names its own scope; with a narrowing,
+    /// only those whose `field` (`id`, or an attribute) is one of `ids` are kept.
+    JsonApi(Option<Narrowing>),
+}
+
+#[derive(Clone)]
+struct Narrowing {
+    field: &'static str,
+    ids: Arc<std::collections::HashSet<String>>,
+}
+
+impl Narrowing {
+    /// Whether the record is one the narrowing keeps.
+    fn keeps(&self, head: &Head, raw: &str) -> bool {
+        if self.field == "id" {
+            return self.ids.contains(&*head.uid);
+        }
+        let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+        let relation = self.field.trim_end_matches("_id");
+        let id = v["attributes"][self.field]
+            .as_str()
+            .or_else(|| v["relationships"][relation]["data"]["id"].as_str());
+        id.is_some_and(|id| self.ids.contains(id))
+    }
 }
 
 struct Listing {
     resource: Resource,
+    client: Arc<Client>,
     url: Url,
+    /// How the next page is found (a JSON:API listing: by number or by key).
+    paging: fn(&Url) -> Paging,
+    /// The JSON:API project this listing is narrowed to (`filter[project_id]`).
+    project: Option<String>,
+    /// Whether a complete listing shows what was deleted (not so an incremental one).
+    deletions: bool,
     prio: Priority,
     owner: Option<String>,
     /// The dataset slugs this listing covers; each is its own sync_state scope.
@@ -145,14 +197,25 @@ struct Listing {
 }
 
 enum ListingEnd {
-    Done,
+    Done(Listed),
     /// A record could not be attributed to one dataset: list them one by one.
     NeedsSplit,
+}
+
+/// What a complete listing saw.
+struct Listed {
+    /// The collection did not change under it, so its deletion checks are queued.
+    stable: bool,
+    /// The largest `updated_at` among its records (JSON:API).
+    newest: Option<(i128, String)>,
 }
 
 impl Listing {
     fn scopes(&self) -> Vec<String> {
         let r = self.resource.table();
+        if let Some(p) = &self.project {
+            return vec![format!("{r}:{p}")];
+        }
         match (&self.owner, self.slugs.is_empty()) {
             (None, _) => vec![r.to_string()],
             (Some(o), true) => vec![format!("{r}:{o}")],
@@ -164,6 +227,7 @@ impl Listing {
         ScopeFilter {
             owner: self.owner.clone(),
             dataset_slugs: (!self.slugs.is_empty()).then(|| self.slugs.clone()),
+            project_id: self.project.clone(),
         }
     }
 }
@@ -205,6 +269,7 @@ impl Syncer {
             }
             Resource::Sequences => self.sync_sequences().await?,
             Resource::Slices => self.sync_slices().await?,
+            _ => self.sync_jsonapi(res).await?,
         };
         let finishing = std::mem::take(&mut report.finishing);
         let finished = finishing.into_iter().map(|f| async move {
@@ -261,7 +326,11 @@ impl Syncer {
     fn simple(&self, res: Resource, url: Url, owner: Option<&String>) -> Listing {
         Listing {
             resource: res,
+            client: self.client.clone(),
             url,
+            paging: |_| Paging::Next,
+            project: None,
+            deletions: true,
             prio: Priority::High,
             owner: owner.cloned(),
             slugs: vec![],
@@ -336,6 +405,10 @@ impl Syncer {
         if batch.len() > 1 {
             let l = Listing {
                 resource: Resource::Sequences,
+                client: self.client.clone(),
+                paging: |_| Paging::Next,
+                project: None,
+                deletions: true,
                 url: v1::sequences_across(&self.client, owner, &slugs),
                 prio: Priority::High,
                 owner: Some(owner.to_string()),
@@ -349,7 +422,7 @@ impl Syncer {
             };
             let mut batch_report = CycleReport::default();
             match self.run_reported(&l, &mut batch_report).await? {
-                Some(ListingEnd::Done) => return Ok(batch_report),
+                Some(ListingEnd::Done(_)) => return Ok(batch_report),
                 Some(ListingEnd::NeedsSplit) => {}
                 None => {
                     // one bad dataset fails the batch: it alone should fail, so each
@@ -367,6 +440,10 @@ impl Syncer {
         }
         let one_by_one = slugs.into_iter().map(|slug| Listing {
             resource: Resource::Sequences,
+            client: self.client.clone(),
+            paging: |_| Paging::Next,
+            project: None,
+            deletions: true,
             url: v1::sequences_of(&self.client, owner, &slug),
             prio: Priority::High,
             owner: Some(owner.to_string()),
@@ -545,12 +622,13 @@ impl Syncer {
 
         let attribution = l.attribution.clone();
         let owner = l.owner.clone();
-        let mut pages = Pager::new(self.client.clone(), l.url.clone(), l.prio)
+        let mut pages = Pager::paged(l.client.clone(), l.url.clone(), l.prio, (l.paging)(&l.url))
             .prefetch(move |page| convert(page, &attribution, owner.as_deref()));
         let mut seen = RoaringTreemap::new();
         // the listing's pages share transactions (committed at least every second)
         let writes = self.store.batch();
         let (mut listed, mut skipped, mut duplicates) = (0u64, 0u64, 0u64);
+        let mut newest: Option<(i128, String)> = None;
         while let Some(first) = pages.next().await {
             // Take what else is already waiting: pages written together, by one job.
             let mut group = vec![first?];
@@ -573,11 +651,15 @@ impl Syncer {
                         batch,
                         rejected,
                         needs_split,
+                        newest: page_newest,
                     },
                 held: place,
             } in group
             {
                 held.push(place);
+                if page_newest.as_ref().map(|n| n.0) > newest.as_ref().map(|n| n.0) {
+                    newest = page_newest;
+                }
                 for (index, why) in rejected {
                     skipped += 1;
                     tracing::warn!(scope = %scopes[0], index, "skipping a record: {why}");
@@ -613,7 +695,8 @@ impl Syncer {
                 .map_err(db_error)?;
             drop((applied, held));
             seen = s;
-            if count > 0 && outcome.duplicates == count {
+            // (a listing by key meets a record again when it changed meanwhile)
+            if count > 0 && outcome.duplicates == count && l.deletions {
                 // a cursor handing out what it already gave, forever
                 return Err(ApiError::Untrusted {
                     endpoint: crate::api::client::endpoint(&l.url),
@@ -643,9 +726,13 @@ impl Syncer {
             })
             .await
             .map_err(db_error)?;
+        let listed = Listed {
+            stable: !unstable,
+            newest,
+        };
         if unstable {
             tracing::warn!(scope = %scopes[0], "the collection changed during the listing; deletions wait for a stable one");
-        } else {
+        } else if l.deletions {
             report.finishing.push(Finish {
                 resource: res,
                 filter: l.filter(),
@@ -656,7 +743,7 @@ impl Syncer {
                 now,
             });
         }
-        Ok(ListingEnd::Done)
+        Ok(ListingEnd::Done(listed))
     }
 
     /// A listing's deletion checks (see [`Finish`]), side by side at the
@@ -722,6 +809,11 @@ impl Syncer {
         m: &Missing,
         prio: Priority,
     ) -> Result<bool, ApiError> {
+        if let (Some(j), Some(c)) = (res.jsonapi(), &self.jsonapi) {
+            return self
+                .gone_if_404(c, &crate::api::jsonapi::show(c, j.path, &m.uid), prio, m)
+                .await;
+        }
         let c = &self.client;
         let raw: Value = serde_json::from_str(&m.raw).unwrap_or(Value::Null);
         let slug_of_raw = raw.get("slug").and_then(Value::as_str);
@@ -734,7 +826,18 @@ impl Syncer {
             (Resource::Slices, _, Some(slug)) => v1::slice(c, owner, slug),
             _ => return Ok(false),
         };
-        match c.fetch(&url, prio, |_| Ok(())).await {
+        self.gone_if_404(c, &url, prio, m).await
+    }
+
+    /// Whether GET `url` answers 404 (any other answer keeps the row).
+    async fn gone_if_404(
+        &self,
+        c: &Client,
+        url: &Url,
+        prio: Priority,
+        m: &Missing,
+    ) -> Result<bool, ApiError> {
+        match c.fetch(url, prio, |_| Ok(())).await {
             Err(ApiError::NotFound(_)) => Ok(true),
             Ok(_) => {
                 tracing::debug!(uid = %m.uid, "missing from the listing but still there; kept");
@@ -756,6 +859,8 @@ struct Converted {
     rejected: Vec<(usize, &'static str)>,
     /// A record could not be attributed to one of the listing's datasets.
     needs_split: bool,
+    /// The largest `updated_at` of the page's records (JSON:API), parsed and as given.
+    newest: Option<(i128, String)>,
 }
 
 fn convert(
@@ -770,7 +875,28 @@ fn convert(
         batch: Vec::with_capacity(records.len()),
         rejected: vec![],
         needs_split: false,
+        newest: None,
     };
+    if let Attribution::JsonApi(narrowing) = attribution {
+        for (i, raw) in records.enumerate() {
+            match Head::parse_jsonapi(&raw) {
+                Ok(head) => {
+                    if let Some(t) = head.updated_at.as_deref()
+                        && let Some(at) = crate::api::jsonapi::instant(t)
+                        && out.newest.as_ref().is_none_or(|n| n.0 < at)
+                    {
+                        out.newest = Some((at, t.to_string()));
+                    }
+                    if narrowing.as_ref().is_some_and(|n| !n.keeps(&head, &raw)) {
+                        continue;
+                    }
+                    out.batch.push(Incoming::new(head, &raw, None, None));
+                }
+                Err(why) => out.rejected.push((i, why.why())),
+            }
+        }
+        return out;
+    }
     for (i, raw) in records.enumerate() {
         let head = match Head::parse(&raw, by_dataset_uid) {
             Ok(head) => head,
@@ -781,6 +907,7 @@ fn convert(
         };
         let slug = match attribution {
             Attribution::Fixed(slug) => slug.as_ref(),
+            Attribution::JsonApi(_) => None,
             Attribution::ByDatasetUid(map) => {
                 match head.dataset_uid.as_ref().and_then(|u| map.get(&**u)) {
                     Some(slug) => Some(slug),

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use avala_mirror::api::Client;
-use avala_mirror::config::Config;
+use avala_mirror::config::{Config, Resource};
 use avala_mirror::error::ApiError;
 use avala_mirror::sim::{SimConfig, Simulator};
 use avala_mirror::store::Store;
@@ -35,6 +34,7 @@ pub fn small_world() -> SimConfig {
         default_page_size: 100,
         max_page_size: 1000,
         archive_bytes: 64 * 1024,
+        jsonapi: Default::default(),
     }
 }
 
@@ -64,20 +64,40 @@ pub async fn start(world: SimConfig) -> TestEnv {
     TestEnv { sim, dir, cfg }
 }
 
+/// The simulator with only its JSON:API service mirrored (every collection,
+/// annotations too), in pages of `page_size`.
+pub async fn start_jsonapi(page_size: u32) -> TestEnv {
+    let mut env = start(small_world()).await;
+    let url = env.sim.jsonapi_url();
+    env.cfg.enable_jsonapi(&url).unwrap();
+    env.cfg.scope.resources = vec![];
+    let j = env.cfg.jsonapi.as_mut().unwrap();
+    j.resources = Resource::ALL
+        .into_iter()
+        .filter(|r| r.jsonapi().is_some())
+        .collect();
+    j.api.requests_per_second = 2000.0;
+    j.api.burst = 100;
+    j.api.page_size = page_size;
+    env
+}
+
 impl TestEnv {
     pub fn syncer(&self) -> Syncer {
-        Syncer {
-            client: Client::new(&self.cfg.api).unwrap(),
-            store: Store::open(&self.cfg.store_path).unwrap(),
-            cfg: Arc::new(self.cfg.clone()),
-            progress: None,
-        }
+        let store = Store::open(&self.cfg.store_path).unwrap();
+        Syncer::new(Arc::new(self.cfg.clone()), store).unwrap()
+    }
+
+    /// One cycle of one collection; it must not fail.
+    pub async fn sync_only(&self, res: Resource) {
+        let report = self.syncer().sync_resource(res).await.unwrap();
+        assert!(report.failures.is_empty(), "{report:?}");
     }
 
     /// One full `sync` cycle, as the command runs it.
     pub async fn sync(&self) -> Result<Vec<CycleReport>, ApiError> {
         let s = self.syncer();
-        avala_mirror::commands::sync::cycle(&s, &self.cfg.scope.resources).await
+        avala_mirror::commands::sync::cycle(&s, &self.cfg.resources()).await
     }
 
     pub fn store(&self) -> Store {

@@ -1,0 +1,137 @@
+//! The JSON:API service's documented read paths: `GET /{collection}` (page
+//! numbers, `count=true`, `sort`, filters) and `GET /{collection}/{id}`.
+
+use axum::http::{Method, StatusCode};
+use reqwest::Url;
+
+use super::SimState;
+use super::jsonapi::{Kind, ListQuery, error_doc};
+use super::routes::Query;
+
+pub fn route(
+    st: &SimState,
+    method: &Method,
+    segs: &[&str],
+    _path: &str,
+    q: &Query,
+    _body: &[u8],
+) -> (StatusCode, Vec<u8>) {
+    let not_found = || {
+        (
+            StatusCode::NOT_FOUND,
+            error_doc(404, "Not Found", "No such resource."),
+        )
+    };
+    if method != Method::GET {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            error_doc(405, "Method Not Allowed", "The simulator only reads."),
+        );
+    }
+    match segs {
+        [path] => match Kind::from_path(path) {
+            Some(k) => list(st, k, q),
+            None => not_found(),
+        },
+        [path, id] => {
+            let w = st.world.lock().expect("world lock");
+            match Kind::from_path(path).and_then(|k| Some((k, w.jsonapi.index(k, id)?))) {
+                Some((k, i)) => {
+                    let mut out = b"{\"data\":".to_vec();
+                    w.jsonapi.write(k, i, &mut out);
+                    out.push(b'}');
+                    (StatusCode::OK, out)
+                }
+                None => not_found(),
+            }
+        }
+        _ => not_found(),
+    }
+}
+
+fn bad_request(title: &str, detail: &str) -> (StatusCode, Vec<u8>) {
+    (StatusCode::BAD_REQUEST, error_doc(400, title, detail))
+}
+
+fn list(st: &SimState, k: Kind, q: &Query) -> (StatusCode, Vec<u8>) {
+    let num = |key: &str, default: u64| match q.get(key) {
+        None => Some(default),
+        Some(v) => v.parse::<u64>().ok().filter(|n| *n >= 1),
+    };
+    let (Some(number), Some(size)) = (num("page[number]", 1), num("page[size]", 1000)) else {
+        return bad_request(
+            "Invalid page",
+            "page[number] and page[size] are positive integers",
+        );
+    };
+    let faults = st.faults.lock().expect("faults lock").jsonapi.clone();
+    let mut query = ListQuery {
+        number,
+        size: size.min(1000),
+        by_updated: q.get("sort").is_some_and(|s| s.starts_with("updated_at")),
+        ..ListQuery::default()
+    };
+    for (key, value) in q {
+        let Some(name) = key
+            .strip_prefix("filter[")
+            .and_then(|k| k.strip_suffix(']'))
+        else {
+            continue;
+        };
+        if name == "updated_at__gte" {
+            if faults.refuse_since {
+                return bad_request("Invalid filter", "updated_at__gte is not supported here");
+            }
+            if faults.ignore_since {
+                continue;
+            }
+            match crate::api::jsonapi::instant(value) {
+                // `>=` a time with a fraction: from the next whole second
+                Some(n) => query.since = Some((n as u64).div_ceil(1_000_000_000)),
+                None => return bad_request("Invalid filter", "updated_at__gte is not a time"),
+            }
+        }
+        query.filters.push((name.to_string(), value.clone()));
+    }
+    let mut w = st.world.lock().expect("world lock");
+    let (page, count) = match w.jsonapi.list(k, &query) {
+        Ok(found) => found,
+        Err(detail) => return bad_request("Invalid filter", &detail),
+    };
+    let mut out = b"{\"data\":[".to_vec();
+    for (n, i) in page.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        w.jsonapi.write(k, *i, &mut out);
+    }
+    out.extend_from_slice(b"]");
+    if q.get("count").is_some_and(|c| c == "true") {
+        out.extend_from_slice(format!(",\"meta\":{{\"count\":{count}}}").as_bytes());
+    }
+    // links: this page and, when it was full, the next one (absolute)
+    let mut url = Url::parse(&format!("{}/{}", st.jsonapi_base, k.path())).expect("valid URL");
+    url.query_pairs_mut().extend_pairs(q.iter());
+    let this = url.to_string();
+    let next = (page.len() as u64 == query.size)
+        .then(|| crate::api::jsonapi::with_page(&url, number + 1).to_string());
+    let links = serde_json::json!({"self": this, "next": next});
+    out.extend_from_slice(format!(",\"links\":{links}}}").as_bytes());
+
+    if number == 1 && !page.is_empty() {
+        let now = super::jsonapi::now();
+        let mut f = st.faults.lock().expect("faults lock");
+        if f.jsonapi.touch_after_first_page == Some(k) {
+            f.jsonapi.touch_after_first_page = None;
+            // a second later than anything: it moves to the end of an updated_at order
+            let first = page[0];
+            let at = now.max(w.jsonapi.updated(k, first)) + 1;
+            w.jsonapi.edit(k, first, "edited while being listed", at);
+        }
+        if f.jsonapi.create_after_first_page == Some(k) && !query.by_updated {
+            f.jsonapi.create_after_first_page = None;
+            w.jsonapi.create(k, now);
+        }
+    }
+    (StatusCode::OK, out)
+}
