@@ -28,7 +28,7 @@ use avala_mirror::sync::Syncer;
 
 #[path = "common/rss.rs"]
 mod rss;
-use rss::{proc_status, process_cpu_secs, thread_cpu_secs};
+use rss::{proc_status, process_cpu_secs, sha256_speed, thread_cpu_secs};
 
 fn world(n: u64, datasets: u64) -> SimConfig {
     SimConfig {
@@ -269,18 +269,4 @@ impl Served {
         out.read_line(&mut line)?;
         Ok(line.trim().parse()?)
     }
-}
-
-/// How fast one core hashes right now: the machine's speed swings from one
-/// minute to the next, and figures from runs at different speeds do not compare.
-fn sha256_speed() -> f64 {
-    use sha2::Digest;
-    let block = vec![0x5au8; 1 << 20];
-    let t = Instant::now();
-    let mut h = sha2::Sha256::new();
-    for _ in 0..256 {
-        h.update(&block);
-    }
-    std::hint::black_box(h.finalize());
-    256.0 / t.elapsed().as_secs_f64()
 }

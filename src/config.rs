@@ -58,6 +58,9 @@ pub struct JsonApiSpec {
     pub default_on: bool,
     /// Its default interval in `[jsonapi.schedule]`.
     pub every: &'static str,
+    /// Its table's columns besides the core ones and `updated_at`: attributes
+    /// (or, for an `…_id`, the relationship's id) copied from each record.
+    pub columns: &'static [&'static str],
 }
 
 const fn v1(table: &'static str, singular: &'static str) -> Spec {
@@ -80,6 +83,7 @@ const fn jsonapi(
     path: &'static str,
     flags: u8,
     every: &'static str,
+    columns: &'static [&'static str],
 ) -> Spec {
     Spec {
         table,
@@ -91,6 +95,7 @@ const fn jsonapi(
             step: flags & STEP != 0,
             default_on: flags & OPT_IN == 0,
             every,
+            columns,
         }),
     }
 }
@@ -102,21 +107,30 @@ pub const SPECS: [Spec; 12] = [
     v1("items", "item"),
     v1("slices", "slice"),
     v1("exports", "export"),
-    jsonapi("projects", "project", "projects", INCREMENTAL, "5m"),
+    jsonapi("projects", "project", "projects", INCREMENTAL, "5m", &[]),
     jsonapi(
         "jsonapi_datasets",
         "jsonapi_dataset",
         "datasets",
         INCREMENTAL | BY_PROJECT,
         "5m",
+        &["project_id"],
     ),
-    jsonapi("entries", "entry", "entries", BY_PROJECT | STEP, "60s"),
+    jsonapi(
+        "entries",
+        "entry",
+        "entries",
+        BY_PROJECT | STEP,
+        "60s",
+        &["project_id", "dataset_id", "wf_step"],
+    ),
     jsonapi(
         "annotations",
         "annotation",
         "annotations",
         BY_PROJECT | OPT_IN,
         "1h",
+        &["project_id", "dataset_id", "entry_id"],
     ),
     jsonapi(
         "note_feeds",
@@ -124,6 +138,13 @@ pub const SPECS: [Spec; 12] = [
         "note_feeds",
         INCREMENTAL | BY_PROJECT,
         "60s",
+        &[
+            "project_id",
+            "dataset_id",
+            "entry_id",
+            "annotation_id",
+            "anchor_type",
+        ],
     ),
     jsonapi(
         "note_comments",
@@ -131,6 +152,7 @@ pub const SPECS: [Spec; 12] = [
         "note_comments",
         INCREMENTAL,
         "60s",
+        &["note_feed_id"],
     ),
     jsonapi(
         "project_members",
@@ -138,6 +160,7 @@ pub const SPECS: [Spec; 12] = [
         "project_members",
         BY_PROJECT,
         "1h",
+        &["project_id"],
     ),
 ];
 
@@ -174,6 +197,18 @@ impl Resource {
     /// How it is listed, for a JSON:API collection.
     pub fn jsonapi(self) -> Option<&'static JsonApiSpec> {
         self.spec().jsonapi.as_ref()
+    }
+
+    /// The columns its table has besides the core ones, each filled from the
+    /// record: none for a v1 resource; `updated_at` and [`JsonApiSpec::columns`]
+    /// for a JSON:API collection.
+    pub fn columns(self) -> Vec<&'static str> {
+        match self.jsonapi() {
+            Some(j) => std::iter::once("updated_at")
+                .chain(j.columns.iter().copied())
+                .collect(),
+            None => vec![],
+        }
     }
 
     /// By table name (`note_feeds`, `jsonapi_datasets`, `items`).

@@ -36,3 +36,18 @@ fn stat_cpu_secs(path: &std::path::Path) -> Option<f64> {
     let f: Vec<&str> = rest.split(' ').collect();
     Some((f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?) as f64 / 100.0)
 }
+
+/// How fast one core hashes right now: the machine's speed swings from one
+/// minute to the next, and figures from runs at different speeds do not compare.
+#[allow(dead_code)] // not every example prints it
+pub fn sha256_speed() -> f64 {
+    use sha2::Digest;
+    let block = vec![0x5au8; 1 << 20];
+    let t = std::time::Instant::now();
+    let mut h = sha2::Sha256::new();
+    for _ in 0..256 {
+        h.update(&block);
+    }
+    std::hint::black_box(h.finalize());
+    256.0 / t.elapsed().as_secs_f64()
+}

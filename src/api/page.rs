@@ -32,7 +32,7 @@ pub const AHEAD: usize = 4;
 /// stays flat whatever the number of scopes listed side by side. At 1,000 records
 /// a page is about 0.5 MiB of body (items) plus its converted records; 12 cost
 /// 5 MiB more peak RSS than 6 (bench, `--datasets 10`) and neither was faster.
-pub const CRAWL_PAGES_AHEAD: usize = 8;
+pub const CRAWL_PAGES_AHEAD: usize = 6;
 /// The same for status-poll listings, apart, so they never wait for a crawl's pages.
 pub const POLL_PAGES_AHEAD: usize = 4;
 
@@ -350,7 +350,7 @@ impl Keyed {
         let mut ids_at_last = Vec::new();
         for range in &page.records {
             let text = &page.body[range.clone()];
-            let Ok(head) = Head::parse_jsonapi(text) else {
+            let Ok(head) = Head::parse_jsonapi(text, &[]) else {
                 // skipped and counted by the listing
                 keep.push(range.clone());
                 continue;

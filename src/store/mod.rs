@@ -683,10 +683,12 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // 48 MiB of page cache holds most of the uid index of a million rows. 64 MiB
+    // 40 MiB of page cache holds much of the uid index of a million rows. 64 MiB
     // made a first sync ~10 % faster, but with ten datasets listed side by side
-    // it took the peak RSS to 102-104 MiB (bench, `--datasets 10`), over 100.
-    conn.pragma_update(None, "cache_size", -49_152)?;
+    // it took the peak RSS to 102-104 MiB (bench, `--datasets 10`), over 100;
+    // 48 MiB (10 % faster than 40 on a v1 first sync) left a million JSON:API
+    // entries and 200,000 comments at 100-102 MiB (`jsonapi_bench`), 40 at 89.
+    conn.pragma_update(None, "cache_size", -40_960)?;
     // Without the background checkpointer: checkpoints at 128 MiB of WAL, so an
     // index page rewritten by many commits of a large first sync is copied back
     // once, not once per 32 MiB.

@@ -88,10 +88,15 @@ pub fn apply_pages(
     // Insert and update stay two statements: one upsert with RETURNING rowid
     // measured 2-3x slower on a first sync.
     let mut insert = conn.prepare_cached(&insert_sql(res, 1))?;
-    // a JSON:API record's scope columns are generated from it (?2 and ?3 unused)
+    // a JSON:API table has its own columns (from ?8 on) instead of ?2 and ?3
     let scope = match res.jsonapi() {
-        None => "owner_name = ?2, dataset_slug = ?3,",
-        Some(_) => "",
+        None => "owner_name = ?2, dataset_slug = ?3,".to_string(),
+        Some(_) => res
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(k, c)| format!("{c} = ?{},", 8 + k))
+            .collect(),
     };
     let mut update = conn.prepare_cached(&format!(
         "UPDATE {t} SET {scope} status = ?4, hash = ?5, raw = ?6,
@@ -110,7 +115,7 @@ pub fn apply_pages(
     while i < recs.len() {
         if let Some(many) = many.as_mut().filter(|_| recs.len() - i >= INSERT_CHUNK) {
             let chunk = &recs[i..i + INSERT_CHUNK];
-            let inserted = insert_rows(many, chunk, now)? as i64;
+            let inserted = insert_rows(many, res, chunk, now)? as i64;
             // New rows take the next rowids in turn: the last one and the ones before it.
             let last = conn.last_insert_rowid();
             for (j, &rec) in chunk.iter().enumerate() {
@@ -143,7 +148,7 @@ pub fn apply_pages(
         }
         let rec = recs[i];
         i += 1;
-        if mostly_new && insert_rows(&mut insert, &[rec], now)? == 1 {
+        if mostly_new && insert_rows(&mut insert, res, &[rec], now)? == 1 {
             ap.record(rec, &Decision::Created, conn.last_insert_rowid(), None)?;
             continue;
         }
@@ -175,20 +180,31 @@ fn scope_columns(res: Resource) -> &'static str {
     }
 }
 
-/// An INSERT of `rows` records that skips a uid already stored. Every row has
-/// six parameters; a JSON:API table leaves the two scope ones unused.
+/// Parameters of one row in [`insert_sql`]: uid, owner, slug, status, hash, raw,
+/// then the table's own columns.
+fn per_row(res: Resource) -> usize {
+    6 + res.columns().len()
+}
+
+/// An INSERT of `rows` records that skips a uid already stored. A JSON:API
+/// table has its own columns in place of the owner and slug (left unused).
 fn insert_sql(res: Resource, rows: usize) -> String {
-    let (table, v1) = (res.table(), res.jsonapi().is_none());
-    let scope = if v1 { "owner_name, dataset_slug, " } else { "" };
+    let (table, v1, own) = (res.table(), res.jsonapi().is_none(), res.columns());
+    let scope = match v1 {
+        true => "owner_name, dataset_slug, ".to_string(),
+        false => own.iter().map(|c| format!("{c}, ")).collect(),
+    };
     let mut sql = format!(
         "INSERT OR IGNORE INTO {table} (uid, {scope}status, hash, raw, first_seen_at, last_seen_at) VALUES "
     );
     for r in 0..rows {
-        let p = 2 + 6 * r;
+        let p = 2 + per_row(res) * r;
         let sep = if r == 0 { "" } else { "," };
-        let scope = match v1 {
+        let scope: String = match v1 {
             true => format!("?{}, ?{}, ", p + 1, p + 2),
-            false => String::new(),
+            false => (0..own.len())
+                .map(|k| format!("?{}, ", p + 6 + k))
+                .collect(),
         };
         sql.push_str(&format!(
             "{sep}(?{p}, {scope}?{}, ?{}, ?{}, ?1, ?1)",
@@ -203,18 +219,22 @@ fn insert_sql(res: Resource, rows: usize) -> String {
 /// Runs an [`insert_sql`] statement for `recs`; the number of rows inserted.
 fn insert_rows(
     stmt: &mut rusqlite::CachedStatement,
+    res: Resource,
     recs: &[&Incoming],
     now: &str,
 ) -> rusqlite::Result<usize> {
     stmt.raw_bind_parameter(1, now)?;
     for (r, rec) in recs.iter().enumerate() {
-        let p = 2 + 6 * r;
+        let p = 2 + per_row(res) * r;
         stmt.raw_bind_parameter(p, &*rec.uid)?;
         stmt.raw_bind_parameter(p + 1, rec.owner.as_deref())?;
         stmt.raw_bind_parameter(p + 2, rec.dataset_slug.as_deref())?;
         stmt.raw_bind_parameter(p + 3, rec.status.as_deref())?;
         stmt.raw_bind_parameter(p + 4, &rec.hash[..])?;
         stmt.raw_bind_parameter(p + 5, &*rec.raw)?;
+        for (k, value) in rec.columns.iter().enumerate() {
+            stmt.raw_bind_parameter(p + 6 + k, value.as_deref())?;
+        }
     }
     stmt.raw_execute()
 }
@@ -257,19 +277,21 @@ impl Apply<'_> {
                 if !s.deleted {
                     moved = self.moved_from(s.rowid, rec)?;
                 }
-                update.execute(params![
-                    s.rowid,
+                let (owner, slug, status) = (
                     rec.owner.as_deref(),
                     rec.dataset_slug.as_deref(),
                     rec.status.as_deref(),
-                    &rec.hash[..],
-                    &*rec.raw,
-                    self.now
-                ])?;
+                );
+                let (hash, raw) = (&rec.hash[..], &*rec.raw);
+                let own: Vec<Option<&str>> = rec.columns.iter().map(|c| c.as_deref()).collect();
+                let mut values: Vec<&dyn rusqlite::ToSql> =
+                    vec![&s.rowid, &owner, &slug, &status, &hash, &raw, &self.now];
+                values.extend(own.iter().map(|c| c as &dyn rusqlite::ToSql));
+                update.execute(&values[..])?;
                 s.rowid
             }
             (_, None) => {
-                insert_rows(insert, &[rec], self.now)?;
+                insert_rows(insert, self.res, &[rec], self.now)?;
                 self.conn.last_insert_rowid()
             }
         };

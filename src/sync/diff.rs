@@ -29,6 +29,8 @@ pub struct Head<'a> {
     /// JSON:API: `attributes.wf_step` and `attributes.updated_at`.
     pub step: Option<Cow<'a, str>>,
     pub updated_at: Option<Cow<'a, str>>,
+    /// JSON:API: the values of the columns asked for, in their order.
+    pub columns: Vec<Option<Cow<'a, str>>>,
 }
 
 /// A head field as text: a string's value, another scalar's JSON, None for null.
@@ -90,21 +92,24 @@ impl<'a> Head<'a> {
     }
 
     /// The head of a JSON:API resource object (SPEC §8): `id` is the uid, and
-    /// `status`, `wf_step` and `updated_at` come from its `attributes`. The same
-    /// rules of shape as [`Head::parse`]: an id is a non-blank string; status,
-    /// step and time are strings or null.
-    pub fn parse_jsonapi(raw: &'a str) -> Result<Head<'a>, Rejected> {
+    /// `status`, `wf_step` and `updated_at` come from its `attributes`, as do
+    /// `columns` (an `…_id` missing there is its relationship's `data.id`). The
+    /// same rules of shape as [`Head::parse`]: an id is a non-blank string;
+    /// status, step and time are strings or null.
+    pub fn parse_jsonapi(raw: &'a str, columns: &[&str]) -> Result<Head<'a>, Rejected> {
         if too_deep(raw) {
             return Err(Rejected::TooDeep);
         }
-        let (mut id, mut attributes) = (None, None);
+        let (mut id, mut attributes, mut relationships) = (None, None, None);
+        let related = columns.iter().any(|c| c.ends_with("_id"));
         members(raw, |key, value| {
             match key {
                 "id" => id = id.or(Some(value)),
                 "attributes" => attributes = attributes.or(Some(value)),
+                "relationships" => relationships = relationships.or(Some(value)),
                 _ => {}
             }
-            id.is_none() || attributes.is_none()
+            id.is_none() || attributes.is_none() || (related && relationships.is_none())
         })
         .ok_or(Rejected::NotAnObject)?;
         let uid = match id.map(|v| (v, v.as_bytes().first())) {
@@ -115,8 +120,12 @@ impl<'a> Head<'a> {
             Some(_) => return Err(Rejected::BadUid),
         };
         let (mut status, mut step, mut updated_at) = (None, None, None);
+        let mut values: Vec<Option<&'a str>> = vec![None; columns.len()];
         if let Some(attrs) = attributes.filter(|a| *a != "null") {
             members(attrs, |key, value| {
+                if let Some(k) = columns.iter().position(|c| *c == key) {
+                    values[k].get_or_insert(value);
+                }
                 let field = match key {
                     "status" => &mut status,
                     "wf_step" => &mut step,
@@ -124,9 +133,18 @@ impl<'a> Head<'a> {
                     _ => return true,
                 };
                 field.get_or_insert(value);
-                status.is_none() || step.is_none() || updated_at.is_none()
+                true
             })
             .ok_or(Rejected::NotAnObject)?;
+        }
+        if let Some(rels) = relationships.filter(|_| related) {
+            for (k, column) in columns.iter().enumerate() {
+                if let (None, Some(name)) = (values[k], column.strip_suffix("_id")) {
+                    values[k] = member(rels, name)
+                        .and_then(|r| member(r, "data"))
+                        .and_then(|d| member(d, "id"));
+                }
+            }
         }
         let text = |v: Option<&'a str>| match v {
             Some(v) if !v.starts_with('"') && v != "null" => Err(Rejected::BadStatus),
@@ -138,6 +156,7 @@ impl<'a> Head<'a> {
             step: text(step)?,
             updated_at: text(updated_at)?,
             dataset_uid: None,
+            columns: values.into_iter().map(|v| v.and_then(field_text)).collect(),
         })
     }
 }
@@ -172,6 +191,18 @@ fn too_deep(json: &str) -> bool {
         }
     }
     false
+}
+
+/// The value of member `key` of the JSON object `json`, if it is one and has it.
+fn member<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let mut found = None;
+    members(json, |k, v| {
+        if k == key {
+            found = Some(v);
+        }
+        found.is_none()
+    })?;
+    found
 }
 
 /// Calls `f(key, value)` for each top-level member of the JSON object `json`, in
@@ -273,6 +304,8 @@ pub struct Incoming {
     pub status: Option<ByteString>,
     /// The workflow step of an entry (JSON:API); None elsewhere.
     pub step: Option<ByteString>,
+    /// JSON:API: its table's own columns ([`crate::config::Resource::columns`]).
+    pub columns: Vec<Option<ByteString>>,
     pub owner: Option<ByteString>,
     pub dataset_slug: Option<ByteString>,
     /// The JSON object as received, stored in `raw`.
@@ -349,6 +382,7 @@ impl Incoming {
             uid: text(head.uid),
             status: head.status.map(text),
             step: head.step.map(text),
+            columns: head.columns.into_iter().map(|c| c.map(text)).collect(),
             owner: owner.cloned(),
             dataset_slug: dataset_slug.cloned(),
             raw: raw.clone(),
@@ -465,7 +499,7 @@ mod tests {
             let raw = ByteString::from(format!(
                 r#"{{"type":"entries","id":"e1","attributes":{{"status":"{status}","wf_step":"{step}","updated_at":"2026-12-01T10:00:00Z","meta":{{"status":"x"}}}}}}"#
             ));
-            let head = Head::parse_jsonapi(&raw).unwrap();
+            let head = Head::parse_jsonapi(&raw, &[]).unwrap();
             Incoming::new(head, &raw, None, None)
         };
         let a = entry("in_progress", "annotate");
@@ -482,7 +516,7 @@ mod tests {
                 old_step: Some("annotate".into()),
             }
         );
-        let bad = |raw: &str| Head::parse_jsonapi(raw).unwrap_err();
+        let bad = |raw: &str| Head::parse_jsonapi(raw, &[]).unwrap_err();
         assert_eq!(
             bad(r#"{"type":"entries","attributes":{}}"#),
             Rejected::NoUid
@@ -493,8 +527,25 @@ mod tests {
             Rejected::BadStatus
         );
         assert_eq!(bad(r#"[1]"#), Rejected::NotAnObject);
-        let head = Head::parse_jsonapi(r#"{"id":"p","attributes":null}"#).unwrap();
+        let head = Head::parse_jsonapi(r#"{"id":"p","attributes":null}"#, &[]).unwrap();
         assert_eq!((&*head.uid, head.status), ("p", None));
+        // columns from the attributes, or an `…_id` from its relationship
+        let raw = r#"{"id":"c","relationships":{"note_feed":{"data":{"type":"note_feeds","id":"f1"}}},"attributes":{"project_id":"p1","n":3,"dataset_id":null,"entry_id":"e\"1"}}"#;
+        let head = Head::parse_jsonapi(
+            raw,
+            &["project_id", "note_feed_id", "dataset_id", "entry_id", "n"],
+        )
+        .unwrap();
+        assert_eq!(
+            head.columns,
+            vec![
+                Some("p1".into()),
+                Some("f1".into()),
+                None,
+                Some("e\"1".into()),
+                Some("3".into())
+            ]
+        );
     }
 
     #[test]

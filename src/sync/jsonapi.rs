@@ -218,7 +218,10 @@ impl Syncer {
             prio,
             owner: None,
             slugs: vec![],
-            attribution: Attribution::JsonApi(narrowing.clone()),
+            attribution: Attribution::JsonApi {
+                columns: res.columns(),
+                narrowing: narrowing.clone(),
+            },
         }
     }
 

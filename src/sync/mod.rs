@@ -153,9 +153,13 @@ enum Attribution {
     Fixed(Option<ByteString>),
     /// Cross-dataset listing: a record's `dataset_uid` names its dataset among these.
     ByDatasetUid(HashMap<String, ByteString>),
-    /// A JSON:API resource object, which names its own scope; with a narrowing,
-    /// only those whose `field` (`id`, or an attribute) is one of `ids` are kept.
-    JsonApi(Option<Narrowing>),
+    /// A JSON:API resource object, which names its own scope in `columns`;
+    /// with a narrowing, only those whose `field` (`id`, or an attribute) is one
+    /// of `ids` are kept.
+    JsonApi {
+        columns: Vec<&'static str>,
+        narrowing: Option<Narrowing>,
+    },
 }
 
 #[derive(Clone)]
@@ -877,9 +881,9 @@ fn convert(
         needs_split: false,
         newest: None,
     };
-    if let Attribution::JsonApi(narrowing) = attribution {
+    if let Attribution::JsonApi { columns, narrowing } = attribution {
         for (i, raw) in records.enumerate() {
-            match Head::parse_jsonapi(&raw) {
+            match Head::parse_jsonapi(&raw, columns) {
                 Ok(head) => {
                     if let Some(t) = head.updated_at.as_deref()
                         && let Some(at) = crate::api::jsonapi::instant(t)
@@ -907,7 +911,7 @@ fn convert(
         };
         let slug = match attribution {
             Attribution::Fixed(slug) => slug.as_ref(),
-            Attribution::JsonApi(_) => None,
+            Attribution::JsonApi { .. } => None,
             Attribution::ByDatasetUid(map) => {
                 match head.dataset_uid.as_ref().and_then(|u| map.get(&**u)) {
                     Some(slug) => Some(slug),
