@@ -13,7 +13,6 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
-use rusqlite::{Connection, OpenFlags};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -97,56 +96,9 @@ pub fn render(db: &Path) -> String {
 #[derive(Debug)]
 struct FromDatabase(PathBuf);
 
-struct Snapshot {
-    last_success: Vec<(String, f64)>,
-    delivered: Vec<(String, i64)>,
-    failed: Vec<(String, i64)>,
-    pending: Vec<(String, i64)>,
-    downloads: Vec<(String, i64)>,
-    /// ("used" | "free", bytes) of the database file.
-    database: Vec<(String, i64)>,
-}
-
-fn snapshot(db: &Path) -> rusqlite::Result<Snapshot> {
-    let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    c.busy_timeout(std::time::Duration::from_secs(2))?;
-    fn pairs<T: rusqlite::types::FromSql>(
-        c: &Connection,
-        sql: &str,
-    ) -> rusqlite::Result<Vec<(String, T)>> {
-        let mut st = c.prepare(sql)?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect()
-    }
-    Ok(Snapshot {
-        last_success: pairs(
-            &c,
-            "SELECT resource, unixepoch(max(last_success_at), 'subsec') FROM sync_state
-             WHERE last_success_at IS NOT NULL AND resource IS NOT NULL GROUP BY resource",
-        )?,
-        delivered: pairs(
-            &c,
-            "SELECT sink, count(*) FROM deliveries WHERE status = 'delivered' GROUP BY sink",
-        )?,
-        failed: pairs(
-            &c,
-            "SELECT sink, count(*) FROM deliveries WHERE status = 'failed' GROUP BY sink",
-        )?,
-        pending: pairs(
-            &c,
-            "SELECT s.sink, (SELECT count(*) FROM events e WHERE e.seq > s.cursor) FROM sink_state s",
-        )?,
-        downloads: pairs(&c, "SELECT status, count(*) FROM downloads GROUP BY status")?,
-        database: {
-            let (bytes, free) = crate::store::retention::size(&c)?;
-            vec![("used".into(), bytes - free), ("free".into(), free)]
-        },
-    })
-}
-
 impl Collector for FromDatabase {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = match snapshot(&self.0) {
+        let s = match crate::store::report::metrics(&self.0) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("metrics: reading the database: {e}");

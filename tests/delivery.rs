@@ -278,7 +278,7 @@ async fn gone_disables_the_sink_and_status_says_so() {
     assert_eq!(state.lock().unwrap().seen.len(), 1);
     let status = env
         .store()
-        .with(|c| avala_mirror::commands::status::collect(c))
+        .with(|c| avala_mirror::store::report::status(c))
         .unwrap();
     assert_eq!(status["deliveries"]["disabled_sinks"][0]["sink"], "hook");
 }
@@ -331,7 +331,7 @@ async fn redeliver_sends_failed_events_again_and_nothing_else() {
 
     let reset = env
         .store()
-        .with(|c| avala_mirror::events::deliver::redeliver(c, Some("hook"), 0))
+        .with(|c| avala_mirror::store::outbox::redeliver(c, Some("hook"), 0))
         .unwrap();
     assert_eq!(reset, 1);
     assert!(d.flush(Duration::from_secs(10)).await.is_empty());

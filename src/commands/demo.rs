@@ -156,7 +156,10 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
 
     println!();
     println!("summary: {shown} events");
-    let status = syncer.store.call(|c| super::status::collect(c)).await?;
+    let status = syncer
+        .store
+        .call(|c| crate::store::report::status(c))
+        .await?;
     for res in Resource::ALL {
         let r = &status["resources"][res.table()];
         println!(

@@ -30,7 +30,7 @@ pub fn redeliver(cfg: &Config, sink: Option<&str>, since: Option<&str>) -> anyho
     }
     let store = Store::open_existing(&cfg.store_path)?;
     let after = store.with(|c| since_seq(c, since))?;
-    let n = store.with(|c| crate::events::deliver::redeliver(c, sink, after))?;
+    let n = store.with(|c| crate::store::outbox::redeliver(c, sink, after))?;
     println!("{n} failed deliveries will be sent again by the next `sync` or the running daemon");
     Ok(EXIT_OK)
 }

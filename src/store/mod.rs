@@ -13,7 +13,9 @@
 pub mod downloads;
 pub mod events;
 pub mod lock;
+pub mod outbox;
 pub mod records;
+pub mod report;
 pub mod retention;
 pub mod state;
 
