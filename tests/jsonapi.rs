@@ -493,3 +493,90 @@ async fn kill_9_in_an_incremental_listing_loses_and_doubles_nothing() {
     assert!(watermark().unwrap() > baseline);
     assert_table_mirrors(&env, Kind::NoteComments, "note_comments");
 }
+
+#[tokio::test]
+async fn the_command_line_covers_the_jsonapi_collections() {
+    let env = start_jsonapi(10).await;
+    let jsonapi = format!(
+        "[jsonapi]\nbase_url = \"{}\"\nrequests_per_second = 500.0\nburst = 50\n",
+        env.sim.jsonapi_url()
+    );
+    let cfg = env.write_config(env.cfg.api.key.expose(), &jsonapi);
+    let cfg = cfg.to_str().unwrap();
+    let (code, out, err) = run_binary(&["--config", cfg, "check"], &[], env.dir.path()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("JSON:API: ") && out.contains("projects: 2 records"),
+        "{out}"
+    );
+
+    let (code, out, err) = run_binary(
+        &["--config", cfg, "sync", "--only", "note_feeds"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("note_feeds") && out.contains("JSON:API requests"),
+        "{out}"
+    );
+    env.sim
+        .world(|w| w.jsonapi.set_status(Kind::NoteFeeds, 0, "resolved", now()));
+    env.sim
+        .world(|w| w.jsonapi.set_status(Kind::NoteFeeds, 1, "pending", now()));
+    env.sim.faults(|f| f.jsonapi.refuse_since = true);
+    let (code, out, err) = run_binary(
+        &["--config", cfg, "sync", "--only", "note_feeds"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, _) = run_binary(
+        &["--config", cfg, "events", "--type", "note_feed.*"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("note on ") && out.contains("pending → resolved — Label 0"),
+        "{out}"
+    );
+    let (code, out, _) = run_binary(&["--config", cfg, "status"], &[], env.dir.path()).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("on full listings since") && out.contains("Invalid filter"),
+        "{out}"
+    );
+
+    // a wrong base URL is named; a JSON:API collection without the service is a config error
+    let bad = env.write_config(
+        env.cfg.api.key.expose(),
+        &format!("[jsonapi]\nbase_url = \"{}/nowhere\"\n", env.sim.base_url()),
+    );
+    let (code, _, err) = run_binary(
+        &["--config", bad.to_str().unwrap(), "check"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("jsonapi.base_url"), "{err}");
+    let plain = env.write_config(env.cfg.api.key.expose(), "");
+    let (code, _, err) = run_binary(
+        &[
+            "--config",
+            plain.to_str().unwrap(),
+            "sync",
+            "--only",
+            "entries",
+        ],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("jsonapi.base_url"), "{err}");
+}

@@ -75,5 +75,39 @@ pub async fn check(cfg: Arc<Config>) -> anyhow::Result<u8> {
             .unwrap_or("(not sent)");
         println!("{h}: {v}");
     }
+    if let Some(j) = &cfg.jsonapi {
+        check_jsonapi(&j.api).await?;
+    }
     Ok(EXIT_OK)
+}
+
+/// The JSON:API service answers: the projects it lists, by the count probe.
+async fn check_jsonapi(api: &crate::config::ApiConfig) -> anyhow::Result<()> {
+    let mut api = api.clone();
+    api.max_retries = 0;
+    api.timeout = api.timeout.min(CHECK_TIMEOUT);
+    let client = Client::new(&api).context("building the JSON:API client")?;
+    let url = crate::api::jsonapi::probe(&client, "projects", None);
+    let count = client
+        .fetch(&url, Priority::High, |b| {
+            crate::api::page::parse_document(b).map(|(page, _)| page.count)
+        })
+        .await
+        .map_err(|e| {
+            let hint = match e {
+                ApiError::NotFound(_) => format!(
+                    "; is jsonapi.base_url ({}) the service's base, under which /projects is listed?",
+                    api.base_url
+                ),
+                _ => String::new(),
+            };
+            anyhow::Error::new(e).context(format!("listing the JSON:API projects{hint}"))
+        })?
+        .value;
+    println!(
+        "JSON:API: {} reachable; projects: {}",
+        api.base_url,
+        count.map_or("ok".into(), |n| format!("{n} records"))
+    );
+    Ok(())
 }
