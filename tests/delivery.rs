@@ -645,3 +645,43 @@ async fn redeliver_enables_a_gone_sink_in_the_running_daemon() {
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_delivery_the_database_cannot_record_is_not_sent_again() {
+    let env = env_with_events().await;
+    let (state, url) = receiver(vec![]).await;
+    let store = env.store();
+    let d = Deliverer::new(
+        store.clone(),
+        vec![sink("webhook", "hook", Some(url), None, &["*"])],
+        fast(),
+    );
+    // the disk is full: the delivery goes out, its outcome cannot be written
+    store.with(|c| {
+        c.execute_batch(
+            "CREATE TEMP TRIGGER full BEFORE INSERT ON deliveries
+             BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END;",
+        )
+        .unwrap()
+    });
+    for _ in 0..4 {
+        let e = d.drain(&d.sinks[0]).await.unwrap_err();
+        assert!(e.to_string().contains("disk is full"), "{e}");
+    }
+    assert_eq!(
+        state.lock().unwrap().seen.len(),
+        1,
+        "sent again while unrecorded"
+    );
+    // space again: the outcome is recorded first, and the queue goes on
+    store.with(|c| c.execute_batch("DROP TRIGGER full").unwrap());
+    assert_eq!(d.drain(&d.sinks[0]).await.unwrap(), Drained::Idle);
+    let seen: Vec<String> = state
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .map(|s| s.0.clone())
+        .collect();
+    assert_eq!(seen, env.event_ids(), "each event once, in order");
+}

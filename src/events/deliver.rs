@@ -3,13 +3,14 @@
 //! event is retried on the Standard Webhooks schedule (with jitter), then marked
 //! `failed` and the queue moves on. State lives in `deliveries` and `sink_state`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
 use super::sinks::{SendError, Sink};
-use crate::store::outbox::{self, Place, advance, attempt_state, place, record};
+use crate::store::outbox::{self, Outcome, Place, advance, attempt_state, place};
 use crate::store::{Store, events, now_rfc3339};
 
 /// Standard Webhooks: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
@@ -27,6 +28,10 @@ pub struct Deliverer {
     pub sinks: Vec<Arc<Sink>>,
     http: reqwest::Client,
     schedule: Vec<Duration>,
+    /// Per sink, an outcome the database could not record (a full disk): it is
+    /// recorded before anything else goes to that sink, so the sink is never
+    /// sent an event again because its delivery could not be written down.
+    unrecorded: Mutex<HashMap<String, Outcome>>,
 }
 
 /// Where a sink's queue stands after a drain.
@@ -53,7 +58,22 @@ impl Deliverer {
             sinks: sinks.into_iter().map(Arc::new).collect(),
             http,
             schedule,
+            unrecorded: Mutex::default(),
         }
+    }
+
+    /// Records `o` for `sink`; when the database refuses, keeps it to record
+    /// first on the next drain.
+    async fn settle(&self, sink: &str, o: Outcome) -> rusqlite::Result<()> {
+        let (s, kept) = (sink.to_string(), o.clone());
+        let r = self.store.call(move |c| outbox::record(c, &s, &o)).await;
+        if r.is_err() {
+            self.unrecorded
+                .lock()
+                .expect("unrecorded lock")
+                .insert(sink.to_string(), kept);
+        }
+        r
     }
 
     /// Gives each sink its place in the outbox before any event can be written
@@ -71,6 +91,14 @@ impl Deliverer {
     /// head must wait.
     pub async fn drain(&self, sink: &Sink) -> rusqlite::Result<Drained> {
         let name = sink.name.clone();
+        let held = self
+            .unrecorded
+            .lock()
+            .expect("unrecorded lock")
+            .remove(&name);
+        if let Some(o) = held {
+            self.settle(&name, o).await?;
+        }
         loop {
             let n = name.clone();
             let Place {
@@ -107,23 +135,20 @@ impl Deliverer {
                 }
                 let result = sink.send(&self.http, &e).await;
                 let (n, now) = (name.clone(), now_rfc3339());
+                let outcome = |status, attempts, error, next_at, past| Outcome {
+                    seq,
+                    status,
+                    attempts,
+                    error,
+                    next_at,
+                    delivered_at: (status == "delivered").then(|| now.clone()),
+                    past,
+                };
                 match result {
                     Ok(()) => {
-                        self.store
-                            .call(move |c| {
-                                record(
-                                    c,
-                                    &n,
-                                    seq,
-                                    "delivered",
-                                    attempts + 1,
-                                    None,
-                                    None,
-                                    Some(&now),
-                                    Some((seq, rewinds)),
-                                )
-                            })
-                            .await?;
+                        let o =
+                            outcome("delivered", attempts + 1, None, None, Some((seq, rewinds)));
+                        self.settle(&name, o).await?;
                         pos = seq;
                     }
                     Err(SendError::Gone) => {
@@ -145,41 +170,21 @@ impl Deliverer {
                                     humantime::format_rfc3339_millis(SystemTime::now() + wait)
                                         .to_string();
                                 tracing::warn!(sink = %name, event = %e.id, attempt = tries, ?wait, "delivery failed: {error}");
-                                self.store
-                                    .call(move |c| {
-                                        record(
-                                            c,
-                                            &n,
-                                            seq,
-                                            "pending",
-                                            tries,
-                                            Some(&error),
-                                            Some(&next),
-                                            None,
-                                            None,
-                                        )
-                                    })
-                                    .await?;
+                                let o = outcome("pending", tries, Some(error), Some(next), None);
+                                self.settle(&name, o).await?;
                                 self.save_cursor(&name, pos, rewinds).await?;
                                 return Ok(Drained::Waiting(wait));
                             }
                             None => {
                                 tracing::error!(sink = %name, event = %e.id, "delivery failed for good after {tries} attempts: {error}");
-                                self.store
-                                    .call(move |c| {
-                                        record(
-                                            c,
-                                            &n,
-                                            seq,
-                                            "failed",
-                                            tries,
-                                            Some(&error),
-                                            None,
-                                            None,
-                                            Some((seq, rewinds)),
-                                        )
-                                    })
-                                    .await?;
+                                let o = outcome(
+                                    "failed",
+                                    tries,
+                                    Some(error),
+                                    None,
+                                    Some((seq, rewinds)),
+                                );
+                                self.settle(&name, o).await?;
                                 pos = seq;
                             }
                         }
@@ -233,15 +238,20 @@ impl Deliverer {
             .map(|sink| {
                 let me = self.clone();
                 tokio::spawn(async move {
+                    // drains in a row that the database failed (a full disk)
+                    let mut failing = 0u32;
                     loop {
-                        let wait = match me.drain(&sink).await {
+                        let drained = me.drain(&sink).await;
+                        failing = if drained.is_err() { failing + 1 } else { 0 };
+                        let wait = match drained {
                             Ok(Drained::Idle) => Duration::from_millis(500),
                             Ok(Drained::Waiting(w)) => w,
                             // until `events redeliver` enables it again
                             Ok(Drained::Disabled) => DISABLED_LOOK,
                             Err(e) => {
-                                tracing::error!(sink = %sink.name, "delivery: {e}");
-                                Duration::from_secs(5)
+                                let wait = store_backoff(failing);
+                                tracing::error!(sink = %sink.name, "delivery paused for {}: {e}", humantime::format_duration(wait));
+                                wait
                             }
                         };
                         tokio::time::sleep(wait).await;
@@ -252,6 +262,14 @@ impl Deliverer {
         let _guard = AbortAll(tasks);
         std::future::pending::<()>().await;
     }
+}
+
+/// How long a sink waits after its `failing`-th drain in a row that the
+/// database failed: 5 s, doubling, at most 5 minutes.
+fn store_backoff(failing: u32) -> Duration {
+    Duration::from_secs(5)
+        .saturating_mul(1 << failing.saturating_sub(1).min(6))
+        .min(Duration::from_secs(300))
 }
 
 struct AbortAll(Vec<tokio::task::JoinHandle<()>>);
@@ -266,3 +284,14 @@ impl Drop for AbortAll {
 
 /// How often a sink disabled by 410 looks whether `events redeliver` enabled it.
 const DISABLED_LOOK: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_database_is_retried_less_and_less_often() {
+        let waits: Vec<u64> = (1..=9).map(|n| store_backoff(n).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+}

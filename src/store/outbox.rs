@@ -147,20 +147,23 @@ pub fn redeliver(
     Ok(n)
 }
 
-/// Records an attempt; with `advance` (the event, and the rewinds the cursor was
-/// read at), moves the sink's cursor past the event in the same transaction.
-#[allow(clippy::too_many_arguments)]
-pub fn record(
-    c: &mut Connection,
-    sink: &str,
-    seq: i64,
-    status: &str,
-    attempts: u32,
-    error: Option<&str>,
-    next_at: Option<&str>,
-    delivered_at: Option<&str>,
-    past: Option<(i64, i64)>,
-) -> rusqlite::Result<()> {
+/// One attempt's outcome, as `deliveries` keeps it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub seq: i64,
+    /// `delivered`, `pending` (to be tried again at `next_at`) or `failed`.
+    pub status: &'static str,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub next_at: Option<String>,
+    pub delivered_at: Option<String>,
+    /// The event and the rewinds the cursor was read at: the sink is done with
+    /// it, so its cursor moves past it in the same transaction.
+    pub past: Option<(i64, i64)>,
+}
+
+/// Records an attempt's outcome for `sink`.
+pub fn record(c: &mut Connection, sink: &str, o: &Outcome) -> rusqlite::Result<()> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
         "INSERT INTO deliveries (event_seq, sink, status, attempts, next_attempt_at, last_error, delivered_at)
@@ -168,9 +171,9 @@ pub fn record(
          ON CONFLICT(sink, event_seq) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
            next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,
            delivered_at = excluded.delivered_at",
-        params![seq, sink, status, attempts, next_at, error, delivered_at],
+        params![o.seq, sink, o.status, o.attempts, o.next_at, o.error, o.delivered_at],
     )?;
-    if let Some((pos, rewinds)) = past {
+    if let Some((pos, rewinds)) = o.past {
         advance(&tx, sink, pos, rewinds)?;
     }
     tx.commit()
