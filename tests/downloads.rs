@@ -440,27 +440,81 @@ async fn storage_404_for_good_fails_with_a_clear_error_and_exit_1() {
 }
 
 #[tokio::test]
-async fn an_archive_larger_than_the_free_space_fails_with_a_clear_error() {
+async fn an_archive_larger_than_the_free_space_waits_and_comes_when_space_returns() {
     let env = backfill(start(small_world()).await);
     // an exbibyte: more than any disk this test runs on has free
     env.sim.faults(|f| f.storage.claim_length = Some(1 << 60));
     env.sync().await.unwrap();
-    downloader(&env).drain().await;
+    let wait = Duration::from_millis(1500);
+    let d = downloader(&env).with_space_wait(wait, Duration::from_secs(60));
+    d.drain().await;
+    let retry_at = |env: &TestEnv| -> Vec<String> {
+        env.store().with(|c| {
+            let mut st = c
+                .prepare("SELECT retry_at FROM downloads ORDER BY export_uid")
+                .unwrap();
+            st.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        })
+    };
     let rows = download_rows(&env);
     assert_eq!(rows.len(), 3);
     for r in &rows {
-        assert_eq!(r.status, "failed", "{r:?}");
-        assert_eq!(r.attempts, MAX_ATTEMPTS as i64);
+        // one attempt, no give-up, a clear reason
+        assert_eq!(
+            (r.status.as_str(), r.attempts),
+            ("waiting_for_space", 1),
+            "{r:?}"
+        );
         let error = r.error.as_deref().unwrap();
         assert!(error.contains("not enough free space"), "{error}");
         assert!(
             error.contains("the archive needs 1152921504606846976 more bytes"),
             "{error}"
         );
+        assert!(
+            error.contains("waiting for space, next attempt at"),
+            "{error}"
+        );
     }
-    let dl = &env.cfg.downloads.dir;
-    assert_eq!(names(dl), vec![".partial"]);
-    assert_eq!(names(&dl.join(".partial")), Vec::<String>::new());
+    let first = retry_at(&env);
+    // not due before its time: nothing is tried
+    let tries = env.sim.faults(|f| f.storage.log.len());
+    d.drain().await;
+    assert_eq!(env.sim.faults(|f| f.storage.log.len()), tries);
+    // still full at the next attempt: it waits longer
+    tokio::time::sleep(wait + Duration::from_secs(1)).await;
+    d.drain().await;
+    let second = retry_at(&env);
+    for r in download_rows(&env) {
+        assert_eq!(
+            (r.status.as_str(), r.attempts),
+            ("waiting_for_space", 2),
+            "{r:?}"
+        );
+    }
+    assert!(
+        second.iter().zip(&first).all(|(b, a)| b > a),
+        "{first:?} {second:?}"
+    );
+    let at = |t: &str| humantime::parse_rfc3339(t).unwrap();
+    let (a, b) = (at(&first[0]), at(&second[0]));
+    assert!(
+        b.duration_since(a).unwrap() >= wait,
+        "the second wait is longer"
+    );
+    // space again: they come by themselves, and no download ever counted as failed
+    env.sim.faults(|f| f.storage.claim_length = None);
+    tokio::time::sleep(2 * wait + Duration::from_secs(1)).await;
+    d.drain().await;
+    assert_all_downloaded(&env).await;
+    assert!(
+        !env.events()
+            .iter()
+            .any(|(t, _)| t == "export.download_failed")
+    );
 }
 
 #[tokio::test]

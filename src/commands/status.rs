@@ -84,8 +84,8 @@ fn print_human(v: &Value) {
         v["events"]["last_id"].as_str().unwrap_or("-")
     );
     println!(
-        "downloads: {} pending, {} failed",
-        v["downloads"]["pending"], v["downloads"]["failed"]
+        "downloads: {} pending, {} waiting for disk space, {} failed",
+        v["downloads"]["pending"], v["downloads"]["waiting_for_space"], v["downloads"]["failed"]
     );
     println!(
         "deliveries: {} pending, {} failed",

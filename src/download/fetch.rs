@@ -37,12 +37,16 @@ pub enum Failure {
     Retry(String),
     /// The link leads where the mirror may not fetch from (`download::guard`).
     Refused(String),
+    /// Not enough disk space: tried again later, however many times, until there is.
+    Space(String),
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Link(m) | Failure::Retry(m) | Failure::Refused(m) => f.write_str(m),
+            Failure::Link(m) | Failure::Retry(m) | Failure::Refused(m) | Failure::Space(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -151,7 +155,7 @@ pub async fn attempt(
                 ))
             })?;
         if free < need {
-            return Err(retry(format!(
+            return Err(Failure::Space(format!(
                 "not enough free space in {}: the archive needs {need} more bytes, {free} are available",
                 partial_dir.display()
             )));
@@ -184,10 +188,13 @@ pub async fn attempt(
         }
     }
     drop(tx);
-    let (written, hasher) = writer
-        .await
-        .map_err(retry)?
-        .map_err(|e| retry(format!("writing {}: {e}", target.partial_path.display())))?;
+    let (written, hasher) = writer.await.map_err(retry)?.map_err(|e| {
+        let why = format!("writing {}: {e}", target.partial_path.display());
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Failure::Space(why),
+            _ => retry(why),
+        }
+    })?;
     if let Some(e) = broke {
         return Err(retry(format!(
             "the connection broke after {written} of {} bytes ({ep}): {e}; resuming",

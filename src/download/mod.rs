@@ -50,8 +50,15 @@ pub struct Downloader {
     allow_private: bool,
     concurrency: usize,
     backoff: (Duration, Duration),
+    /// After a failure for lack of disk space: the first wait, and the longest.
+    space_wait: (Duration, Duration),
     progress: Option<ProgressFn>,
 }
+
+/// A download that met a full disk is tried again after a minute, then after
+/// twice as long each time, at most an hour apart: without a person, and
+/// without hammering a disk that stays full.
+const SPACE_WAIT: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(3600));
 
 impl Downloader {
     pub fn new(cfg: &Config, store: Store, api: Arc<Client>) -> Result<Downloader, reqwest::Error> {
@@ -71,8 +78,15 @@ impl Downloader {
             allow_private,
             concurrency: cfg.downloads.concurrency.max(1) as usize,
             backoff: (cfg.api.backoff_min, cfg.api.backoff_max),
+            space_wait: SPACE_WAIT,
             progress: None,
         })
+    }
+
+    /// Other waits after a full disk than [`SPACE_WAIT`] (the tests').
+    pub fn with_space_wait(mut self, first: Duration, longest: Duration) -> Downloader {
+        self.space_wait = (first, longest);
+        self
     }
 
     pub fn with_progress(mut self, progress: ProgressFn) -> Downloader {
@@ -105,7 +119,8 @@ impl Downloader {
                 break;
             }
             if running.len() < self.concurrency {
-                match self.store.read(downloads::due).await {
+                let now = now_rfc3339();
+                match self.store.read(move |c| downloads::due(c, &now)).await {
                     Ok(due) => {
                         let busy: HashSet<&String> = active.values().collect();
                         let free = self.concurrency - running.len();
@@ -209,6 +224,9 @@ impl Downloader {
                 }
                 Err(f) => f,
             };
+            if let fetch::Failure::Space(why) = &failure {
+                return self.wait_for_space(&uid, why, attempts).await;
+            }
             let mut error = failure.to_string();
             stalled = if partial_len() > before {
                 0
@@ -259,6 +277,24 @@ impl Downloader {
                 tokio::time::sleep(self.delay(stalled.max(1))).await;
             }
         }
+    }
+
+    /// The disk lacks space for the archive: it waits, longer each time (see
+    /// [`SPACE_WAIT`]), and is then due again by itself. Not a failed download.
+    async fn wait_for_space(&self, uid: &str, why: &str, attempts: u32) -> Result<Done, String> {
+        let (first, longest) = self.space_wait;
+        let wait = first
+            .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+            .min(longest);
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + wait).to_string();
+        let error = format!("{why}; waiting for space, next attempt at {at}");
+        tracing::warn!(export = %uid, attempts, "download waits for disk space: {why}");
+        let (u, e, n) = (uid.to_string(), error.clone(), now_rfc3339());
+        self.store
+            .call(move |c| downloads::wait_for_space(c, &u, &e, &at, &n))
+            .await
+            .map_err(|e| format!("local database error: {e}"))?;
+        Err(error)
     }
 
     /// Jittered exponential backoff between attempts.

@@ -90,12 +90,14 @@ pub fn request(
 }
 
 /// Downloads to work on: queued ones and those a stopped process left in progress.
-pub fn due(conn: &Connection) -> rusqlite::Result<Vec<Job>> {
+pub fn due(conn: &Connection, now: &str) -> rusqlite::Result<Vec<Job>> {
     let mut stmt = conn.prepare_cached(
         "SELECT export_uid, url, file_name, attempts FROM downloads
-         WHERE status IN ('pending', 'downloading') ORDER BY created_at, export_uid",
+         WHERE status IN ('pending', 'downloading')
+            OR (status = 'waiting_for_space' AND retry_at <= ?1)
+         ORDER BY created_at, export_uid",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([now], |r| {
         Ok(Job {
             export_uid: r.get(0)?,
             url: r.get(1)?,
@@ -161,6 +163,22 @@ pub fn attempt_failed(
 }
 
 /// A fresh link from the API.
+/// The disk lacked space for an archive: it waits, and is due again at `retry_at`.
+pub fn wait_for_space(
+    conn: &Connection,
+    export_uid: &str,
+    error: &str,
+    retry_at: &str,
+    now: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE downloads SET status = 'waiting_for_space', error = ?2, retry_at = ?3, updated_at = ?4
+         WHERE export_uid = ?1",
+        params![export_uid, error, retry_at, now],
+    )?;
+    Ok(())
+}
+
 pub fn set_url(conn: &Connection, export_uid: &str, url: &str) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE downloads SET url = ?2 WHERE export_uid = ?1",

@@ -113,6 +113,7 @@ pub fn status(c: &Connection) -> rusqlite::Result<Value> {
             "failed": count("SELECT count(*) FROM downloads WHERE status = 'failed'")?,
             "downloaded": count("SELECT count(*) FROM downloads WHERE status = 'downloaded'")?,
             "awaiting_link": count("SELECT count(*) FROM downloads WHERE status = 'awaiting_link'")?,
+            "waiting_for_space": count("SELECT count(*) FROM downloads WHERE status = 'waiting_for_space'")?,
         },
         "deliveries": {
             "pending": count("SELECT count(*) FROM deliveries WHERE status = 'pending'")?,
