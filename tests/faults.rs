@@ -168,3 +168,46 @@ async fn an_endless_retry_after_waits_api_max_wait_only() {
     env.sim.faults(|f| f.rate_limit = None);
     assert_mirror_equals_sim(&env);
 }
+
+#[tokio::test]
+async fn status_shows_a_pause_the_api_asked_for() {
+    let env = start(small_world()).await;
+    // every request answers 429 "come back in 31 years": capped at api.max_wait
+    env.sim.faults(|f| {
+        f.rate_limit = Some((0.001, 1));
+        f.retry_after_secs = 999_999_999;
+    });
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let cfg = cfg.to_str().unwrap();
+    let toml = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, toml.replace("[api]\n", "[api]\nmax_wait = \"2m\"\n")).unwrap();
+    let mut daemon = spawn_binary(&["--config", cfg, "run"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let (code, out, err) =
+            run_binary(&["--config", cfg, "status", "--json"], &[], env.dir.path()).await;
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if let Some(until) = v["api_paused_until"].as_str() {
+            assert!(code == 0 || code == 1, "{err}");
+            break until.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pause shown: {out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let until = humantime::parse_rfc3339(&shown).unwrap();
+    let ahead = until.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(
+        ahead > Duration::from_secs(60) && ahead <= Duration::from_secs(121),
+        "{shown}"
+    );
+    let (_, out, _) = run_binary(&["--config", cfg, "status"], &[], env.dir.path()).await;
+    assert!(
+        out.contains("the API asked for a pause: requests wait until"),
+        "{out}"
+    );
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+}

@@ -27,6 +27,9 @@ use crate::sync::Syncer;
 /// How often `run` prunes what retention no longer keeps (SPEC §6: at least once a minute).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// How often `run` looks whether the API paused it (written for `status`).
+const PAUSE_LOOK: Duration = Duration::from_secs(2);
+
 /// How long a stopping generation gets to finish the page in hand.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
@@ -83,6 +86,35 @@ impl Prepared {
                 }
                 if let Err(e) = super::sync::prune(&store, &cfg).await {
                     tracing::error!("pruning what retention no longer keeps: {e}");
+                }
+            }
+        }));
+        let (store, mut stopping) = (syncer.store.clone(), rx.clone());
+        workers.push(tokio::spawn(async move {
+            // a pause the API asked for, where `status` sees it
+            let mut shown = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(PAUSE_LOOK) => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+                let until =
+                    crate::api::pace::PAUSED_UNTIL.load(std::sync::atomic::Ordering::Relaxed);
+                if until == shown {
+                    continue;
+                }
+                let at = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(until),
+                )
+                .to_string();
+                let now = crate::store::now_rfc3339();
+                let written = store
+                    .call(move |c| {
+                        crate::store::state::set_service(c, "api_paused_until", Some(&at), &now)
+                    })
+                    .await;
+                if written.is_ok() {
+                    shown = until;
                 }
             }
         }));

@@ -32,6 +32,11 @@ fn print_human(v: &Value) {
         mib("database_free_bytes"),
         mib("wal_bytes")
     );
+    if let Some(until) = v["api_paused_until"].as_str() {
+        println!(
+            "the API asked for a pause: requests wait until {until} (at most api.max_wait at a time)"
+        );
+    }
     println!(
         "{:<16} {:>9} {:>8}  {:<22} statuses",
         "collection", "present", "deleted", "last success"

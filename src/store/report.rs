@@ -98,8 +98,12 @@ pub fn status(c: &Connection) -> rusqlite::Result<Value> {
         .path()
         .and_then(|p| std::fs::metadata(format!("{p}-wal")).ok())
         .map_or(0, |m| m.len());
+    // a pause the API asked for, as the running daemon wrote it down
+    let now = crate::store::now_rfc3339();
+    let paused = crate::store::state::service(c, "api_paused_until")?.filter(|t| *t > now);
     Ok(json!({
         "database": c.path().unwrap_or(""),
+        "api_paused_until": paused,
         "database_bytes": bytes,
         "database_free_bytes": free,
         "wal_bytes": wal,

@@ -129,3 +129,32 @@ pub fn filter_failed(
     )?;
     Ok(())
 }
+
+/// Sets one of the running daemon's `service_state` values (what `status`,
+/// which reads only the database, should see); `None` removes it.
+pub fn set_service(
+    c: &Connection,
+    key: &str,
+    value: Option<&str>,
+    now: &str,
+) -> rusqlite::Result<()> {
+    match value {
+        Some(v) => c.execute(
+            "INSERT INTO service_state (key, value, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            params![key, v, now],
+        ),
+        None => c.execute("DELETE FROM service_state WHERE key = ?1", [key]),
+    }
+    .map(drop)
+}
+
+/// One `service_state` value.
+pub fn service(c: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT value FROM service_state WHERE key = ?1",
+        [key],
+        |r| r.get(0),
+    )
+    .optional()
+}
