@@ -61,6 +61,16 @@ pub enum ApiError {
         "the listing at {endpoint} cannot be trusted: {message}; it is incomplete and nothing was deleted"
     )]
     Untrusted { endpoint: String, message: String },
+    /// A listing without a `count` that ran far past its scope's last complete
+    /// size: a cursor handing out new records without end (SPEC §6).
+    #[error(
+        "the listing at {endpoint} ran to {received} records, more than ten times its last complete size ({last}); it is incomplete and nothing was deleted (the next listing of this scope may run to ten times {received})"
+    )]
+    TooLong {
+        endpoint: String,
+        received: u64,
+        last: u64,
+    },
     /// An incremental listing whose server did not apply `filter[updated_at__gte]`.
     #[error("the server ignored filter[updated_at__gte] at {endpoint}: {message}")]
     FilterIgnored { endpoint: String, message: String },

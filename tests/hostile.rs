@@ -28,6 +28,8 @@ enum Mode {
     Oversized,
     /// A page that streams 200 MB without announcing its length.
     Huge,
+    /// A new cursor forever, each page with new records, and no `count`.
+    Endless,
 }
 
 struct Fake {
@@ -62,6 +64,10 @@ async fn exports(
             "count": 2,
             "next": format!("{base}/exports/?page={}&limit=2", n + 2),
             "results": [rec(format!("p{n}a")), rec(format!("p{n}b"))],
+        }),
+        Mode::Endless => json!({
+            "next": format!("{base}/exports/?cursor=e{n}&limit=2"),
+            "results": [rec(format!("e{n}a")), rec(format!("e{n}b"))],
         }),
         Mode::Oversized => {
             json!({"next": null, "results": (0..25).map(|i| rec(format!("o{i}"))).collect::<Vec<_>>()})
@@ -156,6 +162,60 @@ async fn endless_listings_end_incomplete_after_a_few_requests_and_delete_nothing
             "{says}: a record was deleted on an incomplete listing"
         );
     }
+}
+
+#[tokio::test]
+async fn a_cursor_without_end_stops_at_ten_times_the_last_complete_size() {
+    let (fake, base) = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg =
+        Config::defaults(&base, "k", &["someone"], &[], &dir.path().join("m.db")).unwrap();
+    cfg.scope.resources = vec![Resource::Exports];
+    cfg.api.page_size = 2;
+    cfg.api.requests_per_second = 5000.0;
+    cfg.api.burst = 500;
+    cfg.downloads.enabled = false;
+    let store = Store::open(&cfg.store_path).unwrap();
+    let syncer = Syncer::new(Arc::new(cfg), store).unwrap();
+    // a complete listing of one record, then a cursor that never ends
+    syncer.sync_resource(Resource::Exports).await.unwrap();
+    *fake.mode.lock().unwrap() = Mode::Endless;
+    let mut reached = vec![];
+    for _ in 0..2 {
+        fake.requests.store(0, Ordering::SeqCst);
+        let report = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            syncer.sync_resource(Resource::Exports),
+        )
+        .await
+        .expect("the listing ended")
+        .unwrap();
+        assert_eq!(report.failures.len(), 1, "{report:?}");
+        let why = &report.failures[0].1;
+        assert!(
+            why.contains("more than ten times its last complete size"),
+            "{why}"
+        );
+        reached.push(fake.requests.load(Ordering::SeqCst));
+        let kept: Option<String> = syncer.store.with(|c| {
+            c.query_row(
+                "SELECT deleted_at FROM exports WHERE uid = 'keep'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        });
+        assert_eq!(kept, None, "deleted on an incomplete listing");
+    }
+    // 1 record last time: 100 pages of growth allowed, then it stops
+    let ahead = avala_mirror::api::page::AHEAD + 4;
+    assert!((101..=101 + ahead).contains(&reached[0]), "{reached:?}");
+    // the size it reached is the next measure: a grown collection gets through,
+    // an endless one costs more each cycle but always ends
+    assert!(
+        reached[1] > reached[0] && reached[1] <= 2 * 1010 + ahead,
+        "{reached:?}"
+    );
 }
 
 /// The peak RSS (VmHWM) of a running process, in KiB.

@@ -140,6 +140,9 @@ pub struct Pager {
     visited: HashSet<Url>,
     /// Records received so far.
     received: u64,
+    /// The scope's last complete size, which a listing without `count` may
+    /// outrun only so far ([`Pager::allowance`]).
+    last_size: Option<u64>,
 }
 
 /// A page may hold at most this many times the `limit` asked for (SPEC §6).
@@ -161,6 +164,7 @@ impl Pager {
             most_count: None,
             unstable: false,
             received: 0,
+            last_size: None,
         }
     }
 
@@ -200,6 +204,15 @@ impl Pager {
             _ => {}
         }
         self.most_count = self.most_count.max(page.count);
+        if let (None, Some(last)) = (self.most_count, self.last_size)
+            && self.received > self.allowance(last)
+        {
+            return Err(ApiError::TooLong {
+                endpoint: super::client::endpoint(&url),
+                received: self.received,
+                last,
+            });
+        }
         if let Some(count) = self.most_count.filter(|c| self.received > c + limit) {
             return Err(untrusted(format!(
                 "{} records and counting, more than a page past the {count} it announced",
@@ -243,6 +256,20 @@ impl Pager {
             self.next = Some(next);
         }
         Ok(Some(page))
+    }
+
+    /// The scope's last complete size (`sync_state.records`), for a listing
+    /// whose pages carry no `count` to hold it to.
+    pub fn last_size(mut self, last: Option<u64>) -> Pager {
+        self.last_size = last;
+        self
+    }
+
+    /// How many records a listing without `count` may return: ten times its
+    /// last complete size, and at least a hundred pages more than it.
+    fn allowance(&self, last: u64) -> u64 {
+        let limit = u64::from(self.client.page_size());
+        last.saturating_mul(10).max(last + 100 * limit)
     }
 
     /// Takes `next` as the next page, unless this listing asked for it already.

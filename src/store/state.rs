@@ -46,6 +46,30 @@ pub fn success(
     Ok(())
 }
 
+/// The scope's last complete size (records listed), if it had a complete listing.
+pub fn last_size(conn: &Connection, scope: &str) -> rusqlite::Result<Option<u64>> {
+    let n: Option<i64> = conn
+        .query_row(
+            "SELECT records FROM sync_state WHERE scope = ?1 AND last_success_at IS NOT NULL",
+            [scope],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    Ok(n.map(|n| n as u64))
+}
+
+/// A listing cut for running far past its last size: the size it reached is
+/// what the next one is measured against (a collection that really grew gets
+/// through then; an endless one costs ten times more each cycle, never forever).
+pub fn outran(conn: &Connection, scope: &str, received: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE sync_state SET records = ?2 WHERE scope = ?1",
+        params![scope, received as i64],
+    )?;
+    Ok(())
+}
+
 pub fn failure(conn: &Connection, scope: &str, error: &str, skipped: u64) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE sync_state SET last_error = ?2, skipped = ?3 WHERE scope = ?1",

@@ -508,12 +508,17 @@ impl Syncer {
             .unwrap_or(0);
         let s = scope.to_string();
         let n = now.clone();
-        self.store
-            .call(move |c| state::attempt(c, &s, Resource::Slices, &n))
+        let last = self
+            .store
+            .call(move |c| {
+                state::attempt(c, &s, Resource::Slices, &n)?;
+                state::last_size(c, &s)
+            })
             .await
             .map_err(db_error)?;
         let url = v1::slice_items(&self.client, owner, slug);
-        let mut pages = Pager::new(self.client.clone(), url, Priority::Low).prefetch(|page| {
+        let pager = Pager::new(self.client.clone(), url, Priority::Low).last_size(last);
+        let mut pages = pager.prefetch(|page| {
             let uids = page
                 .records()
                 .filter_map(|r| Some(Head::parse(&r, false).ok()?.uid.into_owned()));
@@ -570,12 +575,19 @@ impl Syncer {
         let skipped = report.skipped;
         let scopes_owned = scopes.to_vec();
         let m = msg.clone();
+        let outran = match e {
+            ApiError::TooLong { received, .. } => Some(*received),
+            _ => None,
+        };
         let res = self
             .store
             .call(move |c| {
-                scopes_owned
-                    .iter()
-                    .try_for_each(|s| state::failure(c, s, &m, skipped))
+                scopes_owned.iter().try_for_each(|s| {
+                    if let Some(n) = outran {
+                        state::outran(c, s, n)?;
+                    }
+                    state::failure(c, s, &m, skipped)
+                })
             })
             .await;
         if let Err(db) = res {
@@ -598,17 +610,22 @@ impl Syncer {
         let now = now_rfc3339();
         let (res, emit_initial) = (l.resource, self.cfg.emit_initial);
         let (sc, n) = (scopes.clone(), now.clone());
-        // Which scopes are past their silent baseline (SPEC §2 events.emit_initial).
-        let baseline: HashMap<Option<String>, bool> = self
+        // Which scopes are past their silent baseline (SPEC §2 events.emit_initial),
+        // and how many records their last complete listings had.
+        let (baseline, last_size) = self
             .store
             .call(move |c| {
-                let mut m = HashMap::new();
+                let mut m: HashMap<Option<String>, bool> = HashMap::new();
+                let mut last: Option<u64> = None;
                 for s in &sc {
                     state::attempt(c, s, res, &n)?;
                     let slug = s.split_once('/').map(|(_, slug)| slug.to_string());
                     m.insert(slug, state::baseline_done(c, s)?);
+                    if let Some(n) = state::last_size(c, s)? {
+                        last = Some(last.unwrap_or(0) + n);
+                    }
                 }
-                Ok::<_, rusqlite::Error>(m)
+                Ok::<_, rusqlite::Error>((m, last))
             })
             .await
             .map_err(db_error)?;
@@ -627,6 +644,7 @@ impl Syncer {
         let attribution = l.attribution.clone();
         let owner = l.owner.clone();
         let mut pages = Pager::paged(l.client.clone(), l.url.clone(), l.prio, (l.paging)(&l.url))
+            .last_size(last_size)
             .prefetch(move |page| convert(page, &attribution, owner.as_deref()));
         let mut seen = RoaringTreemap::new();
         // the listing's pages share transactions (committed at least every second)
