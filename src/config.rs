@@ -438,6 +438,13 @@ impl Default for RawJsonApi {
     }
 }
 
+impl Resource {
+    /// Every JSON:API collection, in order.
+    pub fn jsonapi_all() -> Vec<Resource> {
+        jsonapi_collections().map(|(r, _)| r).collect()
+    }
+}
+
 /// The JSON:API collections with how each is listed.
 fn jsonapi_collections() -> impl Iterator<Item = (Resource, &'static JsonApiSpec)> {
     Resource::ALL

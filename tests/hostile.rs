@@ -87,6 +87,18 @@ async fn exports(
     axum::Json(page).into_response()
 }
 
+/// A mirror of the fake's exports alone, in pages of 2, the limiter out of the way.
+fn exports_syncer(base: &reqwest::Url, dir: &std::path::Path) -> Syncer {
+    let mut cfg = Config::defaults(base, "k", &["someone"], &[], &dir.join("m.db")).unwrap();
+    cfg.scope.resources = vec![Resource::Exports];
+    cfg.api.page_size = 2;
+    cfg.api.requests_per_second = 5000.0;
+    cfg.api.burst = 500;
+    cfg.downloads.enabled = false;
+    let store = Store::open(&cfg.store_path).unwrap();
+    Syncer::new(Arc::new(cfg), store).unwrap()
+}
+
 async fn fake() -> (Arc<Fake>, reqwest::Url) {
     let f = Arc::new(Fake {
         mode: Mutex::new(Mode::Honest),
@@ -107,15 +119,7 @@ async fn fake() -> (Arc<Fake>, reqwest::Url) {
 async fn endless_listings_end_incomplete_after_a_few_requests_and_delete_nothing() {
     let (fake, base) = fake().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg =
-        Config::defaults(&base, "k", &["someone"], &[], &dir.path().join("m.db")).unwrap();
-    cfg.scope.resources = vec![Resource::Exports];
-    cfg.api.page_size = 2;
-    cfg.api.requests_per_second = 1000.0;
-    cfg.api.burst = 100;
-    cfg.downloads.enabled = false;
-    let store = Store::open(&cfg.store_path).unwrap();
-    let syncer = Syncer::new(Arc::new(cfg), store).unwrap();
+    let syncer = exports_syncer(&base, dir.path());
     let report = syncer.sync_resource(Resource::Exports).await.unwrap();
     assert!(report.failures.is_empty(), "{report:?}");
     for (mode, says) in [
@@ -168,15 +172,7 @@ async fn endless_listings_end_incomplete_after_a_few_requests_and_delete_nothing
 async fn a_cursor_without_end_stops_at_ten_times_the_last_complete_size() {
     let (fake, base) = fake().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg =
-        Config::defaults(&base, "k", &["someone"], &[], &dir.path().join("m.db")).unwrap();
-    cfg.scope.resources = vec![Resource::Exports];
-    cfg.api.page_size = 2;
-    cfg.api.requests_per_second = 5000.0;
-    cfg.api.burst = 500;
-    cfg.downloads.enabled = false;
-    let store = Store::open(&cfg.store_path).unwrap();
-    let syncer = Syncer::new(Arc::new(cfg), store).unwrap();
+    let syncer = exports_syncer(&base, dir.path());
     // a complete listing of one record, then a cursor that never ends
     syncer.sync_resource(Resource::Exports).await.unwrap();
     *fake.mode.lock().unwrap() = Mode::Endless;

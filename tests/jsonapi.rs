@@ -95,6 +95,21 @@ fn last_seq(env: &TestEnv) -> i64 {
         .unwrap()
 }
 
+/// Edits the first `n` note comments, a second apart, all in the last few
+/// minutes (after any watermark); their ids.
+fn edit_comments(env: &TestEnv, n: u64) -> Vec<String> {
+    let t = now() - 2 * n - 60;
+    env.sim.world(|w| {
+        (0..n)
+            .map(|i| {
+                w.jsonapi
+                    .edit(Kind::NoteComments, i, &format!("edited {i}"), t + i);
+                w.jsonapi.id(Kind::NoteComments, i)
+            })
+            .collect()
+    })
+}
+
 async fn sync_ok(env: &TestEnv) {
     let reports = env.sync().await.unwrap();
     for r in &reports {
@@ -269,16 +284,7 @@ async fn a_record_updated_mid_listing_is_not_missed() {
     sync_ok(&env).await;
     let before = last_seq(&env);
     // twelve comments change, a second apart, all after the watermark
-    let t = now() - 100;
-    let ids: Vec<String> = env.sim.world(|w| {
-        (0..12)
-            .map(|i| {
-                w.jsonapi
-                    .edit(Kind::NoteComments, i, &format!("edited {i}"), t + i);
-                w.jsonapi.id(Kind::NoteComments, i)
-            })
-            .collect()
-    });
+    let ids = edit_comments(&env, 12);
     // and the first one is updated again right after the first page is served:
     // it jumps to the end, and by page numbers the sixth would slip past unseen
     env.sim
@@ -442,17 +448,8 @@ async fn kill_9_in_an_incremental_listing_loses_and_doubles_nothing() {
     };
     let baseline = watermark().unwrap();
     let before = last_seq(&env);
-    // 60 comments change a second apart; each page is slow, so the kill lands mid-listing
-    let t = now() - 200;
-    let ids: Vec<String> = env.sim.world(|w| {
-        (0..30)
-            .map(|i| {
-                w.jsonapi
-                    .edit(Kind::NoteComments, i, &format!("edited {i}"), t + i);
-                w.jsonapi.id(Kind::NoteComments, i)
-            })
-            .collect()
-    });
+    // 30 comments change a second apart; each page is slow, so the kill lands mid-listing
+    let ids = edit_comments(&env, 30);
     env.sim.faults(|f| f.slow = Duration::from_millis(400));
     let mut daemon = spawn_binary(&["--config", cfg, "run"]);
     let comments = || {

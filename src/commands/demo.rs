@@ -41,10 +41,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     cfg.enable_jsonapi(&sim.jsonapi_url())?;
     if let Some(j) = cfg.jsonapi.as_mut() {
         // every collection, annotations too
-        j.resources = Resource::ALL
-            .into_iter()
-            .filter(|r| r.jsonapi().is_some())
-            .collect();
+        j.resources = Resource::jsonapi_all();
         j.api.requests_per_second = 20.0;
         j.api.burst = 10;
         j.full_every = Duration::from_secs(30);

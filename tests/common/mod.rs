@@ -72,10 +72,7 @@ pub async fn start_jsonapi(page_size: u32) -> TestEnv {
     env.cfg.enable_jsonapi(&url).unwrap();
     env.cfg.scope.resources = vec![];
     let j = env.cfg.jsonapi.as_mut().unwrap();
-    j.resources = Resource::ALL
-        .into_iter()
-        .filter(|r| r.jsonapi().is_some())
-        .collect();
+    j.resources = Resource::jsonapi_all();
     j.api.requests_per_second = 2000.0;
     j.api.burst = 100;
     j.api.page_size = page_size;
