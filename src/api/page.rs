@@ -113,6 +113,8 @@ pub struct Keyed {
     /// Ids received whose `updated_at` is the bound: a later page that
     /// returns them again (it starts at that instant) drops them.
     at_bound: HashSet<String>,
+    /// Full pages in a row of nothing but records it already had.
+    stale_pages: u32,
 }
 
 impl Keyed {
@@ -121,6 +123,7 @@ impl Keyed {
             bound: bound.to_string(),
             at: jsonapi::instant(bound).unwrap_or(i128::MIN),
             at_bound: HashSet::new(),
+            stale_pages: 0,
         }
     }
 }
@@ -373,7 +376,7 @@ impl Keyed {
         };
         let mut keep = Vec::with_capacity(page.records.len());
         let mut last: Option<(i128, String)> = None;
-        let mut all_same = true;
+        let (mut all_same, mut first_t) = (true, None);
         let mut ids_at_last = Vec::new();
         for range in &page.records {
             let text = &page.body[range.clone()];
@@ -397,26 +400,36 @@ impl Keyed {
                 )));
             }
             let id = head.uid.into_owned();
+            // a page all of one instant counts the records it drops too
+            all_same &= first_t.get_or_insert(t) == &t;
             if t == self.at && self.at_bound.contains(&id) {
                 continue;
             }
-            match &last {
-                Some((l, _)) if *l == t => {}
-                Some(_) => {
-                    all_same = false;
-                    ids_at_last.clear();
-                }
-                None => {}
+            if last.as_ref().is_some_and(|(l, _)| *l != t) {
+                ids_at_last.clear();
             }
             ids_at_last.push(id);
             last = Some((t, head.updated_at.unwrap_or_default().into_owned()));
             keep.push(range.clone());
         }
         page.records = keep;
-        let (Some((t, text)), true) = (last, full) else {
+        if !full {
             return Ok(None);
-        };
+        }
         let number = jsonapi::page_number(url);
+        let Some((t, text)) = last else {
+            // a full page of what it already had (the instant's records shifted
+            // under its page numbers): the instant's next page, a few times
+            self.stale_pages += 1;
+            if self.stale_pages > 3 {
+                return Err(ApiError::Untrusted {
+                    endpoint: super::client::endpoint(url),
+                    message: "page after page of records it had already returned".into(),
+                });
+            }
+            return Ok(Some(jsonapi::with_page(url, number + 1)));
+        };
+        self.stale_pages = 0;
         let next_number = if t == self.at {
             // every record of the page at the bound: the next page of that instant
             number + 1
@@ -524,7 +537,83 @@ fn parse_page(body: &Bytes) -> Result<(Page, Option<String>), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    /// A JSON:API page of (id, updated_at) records.
+    fn doc(recs: &[(&str, &str)]) -> Page {
+        let data: Vec<Value> = recs
+            .iter()
+            .map(|(id, t)| serde_json::json!({"type": "x", "id": id, "attributes": {"updated_at": t}}))
+            .collect();
+        let body = serde_json::json!({"data": data, "meta": {"count": 99}}).to_string();
+        parse_document(&Bytes::from(body)).unwrap().0
+    }
+
+    fn ids(p: &Page) -> Vec<String> {
+        p.records()
+            .map(|r| Head::parse_jsonapi(&r, &[]).unwrap().uid.into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_listing_by_key_moves_on_from_its_last_record_and_checks_the_filter() {
+        let t = |s: u32| format!("2026-12-01T10:00:{s:02}Z");
+        let first = jsonapi::with_param(
+            &Url::parse("http://h/jsonapi/x?page%5Bnumber%5D=1&page%5Bsize%5D=3").unwrap(),
+            jsonapi::SINCE,
+            &t(0),
+        );
+        let mut k = Keyed::new(&t(0));
+        // a full page: the next request starts at its last record's time, page 1
+        let mut p = doc(&[("a", &t(1)), ("b", &t(2)), ("c", &t(2))]);
+        let next = k.next(&first, &mut p, true).unwrap().unwrap();
+        assert_eq!(ids(&p), ["a", "b", "c"]);
+        let pairs: HashMap<String, String> = next.query_pairs().into_owned().collect();
+        assert_eq!(
+            (
+                pairs[jsonapi::SINCE].as_str(),
+                pairs["page[number]"].as_str()
+            ),
+            (t(2).as_str(), "1")
+        );
+        // that page repeats what it had at that instant: dropped
+        let mut p = doc(&[("b", &t(2)), ("c", &t(2)), ("d", &t(3))]);
+        let next = k.next(&next, &mut p, true).unwrap().unwrap();
+        assert_eq!(ids(&p), ["d"]);
+        // a whole page of one instant: that instant's next page
+        let mut p = doc(&[("e", &t(3)), ("f", &t(3)), ("g", &t(3))]);
+        let next = k.next(&next, &mut p, true).unwrap().unwrap();
+        assert_eq!(jsonapi::page_number(&next), 2);
+        // a short page ends it
+        let mut p = doc(&[("h", &t(4))]);
+        assert!(k.next(&next, &mut p, false).unwrap().is_none());
+        // a record older than the bound: the filter was ignored
+        let mut k = Keyed::new(&t(5));
+        let mut p = doc(&[("a", &t(1))]);
+        let e = k.next(&first, &mut p, false).unwrap_err();
+        assert!(matches!(e, ApiError::FilterIgnored { .. }), "{e}");
+        // page after page of what it had: not forever
+        let mut k = Keyed::new(&t(0));
+        let mut p = doc(&[("a", &t(0)), ("b", &t(0))]);
+        let mut url = k.next(&first, &mut p, true).unwrap().unwrap();
+        let mut ended = None;
+        for _ in 0..6 {
+            let mut p = doc(&[("a", &t(0)), ("b", &t(0))]);
+            match k.next(&url, &mut p, true) {
+                Ok(Some(u)) => url = u,
+                other => {
+                    ended = Some(other.map(|_| ()));
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(ended, Some(Err(ApiError::Untrusted { .. }))),
+            "{ended:?}"
+        );
+    }
 
     #[test]
     fn both_styles_parse() {
