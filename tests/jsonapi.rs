@@ -577,3 +577,54 @@ async fn the_command_line_covers_the_jsonapi_collections() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("jsonapi.base_url"), "{err}");
 }
+
+#[tokio::test]
+async fn jsonapi_projects_narrow_what_is_mirrored() {
+    let mut env = start_jsonapi(10).await;
+    let p0 = env.sim.world(|w| w.jsonapi.id(Kind::Projects, 0));
+    env.cfg.jsonapi.as_mut().unwrap().projects = vec![p0.clone()];
+    // comments follow the note feeds in the mirror: a second cycle has them all
+    sync_ok(&env).await;
+    sync_ok(&env).await;
+    let in_p0 = |kind: Kind| -> HashMap<String, Value> {
+        env.sim
+            .world(|w| w.jsonapi.all(kind))
+            .into_iter()
+            .filter(|(_, v)| v["attributes"]["project_id"] == p0.as_str())
+            .collect()
+    };
+    assert_eq!(
+        rows(&env, "projects").into_keys().collect::<Vec<_>>(),
+        vec![p0.clone()]
+    );
+    for (kind, table) in [
+        (Kind::Datasets, "jsonapi_datasets"),
+        (Kind::Entries, "entries"),
+        (Kind::NoteFeeds, "note_feeds"),
+        (Kind::ProjectMembers, "project_members"),
+    ] {
+        let want = in_p0(kind);
+        assert!(!want.is_empty(), "{table}: nothing in the project");
+        assert!(
+            rows(&env, table) == want,
+            "{table}: not the project's records"
+        );
+    }
+    let feeds = in_p0(Kind::NoteFeeds);
+    let want: HashMap<String, Value> = env
+        .sim
+        .world(|w| w.jsonapi.all(Kind::NoteComments))
+        .into_iter()
+        .filter(|(_, v)| {
+            let feed = v["relationships"]["note_feed"]["data"]["id"]
+                .as_str()
+                .unwrap();
+            feeds.contains_key(feed)
+        })
+        .collect();
+    assert!(!want.is_empty());
+    assert!(
+        rows(&env, "note_comments") == want,
+        "comments of other feeds kept"
+    );
+}

@@ -169,17 +169,16 @@ struct Narrowing {
 }
 
 impl Narrowing {
-    /// Whether the record is one the narrowing keeps.
-    fn keeps(&self, head: &Head, raw: &str) -> bool {
-        if self.field == "id" {
-            return self.ids.contains(&*head.uid);
-        }
-        let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
-        let relation = self.field.trim_end_matches("_id");
-        let id = v["attributes"][self.field]
-            .as_str()
-            .or_else(|| v["relationships"][relation]["data"]["id"].as_str());
-        id.is_some_and(|id| self.ids.contains(id))
+    /// Whether the record (its head, read with `columns`) is one the narrowing keeps.
+    fn keeps(&self, head: &Head, columns: &[&str]) -> bool {
+        let value = match self.field {
+            "id" => Some(&*head.uid),
+            field => columns
+                .iter()
+                .position(|c| *c == field)
+                .and_then(|k| head.columns[k].as_deref()),
+        };
+        value.is_some_and(|v| self.ids.contains(v))
     }
 }
 
@@ -909,7 +908,7 @@ fn convert(
                     {
                         out.newest = Some((at, t.to_string()));
                     }
-                    if narrowing.as_ref().is_some_and(|n| !n.keeps(&head, &raw)) {
+                    if narrowing.as_ref().is_some_and(|n| !n.keeps(&head, columns)) {
                         continue;
                     }
                     out.batch.push(Incoming::new(head, &raw, None, None));
