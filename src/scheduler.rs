@@ -33,19 +33,27 @@ pub async fn run(
         Ok(())
     };
     // Datasets first: the item and sequence listings are built from them, so the
-    // other resources start once the first dataset cycle is over.
+    // other v1 resources start once the first dataset cycle is over; likewise
+    // note comments (narrowed to the note feeds in the mirror) after note feeds.
     let (datasets_done, first) = watch::channel(!resources.contains(&Resource::Datasets));
+    let (feeds_done, first_feeds) = watch::channel(!resources.contains(&Resource::NoteFeeds));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<ApiError>(1);
     let mut tasks = tokio::task::JoinSet::new();
     for res in resources {
         let (syncer, mut stop, fatal) = (syncer.clone(), shutdown.clone(), fatal_tx.clone());
-        let (done, mut first, datasets_done) = (done.clone(), first.clone(), datasets_done.clone());
+        let (done, datasets_done, feeds_done) =
+            (done.clone(), datasets_done.clone(), feeds_done.clone());
+        let mut first = match res {
+            Resource::NoteComments => Some(first_feeds.clone()),
+            Resource::Datasets => None,
+            _ if res.jsonapi().is_some() => None,
+            _ => Some(first.clone()),
+        };
         let every = syncer.cfg.schedule[&res];
         tasks.spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
-            // the JSON:API collections need nothing from the v1 ones
-            if res != Resource::Datasets && res.jsonapi().is_none() {
+            if let Some(first) = first.as_mut() {
                 tokio::select! {
                     _ = first.wait_for(|done| *done) => {}
                     _ = stopped(&mut stop) => return,
@@ -62,16 +70,18 @@ pub async fn run(
                             let _ = fatal.send(e).await;
                             return;
                         }
-                        if res == Resource::Datasets {
-                            let _ = datasets_done.send(true);
-                        }
+                        match res {
+                            Resource::Datasets => datasets_done.send_replace(true),
+                            Resource::NoteFeeds => feeds_done.send_replace(true),
+                            _ => false,
+                        };
                     }
                     _ = stopped(&mut stop) => return,
                 }
             }
         });
     }
-    drop((fatal_tx, datasets_done));
+    drop((fatal_tx, datasets_done, feeds_done));
     let result = tokio::select! {
         _ = stopped(&mut shutdown) => Ok(()),
         Some(e) = fatal_rx.recv() => Err(e),

@@ -583,8 +583,7 @@ async fn jsonapi_projects_narrow_what_is_mirrored() {
     let mut env = start_jsonapi(10).await;
     let p0 = env.sim.world(|w| w.jsonapi.id(Kind::Projects, 0));
     env.cfg.jsonapi.as_mut().unwrap().projects = vec![p0.clone()];
-    // comments follow the note feeds in the mirror: a second cycle has them all
-    sync_ok(&env).await;
+    // comments follow the note feeds in the mirror: a cycle lists the feeds first
     sync_ok(&env).await;
     let in_p0 = |kind: Kind| -> HashMap<String, Value> {
         env.sim

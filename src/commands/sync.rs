@@ -51,18 +51,23 @@ pub fn downloader(syncer: &Syncer) -> anyhow::Result<Option<Downloader>> {
     Ok(Some(d))
 }
 
-/// Datasets first (the other listings are built from them), then the rest side by side.
+/// Datasets first (the other listings are built from them), then the rest side
+/// by side, note comments after note feeds (they follow the feeds in the mirror).
 pub async fn cycle(syncer: &Syncer, resources: &[Resource]) -> Result<Vec<CycleReport>, ApiError> {
     let mut reports = Vec::new();
     if resources.contains(&Resource::Datasets) {
         reports.push(syncer.sync_resource(Resource::Datasets).await?);
     }
+    let comments = resources.contains(&Resource::NoteComments);
     let rest = resources
         .iter()
-        .filter(|r| **r != Resource::Datasets)
+        .filter(|r| !matches!(r, Resource::Datasets | Resource::NoteComments))
         .map(|r| syncer.sync_resource(*r));
     for r in futures_util::future::join_all(rest).await {
         reports.push(r?);
+    }
+    if comments {
+        reports.push(syncer.sync_resource(Resource::NoteComments).await?);
     }
     Ok(reports)
 }
