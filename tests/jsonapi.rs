@@ -627,3 +627,60 @@ async fn jsonapi_projects_narrow_what_is_mirrored() {
         "comments of other feeds kept"
     );
 }
+
+#[tokio::test]
+async fn run_serves_the_jsonapi_collections_in_healthz_and_metrics() {
+    let env = start_jsonapi(10).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = env.write_config(
+        env.cfg.api.key.expose(),
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[jsonapi]\nbase_url = \"{}\"\nrequests_per_second = 500.0\nburst = 50\n[jsonapi.schedule]\nnote_feeds = \"1s\"\n",
+            env.sim.jsonapi_url()
+        ),
+    );
+    let mut daemon = spawn_binary(&["--config", cfg.to_str().unwrap(), "run"]);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut body = serde_json::Value::Null;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // every collection has its entry, and the note feeds have been listed
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}/metrics")).send().await
+            && r.text()
+                .await
+                .unwrap_or_default()
+                .contains("resource=\"note_feeds\"")
+        {
+            body = http
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for table in [
+        "projects",
+        "jsonapi_datasets",
+        "entries",
+        "note_feeds",
+        "note_comments",
+        "project_members",
+        "datasets",
+    ] {
+        assert!(body["resources"][table].is_object(), "{table}: {body}");
+    }
+    // annotations are opt-in
+    assert!(body["resources"]["annotations"].is_null(), "{body}");
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+}
