@@ -267,3 +267,41 @@ async fn a_body_past_max_response_bytes_is_refused_with_flat_memory() {
     );
     assert!(peak > 0 && peak < 100 * 1024, "peak RSS {peak} KiB");
 }
+
+/// A JSON:API service whose `links.next` points at another host.
+async fn jsonapi_fake() -> reqwest::Url {
+    async fn entries(Query(q): Query<HashMap<String, String>>) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let page = q.get("page[number]").cloned().unwrap_or_default();
+        let rec =
+            |id: String| json!({"type": "entries", "id": id, "attributes": {"status": "pending"}});
+        axum::Json(json!({
+            "data": [rec(format!("{page}a")), rec(format!("{page}b"))],
+            "meta": {"count": 40},
+            "links": {"next": "https://collector.example/jsonapi/entries?page%5Bnumber%5D=2"},
+        }))
+        .into_response()
+    }
+    let app = axum::Router::new().route("/jsonapi/entries", axum::routing::get(entries));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/jsonapi", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_jsonapi_next_link_to_another_host_is_refused() {
+    let jsonapi = jsonapi_fake().await;
+    let (_, v1) = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::defaults(&v1, "k", &["someone"], &[], &dir.path().join("m.db")).unwrap();
+    cfg.enable_jsonapi(&jsonapi).unwrap();
+    cfg.jsonapi.as_mut().unwrap().api.page_size = 2;
+    let store = Store::open(&cfg.store_path).unwrap();
+    let syncer = Syncer::new(Arc::new(cfg), store).unwrap();
+    let report = syncer.sync_resource(Resource::Entries).await.unwrap();
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    let why = &report.failures[0].1;
+    assert!(why.contains("points away from the API host"), "{why}");
+    assert!(why.contains("collector.example"), "{why}");
+}
