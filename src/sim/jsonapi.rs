@@ -605,7 +605,7 @@ impl JsonApi {
     }
 
     /// One tick: entries move on, notes are opened and resolved, comments
-    /// added, members join and leave, an annotation is deleted now and then.
+    /// added, members join and leave, records are deleted now and then.
     pub fn step(&mut self) {
         let now = now_secs();
         for _ in 0..3 {
@@ -637,10 +637,18 @@ impl JsonApi {
         {
             self.delete(Kind::ProjectMembers, m);
         }
-        if self.rng.random_bool(0.05)
-            && let Some(a) = self.pick(Kind::Annotations)
-        {
-            self.delete(Kind::Annotations, a);
+        // deletions: an annotation, now and then an entry or a note feed (which
+        // only the count probe of an incremental listing shows)
+        for (kind, p) in [
+            (Kind::Annotations, 0.05),
+            (Kind::Entries, 0.03),
+            (Kind::NoteFeeds, 0.03),
+        ] {
+            if self.rng.random_bool(p)
+                && let Some(i) = self.pick(kind)
+            {
+                self.delete(kind, i);
+            }
         }
         if self.rng.random_bool(0.05)
             && let Some(p) = self.pick(Kind::Projects)
