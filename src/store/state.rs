@@ -106,6 +106,15 @@ pub fn incremental(conn: &Connection, scope: &str) -> rusqlite::Result<Increment
         .unwrap_or_default())
 }
 
+/// Which listing of a JSON:API scope completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// What changed since the watermark.
+    Incremental,
+    /// Everything; `stable` when the collection did not change under it.
+    Full { stable: bool },
+}
+
 /// After a complete listing (the scope's row exists): its newest `updated_at`
 /// becomes the watermark (a full listing sets it, an incremental one only
 /// moves it on), and a stable full listing is the scope's `full_at`.
@@ -113,10 +122,10 @@ pub fn listed(
     conn: &Connection,
     scope: &str,
     newest: Option<&str>,
-    full_and_stable: bool,
-    full: bool,
+    how: Listed,
     now: &str,
 ) -> rusqlite::Result<()> {
+    let full = how != Listed::Incremental;
     let old: Option<String> = conn
         .query_row(
             "SELECT watermark FROM sync_state WHERE scope = ?1",
@@ -134,7 +143,7 @@ pub fn listed(
     conn.execute(
         "UPDATE sync_state SET watermark = ?2, full_at = CASE WHEN ?3 THEN ?4 ELSE full_at END
          WHERE scope = ?1",
-        params![scope, watermark, full_and_stable, now],
+        params![scope, watermark, how == Listed::Full { stable: true }, now],
     )?;
     Ok(())
 }

@@ -130,7 +130,7 @@ impl Syncer {
                             if cleared {
                                 state::filter_failed(c, &s, None)?;
                             }
-                            state::listed(c, &s, newest.as_deref(), false, false, &n)
+                            state::listed(c, &s, newest.as_deref(), state::Listed::Incremental, &n)
                         })
                         .await
                         .map_err(db_error)?;
@@ -171,7 +171,10 @@ impl Syncer {
                 let newest = listed.newest.map(|n| n.1);
                 self.store
                     .call(move |c| {
-                        state::listed(c, &scope, newest.as_deref(), listed.stable, true, &n)
+                        let how = state::Listed::Full {
+                            stable: listed.stable,
+                        };
+                        state::listed(c, &scope, newest.as_deref(), how, &n)
                     })
                     .await
                     .map_err(db_error)?;
