@@ -222,43 +222,32 @@ impl Pager {
                 self.received
             )));
         }
-        if let Paging::Number = self.paging {
+        let next = match (&self.paging, next) {
             // a short page is the last; so is one whose links name no next page
-            let next = match next {
-                Some(link) if n == limit => {
-                    if !link.is_empty() {
-                        let link = url.join(&link).map_err(|e| ApiError::Malformed {
-                            endpoint: super::client::endpoint(&url),
-                            message: format!("bad next link: {e}"),
-                        })?;
-                        if !self.client.is_api_host(&link) {
-                            return Err(ApiError::ForeignHost(super::client::endpoint(&link)));
-                        }
-                    }
-                    // the link only says there is one; the page asked for is ours
-                    Some(jsonapi::with_page(&url, jsonapi::page_number(&url) + 1))
+            (Paging::Number, Some(link)) if n == limit => {
+                if !link.is_empty() {
+                    self.link(&url, &link)?;
                 }
-                _ => None,
-            };
-            self.next = self.follow(&url, next)?;
-            return Ok(Some(page));
-        }
-        if let Some(next) = next {
-            let next = url.join(&next).map_err(|e| ApiError::Malformed {
-                endpoint: super::client::endpoint(&url),
-                message: format!("bad next link: {e}"),
-            })?;
-            if !self.client.is_api_host(&next) {
-                return Err(ApiError::ForeignHost(super::client::endpoint(&next)));
+                // the link only says there is one; the page asked for is ours
+                Some(jsonapi::with_page(&url, jsonapi::page_number(&url) + 1))
             }
-            if !self.visited.insert(next.clone()) {
-                return Err(untrusted(
-                    "its next link leads back to a page it already fetched".into(),
-                ));
-            }
-            self.next = Some(next);
-        }
+            (Paging::Next, Some(link)) => Some(self.link(&url, &link)?),
+            _ => None,
+        };
+        self.next = self.follow(&url, next)?;
         Ok(Some(page))
+    }
+
+    /// A `next` link of the page at `url`, if it is one and leads to the API's host.
+    fn link(&self, url: &Url, link: &str) -> Result<Url, ApiError> {
+        let link = url.join(link).map_err(|e| ApiError::Malformed {
+            endpoint: super::client::endpoint(url),
+            message: format!("bad next link: {e}"),
+        })?;
+        match self.client.is_api_host(&link) {
+            true => Ok(link),
+            false => Err(ApiError::ForeignHost(super::client::endpoint(&link))),
+        }
     }
 
     /// The scope's last complete size (`sync_state.records`), for a listing
@@ -280,7 +269,7 @@ impl Pager {
         match next {
             Some(next) if !self.visited.insert(next.clone()) => Err(ApiError::Untrusted {
                 endpoint: super::client::endpoint(url),
-                message: "its next page is one it already fetched".into(),
+                message: "its next link leads back to a page it already fetched".into(),
             }),
             next => Ok(next),
         }
