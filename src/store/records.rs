@@ -172,7 +172,7 @@ fn step_column(res: Resource) -> &'static str {
 }
 
 /// The scoping columns a v1 row has, as SQL; a JSON:API row has none of these
-/// (its own are generated from `raw`).
+/// (its own come from the record: [`Resource::columns`]).
 fn scope_columns(res: Resource) -> &'static str {
     match res.jsonapi() {
         None => "owner_name, dataset_slug",
@@ -197,8 +197,9 @@ fn insert_sql(res: Resource, rows: usize) -> String {
     let mut sql = format!(
         "INSERT OR IGNORE INTO {table} (uid, {scope}status, hash, raw, first_seen_at, last_seen_at) VALUES "
     );
+    let per_row = per_row(res);
     for r in 0..rows {
-        let p = 2 + per_row(res) * r;
+        let p = 2 + per_row * r;
         let sep = if r == 0 { "" } else { "," };
         let scope: String = match v1 {
             true => format!("?{}, ?{}, ", p + 1, p + 2),
@@ -224,8 +225,9 @@ fn insert_rows(
     now: &str,
 ) -> rusqlite::Result<usize> {
     stmt.raw_bind_parameter(1, now)?;
+    let per_row = per_row(res);
     for (r, rec) in recs.iter().enumerate() {
-        let p = 2 + per_row(res) * r;
+        let p = 2 + per_row * r;
         stmt.raw_bind_parameter(p, &*rec.uid)?;
         stmt.raw_bind_parameter(p + 1, rec.owner.as_deref())?;
         stmt.raw_bind_parameter(p + 2, rec.dataset_slug.as_deref())?;
