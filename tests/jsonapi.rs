@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use avala_mirror::config::Resource;
 use avala_mirror::sim::jsonapi::Kind;
 use common::*;
 use serde_json::Value;
@@ -107,6 +108,14 @@ fn edit_comments(env: &TestEnv, n: u64) -> Vec<String> {
                 w.jsonapi.id(Kind::NoteComments, i)
             })
             .collect()
+    })
+}
+
+/// Deletes record `i` of `kind` in the simulator; its id.
+fn delete(env: &TestEnv, kind: Kind, i: u64) -> String {
+    env.sim.world(|w| {
+        w.jsonapi.delete(kind, i);
+        w.jsonapi.id(kind, i)
     })
 }
 
@@ -289,8 +298,7 @@ async fn a_record_updated_mid_listing_is_not_missed() {
     // it jumps to the end, and by page numbers the sixth would slip past unseen
     env.sim
         .faults(|f| f.jsonapi.touch_after_first_page = Some(Kind::NoteComments));
-    env.sync_only(avala_mirror::config::Resource::NoteComments)
-        .await;
+    env.sync_only(Resource::NoteComments).await;
     assert!(
         env.sim
             .faults(|f| f.jsonapi.touch_after_first_page.is_none()),
@@ -324,8 +332,7 @@ async fn falls_back_to_a_full_listing(
     });
     env.sim.faults(|f| set(&mut f.jsonapi));
     let from = log_len(&env);
-    env.sync_only(avala_mirror::config::Resource::NoteFeeds)
-        .await;
+    env.sync_only(Resource::NoteFeeds).await;
     assert_mirrors_the_simulator(&env);
     assert!(env.deleted_at("note_feeds", &changed).is_some());
     let reqs = requests_since(&env, from);
@@ -350,8 +357,7 @@ async fn falls_back_to_a_full_listing(
     let why = &status["resources"]["note_feeds"]["filter_not_honoured"];
     assert!(why[0]["error"].as_str().unwrap().contains(says), "{why}");
     let from = log_len(&env);
-    env.sync_only(avala_mirror::config::Resource::NoteFeeds)
-        .await;
+    env.sync_only(Resource::NoteFeeds).await;
     let reqs = requests_since(&env, from);
     assert!(
         reqs.iter().all(|(_, q)| !q.contains("updated_at__gte")),
@@ -373,18 +379,15 @@ async fn a_server_that_refuses_the_filter_gets_a_full_listing() {
 async fn a_record_leaves_the_mirror_only_after_its_show_endpoint_answers_404() {
     let env = start_jsonapi(10).await;
     sync_ok(&env).await;
-    let id = env.sim.world(|w| {
-        w.jsonapi.delete(Kind::Entries, 4);
-        w.jsonapi.id(Kind::Entries, 4)
-    });
+    let id = delete(&env, Kind::Entries, 4);
     // the listing misses it, but its show endpoint fails: kept
     env.sim
         .faults(|f| f.fail(&format!("/entries/{id}"), None, 500, u32::MAX));
-    env.sync_only(avala_mirror::config::Resource::Entries).await;
+    env.sync_only(Resource::Entries).await;
     assert_eq!(env.deleted_at("entries", &id), None);
     // a 404 from it: gone, with its event
     env.sim.faults(|f| f.rules.clear());
-    env.sync_only(avala_mirror::config::Resource::Entries).await;
+    env.sync_only(Resource::Entries).await;
     assert!(env.deleted_at("entries", &id).is_some());
     assert!(env.events().contains(&("entry.deleted".into(), id)));
 }
@@ -393,10 +396,7 @@ async fn a_record_leaves_the_mirror_only_after_its_show_endpoint_answers_404() {
 async fn a_count_that_changes_mid_listing_deletes_nothing() {
     let env = start_jsonapi(10).await;
     sync_ok(&env).await;
-    let id = env.sim.world(|w| {
-        w.jsonapi.delete(Kind::ProjectMembers, 1);
-        w.jsonapi.id(Kind::ProjectMembers, 1)
-    });
+    let id = delete(&env, Kind::ProjectMembers, 1);
     env.sim
         .faults(|f| f.jsonapi.create_after_first_page = Some(Kind::ProjectMembers));
     // pages of 2: the member created after page 1 changes the count
@@ -404,7 +404,7 @@ async fn a_count_that_changes_mid_listing_deletes_nothing() {
     small.jsonapi.as_mut().unwrap().api.page_size = 2;
     let syncer = avala_mirror::sync::Syncer::new(std::sync::Arc::new(small), env.store()).unwrap();
     syncer
-        .sync_resource(avala_mirror::config::Resource::ProjectMembers)
+        .sync_resource(Resource::ProjectMembers)
         .await
         .unwrap();
     assert_eq!(
@@ -412,8 +412,7 @@ async fn a_count_that_changes_mid_listing_deletes_nothing() {
         None,
         "deleted on an unstable listing"
     );
-    env.sync_only(avala_mirror::config::Resource::ProjectMembers)
-        .await;
+    env.sync_only(Resource::ProjectMembers).await;
     assert!(env.deleted_at("project_members", &id).is_some());
     assert_mirrors_the_simulator(&env);
 }
