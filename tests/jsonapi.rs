@@ -683,3 +683,24 @@ async fn run_serves_the_jsonapi_collections_in_healthz_and_metrics() {
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_full_listing_asks_for_its_pages_side_by_side() {
+    let env = start_jsonapi(10).await;
+    // every answer takes 50 ms: one page after another would have one in flight
+    env.sim.faults(|f| f.latency = Duration::from_millis(50));
+    let from = log_len(&env);
+    env.sync_only(Resource::Entries).await;
+    assert_table_mirrors(&env, Kind::Entries, "entries");
+    let most = env.sim.faults(|f| f.max_in_flight);
+    assert!(most >= 4, "at most {most} requests in flight");
+    // 120 entries in pages of 10: each page once, and the empty 13th that ends it
+    let pages: Vec<String> = requests_since(&env, from)
+        .into_iter()
+        .filter(|(p, _)| p == "/entries")
+        .map(|(_, q)| q)
+        .collect();
+    assert_eq!(pages.len(), 13, "{pages:?}");
+    let distinct: std::collections::HashSet<&String> = pages.iter().collect();
+    assert_eq!(distinct.len(), 13, "a page asked for twice: {pages:?}");
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use futures_util::StreamExt;
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::Value;
@@ -175,14 +176,34 @@ impl Pager {
         let Some(url) = self.next.take() else {
             return Ok(None);
         };
-        let (mut page, next) = match self.paging {
-            Paging::Next => self.client.fetch(&url, self.prio, parse_page).await?.value,
-            _ => {
-                let fetched = self.client.fetch(&url, self.prio, parse_document).await?;
-                let (page, links) = fetched.value;
-                (page, links)
-            }
+        let fetched = fetch(&self.client, &url, self.prio, &self.paging).await?;
+        self.accept(url, fetched).map(Some)
+    }
+
+    /// The pages a listing by number can ask for side by side, once its first
+    /// page said how many there are: 2 to the last by `count`, when the first
+    /// was full. Asked once, after the first page; the next page after them is
+    /// found as usual (the collection may have grown meanwhile).
+    fn plan(&mut self) -> Vec<Url> {
+        let (Paging::Number, Some(count), Some(next)) =
+            (&self.paging, self.first_count, &self.next)
+        else {
+            return vec![];
         };
+        let size = u64::from(self.client.page_size()).max(1);
+        let last = count.div_ceil(size);
+        let from = jsonapi::page_number(next);
+        if from != 2 || last < 2 {
+            return vec![];
+        }
+        let pages: Vec<Url> = (2..=last).map(|n| jsonapi::with_page(next, n)).collect();
+        self.next = None;
+        pages
+    }
+
+    /// Checks a fetched page against the listing so far and finds the next one.
+    fn accept(&mut self, url: Url, fetched: (Page, Option<String>)) -> Result<Page, ApiError> {
+        let (mut page, next) = fetched;
         let untrusted = |message: String| ApiError::Untrusted {
             endpoint: super::client::endpoint(&url),
             message,
@@ -199,7 +220,7 @@ impl Pager {
             // the count is of what changed since a moving bound: nothing to compare
             let next = k.next(&url, &mut page, n == limit)?;
             self.next = self.follow(&url, next)?;
-            return Ok(Some(page));
+            return Ok(page);
         }
         match (self.first_count, page.count) {
             (None, Some(c)) => self.first_count = Some(c),
@@ -235,7 +256,7 @@ impl Pager {
             _ => None,
         };
         self.next = self.follow(&url, next)?;
-        Ok(Some(page))
+        Ok(page)
     }
 
     /// A `next` link of the page at `url`, if it is one and leads to the API's host.
@@ -300,6 +321,46 @@ impl Pager {
                 }
                 if last {
                     return self.unstable;
+                }
+                // a listing by number knows its pages after the first: side by
+                // side, each with its place in the budget taken in order, so
+                // the rate, not the round trip, sets the pace
+                let planned = self.plan();
+                if planned.is_empty() {
+                    continue;
+                }
+                let (client, prio, paging) = (self.client.clone(), self.prio, Paging::Number);
+                let pages = futures_util::stream::iter(planned)
+                    .then(|url| {
+                        let budget = budget.clone();
+                        async move { (url, budget.acquire_owned().await) }
+                    })
+                    .map(|(url, held)| {
+                        let client = client.clone();
+                        let paging = &paging;
+                        async move {
+                            let fetched = fetch(&client, &url, prio, paging).await;
+                            (url, fetched, held)
+                        }
+                    })
+                    .buffered(self.client.concurrency());
+                let mut pages = std::pin::pin!(pages);
+                while let Some((url, fetched, held)) = pages.next().await {
+                    let Ok(held) = held else {
+                        return true;
+                    };
+                    let page = fetched.and_then(|f| self.accept(url, f));
+                    let end = match &page {
+                        Ok(p) => (p.records.len() as u64) < u64::from(self.client.page_size()),
+                        Err(_) => true,
+                    };
+                    if raw_tx.send(page.map(|p| (p, held))).await.is_err() || end {
+                        // a short page ends it, as one after another would
+                        if end {
+                            self.next = None;
+                        }
+                        return self.unstable;
+                    }
                 }
             }
         });
@@ -482,6 +543,20 @@ fn ranges(body: &str, values: &[&RawValue]) -> Vec<Range<usize>> {
             start..start + r.get().len()
         })
         .collect()
+}
+
+/// One page of a listing, parsed as its paging style answers.
+async fn fetch(
+    client: &Client,
+    url: &Url,
+    prio: Priority,
+    paging: &Paging,
+) -> Result<(Page, Option<String>), ApiError> {
+    let fetched = match paging {
+        Paging::Next => client.fetch(url, prio, parse_page).await?,
+        _ => client.fetch(url, prio, parse_document).await?,
+    };
+    Ok(fetched.value)
 }
 
 #[derive(Deserialize)]
