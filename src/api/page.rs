@@ -522,27 +522,26 @@ pub fn parse_document(body: &Bytes) -> Result<(Page, Option<String>), String> {
         _ => return Err("`links` is not an object".into()),
     };
     let count = doc.meta.get("count").and_then(Value::as_u64);
-    let records = ranges(&body, &doc.data);
-    Ok((
+    Ok((Page::new(&body, &doc.data, count), next))
+}
+
+impl Page {
+    /// A page of `body` whose records are `values`, parsed from it.
+    fn new(body: &ByteString, values: &[&RawValue], count: Option<u64>) -> Page {
+        let base = body.as_ptr() as usize;
+        let records = values
+            .iter()
+            .map(|r| {
+                let start = r.get().as_ptr() as usize - base;
+                start..start + r.get().len()
+            })
+            .collect();
         Page {
             body: body.clone(),
             records,
             count,
-        },
-        next,
-    ))
-}
-
-/// Where each of `values` (parsed from `body`) is in `body`.
-fn ranges(body: &str, values: &[&RawValue]) -> Vec<Range<usize>> {
-    let base = body.as_ptr() as usize;
-    values
-        .iter()
-        .map(|r| {
-            let start = r.get().as_ptr() as usize - base;
-            start..start + r.get().len()
-        })
-        .collect()
+        }
+    }
 }
 
 /// One page of a listing, parsed as its paging style answers.
@@ -588,15 +587,7 @@ fn parse_page(body: &Bytes) -> Result<(Page, Option<String>), String> {
         }
         _ => return Err("a page must be an object with `results`".into()),
     };
-    let records = ranges(&body, &results);
-    Ok((
-        Page {
-            body: body.clone(),
-            records,
-            count,
-        },
-        next,
-    ))
+    Ok((Page::new(&body, &results, count), next))
 }
 
 #[cfg(test)]
