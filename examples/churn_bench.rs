@@ -5,7 +5,10 @@
 //! a reader holds one read transaction open for a while.
 //!
 //!     cargo build --release && cargo run --release --example churn_bench -- \
-//!         [--minutes 20] [--reader-at 8] [--reader-minutes 5] [--retention 2m]
+//!         [--minutes 20] [--reader-at 8] [--reader-minutes 5] [--retention 2m] [--no-exports]
+//!
+//! `--no-exports` leaves out the exports, which the simulator adds five a
+//! second and never deletes: the mirror then grows little with the account.
 //!
 //! Prints one line per sample (every 30 s): minutes, events written so far,
 //! events kept, database MiB, WAL MiB, the daemon's RSS. Flat database and RSS
@@ -51,6 +54,10 @@ async fn main() -> anyhow::Result<()> {
     let reader_at: f64 = arg(&args, "--reader-at", "8").parse()?;
     let reader_minutes: f64 = arg(&args, "--reader-minutes", "5").parse()?;
     let retention = arg(&args, "--retention", "2m");
+    let resources = match args.iter().any(|a| a == "--no-exports") {
+        true => "resources = [\"datasets\", \"sequences\", \"items\", \"slices\"]\n",
+        false => "",
+    };
     let binary = std::env::current_exe()?
         .parent()
         .and_then(Path::parent)
@@ -78,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         &cfg,
         format!(
             "[api]\nbase_url = \"{}\"\nrequests_per_second = 200.0\nburst = 50\npage_size = 1000\n\
-             [scope]\nowners = [\"johndoe\"]\norganizations = [\"acme-ai\"]\n\
+             [scope]\nowners = [\"johndoe\"]\norganizations = [\"acme-ai\"]\n{resources}\
              [schedule]\ndatasets = \"30s\"\nsequences = \"2s\"\nitems = \"10s\"\nslices = \"30s\"\nexports = \"2s\"\n\
              [store]\npath = \"{}\"\nkeep_deleted = \"{retention}\"\nmax_wal = \"64MiB\"\n\
              [downloads]\nenabled = false\n[events]\nretention = \"{retention}\"\n[http]\nlisten = \"off\"\n\
