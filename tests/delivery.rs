@@ -26,6 +26,13 @@ struct Receiver {
     bodies: Vec<String>,
 }
 
+impl Receiver {
+    /// The webhook-id of every request received, in order.
+    fn ids(&self) -> Vec<String> {
+        self.seen.iter().map(|s| s.0.clone()).collect()
+    }
+}
+
 /// A webhook receiver on loopback answering `fail_next` to its first requests, then 200.
 async fn receiver(fail_next: Vec<u16>) -> (Arc<Mutex<Receiver>>, String) {
     let state = Arc::new(Mutex::new(Receiver {
@@ -430,13 +437,7 @@ async fn kill_9_during_delivery_then_restart_loses_nothing() {
     state.lock().unwrap().delay = Duration::ZERO;
     let (code, out, err) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
     assert_eq!(code, 0, "{out}\n{err}");
-    let seen: Vec<String> = state
-        .lock()
-        .unwrap()
-        .seen
-        .iter()
-        .map(|s| s.0.clone())
-        .collect();
+    let seen = state.lock().unwrap().ids();
     let ids = env.event_ids();
     assert_eq!(ids.len(), 4);
     // the event in flight at the kill comes again with the same id; the rest once, in order
@@ -676,12 +677,6 @@ async fn a_delivery_the_database_cannot_record_is_not_sent_again() {
     // space again: the outcome is recorded first, and the queue goes on
     store.with(|c| c.execute_batch("DROP TRIGGER full").unwrap());
     assert_eq!(d.drain(&d.sinks[0]).await.unwrap(), Drained::Idle);
-    let seen: Vec<String> = state
-        .lock()
-        .unwrap()
-        .seen
-        .iter()
-        .map(|s| s.0.clone())
-        .collect();
+    let seen = state.lock().unwrap().ids();
     assert_eq!(seen, env.event_ids(), "each event once, in order");
 }
