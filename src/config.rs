@@ -39,7 +39,45 @@ pub struct Spec {
     pub table: &'static str,
     /// Singular name used in event types (`sequence.status_changed`).
     pub singular: &'static str,
+    /// The top-level fields of a v1 record that the mirror reads as a type.
+    pub fields: &'static [Field],
     pub jsonapi: Option<JsonApiSpec>,
+}
+
+/// A field the mirror reads as a type (SPEC §6): checked when the record
+/// arrives, where another type makes the record wrong-shaped (skipped and
+/// counted, never stored to fail a later read); with `column`, kept in the
+/// table's column of its name, so that nothing reads it from `raw` again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub column: bool,
+}
+
+/// The JSON type a [`Field`] must have (or be null or absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A string, kept as text.
+    Text,
+    /// `true` or `false`, kept as 1 or 0.
+    Bool,
+}
+
+const fn column(name: &'static str, kind: Kind) -> Field {
+    Field {
+        name,
+        kind,
+        column: true,
+    }
+}
+
+const fn checked(name: &'static str, kind: Kind) -> Field {
+    Field {
+        name,
+        kind,
+        column: false,
+    }
 }
 
 /// How a JSON:API collection is listed (SPEC §8).
@@ -63,10 +101,11 @@ pub struct JsonApiSpec {
     pub columns: &'static [&'static str],
 }
 
-const fn v1(table: &'static str, singular: &'static str) -> Spec {
+const fn v1(table: &'static str, singular: &'static str, fields: &'static [Field]) -> Spec {
     Spec {
         table,
         singular,
+        fields,
         jsonapi: None,
     }
 }
@@ -88,6 +127,7 @@ const fn jsonapi(
     Spec {
         table,
         singular,
+        fields: &[],
         jsonapi: Some(JsonApiSpec {
             path,
             incremental: flags & INCREMENTAL != 0,
@@ -102,11 +142,31 @@ const fn jsonapi(
 
 /// One entry per [`Resource`], in its order.
 pub const SPECS: [Spec; 12] = [
-    v1("datasets", "dataset"),
-    v1("sequences", "sequence"),
-    v1("items", "item"),
-    v1("slices", "slice"),
-    v1("exports", "export"),
+    // a dataset's slug builds the item and sequence listings; is_sequence skips
+    // the sequence listing of a dataset without any
+    v1(
+        "datasets",
+        "dataset",
+        &[
+            column("slug", Kind::Text),
+            column("is_sequence", Kind::Bool),
+        ],
+    ),
+    v1("sequences", "sequence", &[]),
+    v1("items", "item", &[]),
+    // a slice's slug builds its membership listing
+    v1("slices", "slice", &[column("slug", Kind::Text)]),
+    // what `exports list` shows; the link is downloaded
+    v1(
+        "exports",
+        "export",
+        &[
+            column("name", Kind::Text),
+            column("format", Kind::Text),
+            column("created_at", Kind::Text),
+            checked("download_url", Kind::Text),
+        ],
+    ),
     jsonapi("projects", "project", "projects", INCREMENTAL, "5m", &[]),
     jsonapi(
         "jsonapi_datasets",
@@ -200,14 +260,20 @@ impl Resource {
     }
 
     /// The columns its table has besides the core ones, each filled from the
-    /// record: none for a v1 resource; `updated_at` and [`JsonApiSpec::columns`]
-    /// for a JSON:API collection.
+    /// record: the [`Field`]s kept as columns for a v1 resource; `updated_at`
+    /// and [`JsonApiSpec::columns`] for a JSON:API collection.
     pub fn columns(self) -> Vec<&'static str> {
         match self.jsonapi() {
             Some(j) => std::iter::once("updated_at")
                 .chain(j.columns.iter().copied())
                 .collect(),
-            None => vec![],
+            None => self
+                .spec()
+                .fields
+                .iter()
+                .filter(|f| f.column)
+                .map(|f| f.name)
+                .collect(),
         }
     }
 

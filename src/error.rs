@@ -53,8 +53,14 @@ pub enum ApiError {
         attempts: u32,
         last: String,
     },
+    /// Reading or writing the mirror failed: that scope's cycle fails (and is
+    /// retried next cycle) unless the store itself is unusable ([`ApiError::is_fatal`]).
     #[error("local database error: {0}")]
-    Store(String),
+    Store(#[from] rusqlite::Error),
+    /// Not a fault of the API's nor of the mirror's: a resource the
+    /// configuration cannot list, or a task of the daemon that died.
+    #[error("{0}")]
+    Internal(String),
     /// A listing the API answered in a way that cannot be right (it loops, runs
     /// past its count, or answers far more than asked): it ends incomplete.
     #[error(
@@ -94,6 +100,28 @@ impl ApiError {
     pub fn is_scope_missing(&self) -> bool {
         matches!(self, ApiError::Forbidden(_) | ApiError::NotFound(_))
     }
+
+    /// Whether this ends `run` and `sync` (SPEC §6): a rejected key, a store
+    /// that cannot be used at all, or the daemon's own fault. Anything else
+    /// (whatever the upstream sent, a full disk, a busy or failing read or
+    /// write) fails that scope's cycle, which is tried again next cycle.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            ApiError::Unauthorized(_) | ApiError::Internal(_) => true,
+            ApiError::Store(e) => store_unusable(e),
+            _ => false,
+        }
+    }
+}
+
+/// A database that no retry can help: gone, not a database, corrupt, or not
+/// writable (permissions, a read-only file system).
+pub fn store_unusable(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(CannotOpen | NotADatabase | DatabaseCorrupt | ReadOnly | PermissionDenied)
+    )
 }
 
 /// Maps any command error to its exit code: config errors 2, a rejected key 3, else 1.

@@ -1,8 +1,8 @@
 //! `run`: every enabled resource on its own interval, within the one rate budget
 //! (status polls outrank crawls in the pacer). Stops on the shutdown signal:
 //! a page being written is committed or rolled back whole, never half-applied.
-//! Ends by itself only when the key is rejected or a resource's task died, so
-//! that `run` exits and systemd restarts it.
+//! Ends by itself only when the key is rejected, the store is unusable or a
+//! resource's task died, so that `run` exits and systemd restarts it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +24,17 @@ pub async fn run(
     health: Option<Arc<Health>>,
 ) -> Result<(), ApiError> {
     let resources = syncer.cfg.resources();
+    // The one place that decides whether a failure ends `run` (SPEC §6): only
+    // what [`ApiError::is_fatal`] says; a resource's cycle reports the rest.
     let done = move |r: Result<CycleReport, ApiError>| -> Result<(), ApiError> {
-        let report = r?;
+        let report = match r {
+            Ok(report) => report,
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                tracing::error!("a cycle failed; it is tried again at the next interval: {e}");
+                return Ok(());
+            }
+        };
         if let Some(h) = &health {
             h.cycle_done(&report);
         }
@@ -91,7 +100,7 @@ pub async fn run(
             Err(_) if *shutdown.borrow() => Ok(()),
             Err(_) => {
                 tracing::error!("a resource task ended unexpectedly ({ended:?}); stopping");
-                Err(ApiError::Store("a resource task ended unexpectedly".into()))
+                Err(ApiError::Internal("a resource task ended unexpectedly".into()))
             }
         },
     };

@@ -204,6 +204,34 @@ async fn deleted_dataset_is_confirmed_and_takes_its_rows_along() {
 }
 
 #[tokio::test]
+async fn a_slug_taken_by_a_new_dataset_deletes_the_old_one_and_creates_the_new() {
+    let env = start(small_world()).await;
+    env.sync().await.unwrap();
+    let (old, slug, owner) = env.sim.world(|w| {
+        let d = &mut w.datasets[1];
+        d.deleted = true;
+        (d.uid.clone(), d.slug.clone(), d.owner.clone())
+    });
+    let new = env.sim.world(|w| {
+        let d = w.add_dataset(&owner, false, &slug, 7);
+        w.datasets[d].uid.clone()
+    });
+    env.sync().await.unwrap();
+    // the old one's GET by slug finds the new one: its slug says it is gone
+    assert!(env.deleted_at("datasets", &old).is_some());
+    assert!(env.deleted_at("datasets", &new).is_none());
+    let events = env.events();
+    let at = |e: (&str, &String)| {
+        events
+            .iter()
+            .position(|(t, u)| t == e.0 && u == e.1)
+            .unwrap_or_else(|| panic!("no {e:?} in {events:?}"))
+    };
+    assert!(at(("dataset.deleted", &old)) < at(("dataset.created", &new)));
+    assert_mirror_equals_sim(&env);
+}
+
+#[tokio::test]
 async fn records_without_uid_of_the_wrong_shape_or_too_deep_are_skipped_and_counted() {
     let env = start(small_world()).await;
     env.sim.faults(|f| f.bad_records = true);

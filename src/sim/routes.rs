@@ -443,7 +443,8 @@ impl PageCtx<'_> {
 
     /// With the `bad_records` fault, on a listing's first page: a record without
     /// uid, ones of the wrong shape, and one nested deeper than SQLite's JSON
-    /// functions accept.
+    /// functions accept; on listings of datasets, slices and exports, one whose
+    /// fields the mirror reads as a type have other types.
     fn bad(&self, first: bool) -> Vec<Value> {
         if !(self.bad_records && first) {
             return vec![];
@@ -452,12 +453,23 @@ impl PageCtx<'_> {
         for _ in 0..1001 {
             deep = json!([deep]);
         }
-        vec![
+        let mut bad = vec![
             json!({"key": "record-without-uid", "status": "pending"}),
             json!({"uid": 12345, "status": "exported"}),
             json!({"uid": "wrong-status", "status": ["exported"]}),
             json!({"uid": "too-deep", "status": "pending", "nested": deep}),
-        ]
+        ];
+        let p = self.path.trim_matches('/');
+        let typed = p.starts_with("exports")
+            || p.starts_with("organizations")
+            || (p.ends_with("/list") && !p.contains("/items"));
+        if typed {
+            bad.push(json!({
+                "uid": "wrong-typed", "status": "exported", "slug": 123,
+                "is_sequence": "false", "name": 7, "download_url": 5, "created_at": 1,
+            }));
+        }
+        bad
     }
 
     /// Page-number pagination with `count`, as the page-style lists answer.

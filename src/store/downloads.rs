@@ -300,7 +300,7 @@ pub struct Listed {
 /// Present exports (newest first) and downloads of exports no longer listed.
 pub fn list(conn: &Connection) -> rusqlite::Result<Vec<Listed>> {
     let mut stmt = conn.prepare(
-        "SELECT e.uid, e.raw->>'name', e.raw->>'format', e.status, e.raw->>'created_at',
+        "SELECT e.uid, e.name, e.format, e.status, e.created_at,
                 d.status, d.bytes, d.path, d.sha256, d.error
          FROM exports e LEFT JOIN downloads d ON d.export_uid = e.uid
          WHERE e.deleted_at IS NULL

@@ -18,6 +18,8 @@ pub struct PageOutcome {
     pub updated: u64,
     pub status_changed: u64,
     pub unchanged: u64,
+    /// Rows tombstoned on the way (a dataset whose slug a new one took).
+    pub deleted: u64,
     /// uids this listing had already returned (the collection shifted under it).
     pub duplicates: u64,
     pub events: u64,
@@ -88,16 +90,13 @@ pub fn apply_pages(
     // Insert and update stay two statements: one upsert with RETURNING rowid
     // measured 2-3x slower on a first sync.
     let mut insert = conn.prepare_cached(&insert_sql(res, 1))?;
-    // a JSON:API table has its own columns (from ?8 on) instead of ?2 and ?3
-    let scope = match res.jsonapi() {
+    // the table's own columns from ?8 on; a JSON:API table has no use for ?2 and ?3
+    let mut scope = match res.jsonapi() {
         None => "owner_name = ?2, dataset_slug = ?3,".to_string(),
-        Some(_) => res
-            .columns()
-            .iter()
-            .enumerate()
-            .map(|(k, c)| format!("{c} = ?{},", 8 + k))
-            .collect(),
+        Some(_) => String::new(),
     };
+    let own = res.columns().into_iter().enumerate();
+    scope.extend(own.map(|(k, c)| format!("{c} = ?{},", 8 + k)));
     let mut update = conn.prepare_cached(&format!(
         "UPDATE {t} SET {scope} status = ?4, hash = ?5, raw = ?6,
          last_seen_at = ?7, deleted_at = NULL WHERE rowid = ?1"
@@ -187,13 +186,14 @@ fn per_row(res: Resource) -> usize {
 }
 
 /// An INSERT of `rows` records that skips a uid already stored. A JSON:API
-/// table has its own columns in place of the owner and slug (left unused).
+/// table has no owner and slug (their parameters are left unused).
 fn insert_sql(res: Resource, rows: usize) -> String {
     let (table, v1, own) = (res.table(), res.jsonapi().is_none(), res.columns());
-    let scope = match v1 {
+    let mut scope = match v1 {
         true => "owner_name, dataset_slug, ".to_string(),
-        false => own.iter().map(|c| format!("{c}, ")).collect(),
+        false => String::new(),
     };
+    scope.extend(own.iter().map(|c| format!("{c}, ")));
     let mut sql = format!(
         "INSERT OR IGNORE INTO {table} (uid, {scope}status, hash, raw, first_seen_at, last_seen_at) VALUES "
     );
@@ -201,12 +201,11 @@ fn insert_sql(res: Resource, rows: usize) -> String {
     for r in 0..rows {
         let p = 2 + per_row * r;
         let sep = if r == 0 { "" } else { "," };
-        let scope: String = match v1 {
+        let mut scope = match v1 {
             true => format!("?{}, ?{}, ", p + 1, p + 2),
-            false => (0..own.len())
-                .map(|k| format!("?{}, ", p + 6 + k))
-                .collect(),
+            false => String::new(),
         };
+        scope.extend((0..own.len()).map(|k| format!("?{}, ", p + 6 + k)));
         sql.push_str(&format!(
             "{sep}(?{p}, {scope}?{}, ?{}, ?{}, ?1, ?1)",
             p + 3,
@@ -343,6 +342,10 @@ impl Apply<'_> {
                 self.out.unchanged += 1;
                 return Ok(());
             }
+            Decision::Created if self.res == Resource::Datasets => {
+                self.out.created += 1;
+                self.replace_same_slug(rec)?;
+            }
             Decision::Created => self.out.created += 1,
             Decision::Updated => self.out.updated += 1,
             Decision::StatusChanged { .. } => self.out.status_changed += 1,
@@ -350,6 +353,31 @@ impl Apply<'_> {
         if (self.emit)(rec) {
             append_event(self.conn, self.res, rec, decision, moved, self.now)?;
             self.out.events += 1;
+        }
+        Ok(())
+    }
+
+    /// A new dataset whose owner and slug name another present one: that one was
+    /// deleted and its slug re-used (SPEC §6). Its direct GET by slug would find
+    /// the new one, so it is tombstoned here, before the new one's event.
+    fn replace_same_slug(&mut self, rec: &Incoming) -> rusqlite::Result<()> {
+        let at = self.res.columns().iter().position(|c| *c == "slug");
+        let Some(slug) = at.and_then(|k| rec.columns[k].as_deref()) else {
+            return Ok(());
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT uid FROM datasets WHERE owner_name IS ?1 AND slug = ?2 AND uid <> ?3 AND deleted_at IS NULL",
+        )?;
+        let owner = rec.owner.as_deref();
+        let old: Vec<String> = stmt
+            .query_map(params![owner, slug, &*rec.uid], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for uid in old {
+            let emit = (self.emit)(rec);
+            if tombstone_in(self.conn, self.res, &uid, emit, self.now)? {
+                self.out.deleted += 1;
+                self.out.events += emit as u64;
+            }
         }
         Ok(())
     }
@@ -545,17 +573,19 @@ pub struct Missing {
     pub uid: String,
     pub owner: Option<String>,
     pub dataset_slug: Option<String>,
-    pub raw: String,
+    /// A dataset's or slice's own slug (its direct GET is by slug).
+    pub slug: Option<String>,
 }
 
-/// Rows in `filter` that are present in the mirror but not in `seen`. The scan
-/// reads rowids only (from the scope index); details are read for the few missing.
+/// The rowids of rows in `filter` that are present in the mirror but not in
+/// `seen`: 8 bytes a row, read from the scope index, so that a listing that
+/// missed a million rows costs no more than one that saw them (SPEC §6).
 pub fn missing(
     conn: &Connection,
     res: Resource,
     filter: &ScopeFilter,
     seen: &RoaringTreemap,
-) -> rusqlite::Result<Vec<Missing>> {
+) -> rusqlite::Result<Vec<i64>> {
     let t = res.table();
     let (cond, args) = filter.sql();
     let mut stmt = conn.prepare(&format!(
@@ -565,26 +595,44 @@ pub fn missing(
     let mut gone = Vec::new();
     while let Some(r) = rows.next()? {
         let rowid: i64 = r.get(0)?;
-        if !seen.contains(rowid as u64) {
+        if u64::try_from(rowid).is_ok_and(|id| !seen.contains(id)) {
             gone.push(rowid);
         }
     }
-    let scope = scope_columns(res);
-    let mut detail = conn.prepare(&format!(
-        "SELECT uid, {scope}, raw FROM {t} WHERE rowid = ?1"
+    Ok(gone)
+}
+
+/// What a deletion check needs of the rows `rowids` ([`missing`]), in their
+/// order; a row deleted meanwhile is left out.
+pub fn missing_detail(
+    conn: &Connection,
+    res: Resource,
+    rowids: &[i64],
+) -> rusqlite::Result<Vec<Missing>> {
+    let slug = match res {
+        Resource::Datasets | Resource::Slices => "slug",
+        _ => "NULL",
+    };
+    let mut detail = conn.prepare_cached(&format!(
+        "SELECT uid, {}, {slug} FROM {} WHERE rowid = ?1 AND deleted_at IS NULL",
+        scope_columns(res),
+        res.table()
     ))?;
-    gone.into_iter()
-        .map(|rowid| {
-            detail.query_row([rowid], |r| {
+    let mut out = Vec::with_capacity(rowids.len());
+    for rowid in rowids {
+        let row = detail
+            .query_row([rowid], |r| {
                 Ok(Missing {
                     uid: r.get(0)?,
                     owner: r.get(1)?,
                     dataset_slug: r.get(2)?,
-                    raw: r.get(3)?,
+                    slug: r.get(3)?,
                 })
             })
-        })
-        .collect()
+            .optional()?;
+        out.extend(row);
+    }
+    Ok(out)
 }
 
 /// The uids of a table's present rows.
@@ -609,6 +657,19 @@ pub fn tombstone(
     now: &str,
 ) -> rusqlite::Result<bool> {
     let tx = conn.transaction()?;
+    let deleted = tombstone_in(&tx, res, uid, emit, now)?;
+    tx.commit()?;
+    Ok(deleted)
+}
+
+/// [`tombstone`] inside the caller's transaction.
+fn tombstone_in(
+    tx: &Connection,
+    res: Resource,
+    uid: &str,
+    emit: bool,
+    now: &str,
+) -> rusqlite::Result<bool> {
     type Row = (Option<String>, Option<String>, Option<String>, String);
     let row: Option<Row> = tx
         .query_row(
@@ -630,9 +691,15 @@ pub fn tombstone(
     )?;
     let object: Value = serde_json::from_str(&raw).unwrap_or(Value::Null);
     // A deleted dataset takes its items and sequences with it (its event stands for theirs).
-    if res == Resource::Datasets
-        && let Some(slug) = object.get("slug").and_then(Value::as_str)
-    {
+    let own_slug: Option<String> = match res {
+        Resource::Datasets => {
+            tx.query_row("SELECT slug FROM datasets WHERE uid = ?1", [uid], |r| {
+                r.get(0)
+            })?
+        }
+        _ => None,
+    };
+    if let Some(slug) = own_slug {
         for t in ["items", "sequences"] {
             tx.execute(
                 &format!(
@@ -644,7 +711,7 @@ pub fn tombstone(
     }
     if emit {
         events::append(
-            &tx,
+            tx,
             &NewEvent {
                 resource: res,
                 action: "deleted",
@@ -661,7 +728,6 @@ pub fn tombstone(
             now,
         )?;
     }
-    tx.commit()?;
     Ok(true)
 }
 
@@ -679,9 +745,9 @@ pub struct DatasetRef {
 /// (uid, owner, slug).
 pub fn slices_to_relist(c: &Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
     let mut stmt = c.prepare(
-        "SELECT s.uid, s.owner_name, s.raw->>'slug' FROM slices s
+        "SELECT s.uid, s.owner_name, s.slug FROM slices s
          LEFT JOIN sync_state st ON st.scope = 'slice_items:' || s.uid
-         WHERE s.deleted_at IS NULL AND s.owner_name IS NOT NULL AND s.raw->>'slug' IS NOT NULL
+         WHERE s.deleted_at IS NULL AND s.owner_name IS NOT NULL AND s.slug IS NOT NULL
            AND (st.last_success_at IS NULL OR s.last_seen_at >= st.last_success_at)",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -690,7 +756,7 @@ pub fn slices_to_relist(c: &Connection) -> rusqlite::Result<Vec<(String, String,
 
 pub fn datasets_in_scope(conn: &Connection, slugs: &[String]) -> rusqlite::Result<Vec<DatasetRef>> {
     let mut stmt = conn.prepare(
-        "SELECT owner_name, raw->>'slug' AS slug, uid, raw->>'is_sequence' FROM datasets
+        "SELECT owner_name, slug, uid, is_sequence FROM datasets
          WHERE deleted_at IS NULL AND owner_name IS NOT NULL AND slug IS NOT NULL ORDER BY owner_name, slug",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -751,6 +817,38 @@ mod tests {
     fn rec(uid: &str, version: u32) -> Incoming {
         let raw = format!(r#"{{"uid":"{uid}","status":"pending","version":{version}}}"#);
         Incoming::from_text(&raw, "o", "d")
+    }
+
+    #[test]
+    fn rows_stored_before_typed_columns_keep_only_values_of_the_right_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut c = Connection::open(&path).unwrap();
+        crate::store::MIGRATIONS.to_version(&mut c, 6).unwrap();
+        // what an earlier version stored without checking the types
+        c.execute_batch(
+            r#"INSERT INTO datasets (uid, owner_name, hash, raw, first_seen_at, last_seen_at) VALUES
+                 ('good', 'o', x'00', '{"uid":"good","slug":"a","is_sequence":true}', 't', 't'),
+                 ('bad', 'o', x'00', '{"uid":"bad","slug":123,"is_sequence":"false"}', 't', 't');
+               INSERT INTO slices (uid, owner_name, hash, raw, first_seen_at, last_seen_at) VALUES
+                 ('s', 'o', x'00', '{"uid":"s","slug":42}', 't', 't');
+               INSERT INTO exports (uid, hash, raw, first_seen_at, last_seen_at) VALUES
+                 ('e', x'00', '{"uid":"e","name":7,"created_at":"2026-01-01T00:00:00Z"}', 't', 't');"#,
+        )
+        .unwrap();
+        drop(c);
+        let store = Store::open(&path).unwrap();
+        let datasets = store.with(|c| datasets_in_scope(c, &[])).unwrap();
+        let got: Vec<_> = datasets.iter().map(|d| (&*d.uid, d.is_sequence)).collect();
+        assert_eq!(got, [("good", Some(true))]);
+        assert!(store.with(|c| slices_to_relist(c)).unwrap().is_empty());
+        let exports = store.with(|c| crate::store::downloads::list(c)).unwrap();
+        assert_eq!(exports.len(), 1);
+        assert_eq!(exports[0].name, None);
+        assert_eq!(
+            exports[0].created_at.as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
     }
 
     #[test]

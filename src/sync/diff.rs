@@ -7,6 +7,8 @@ use bytestring::ByteString;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::config::{Field, Kind};
+
 /// What the store holds for a uid.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -50,17 +52,30 @@ fn field_text(json: &str) -> Option<Cow<'_, str>> {
 
 impl<'a> Head<'a> {
     /// Reads the head of a record's JSON text, `dataset_uid` only when asked
-    /// (records of a cross-dataset listing), and stops once it has what it
-    /// reads. Of a field given twice the first counts, as in SQLite's JSON
-    /// functions, so the columns agree with `raw->>'status'`. The text must be
-    /// JSON a parser has checked (a page's records are: [`crate::api::page`]
-    /// parses each page whole first); this only finds the top-level members.
-    pub fn parse(raw: &'a str, with_dataset_uid: bool) -> Result<Head<'a>, Rejected> {
+    /// (records of a cross-dataset listing), and the typed `fields` of its
+    /// resource, and stops once it has what it reads. Of a field given twice
+    /// the first counts, as in SQLite's JSON functions, so the columns agree
+    /// with `raw->>'status'`. The text must be JSON a parser has checked (a
+    /// page's records are: [`crate::api::page`] parses each page whole first);
+    /// this only finds the top-level members.
+    pub fn parse(
+        raw: &'a str,
+        with_dataset_uid: bool,
+        fields: &[Field],
+    ) -> Result<Head<'a>, Rejected> {
         if too_deep(raw) {
             return Err(Rejected::TooDeep);
         }
         let (mut uid, mut status, mut dataset_uid) = (None, None, None);
+        let mut values: Vec<Option<&'a str>> = vec![None; fields.len()];
+        let mut wanted = fields.len();
         members(raw, |key, value| {
+            if let Some(k) = fields.iter().position(|f| f.name == key)
+                && values[k].is_none()
+            {
+                values[k] = Some(value);
+                wanted -= 1;
+            }
             let field = match key {
                 "uid" => &mut uid,
                 "status" => &mut status,
@@ -68,25 +83,29 @@ impl<'a> Head<'a> {
                 _ => return true,
             };
             field.get_or_insert(value);
-            uid.is_none() || status.is_none() || (with_dataset_uid && dataset_uid.is_none())
+            uid.is_none()
+                || status.is_none()
+                || (with_dataset_uid && dataset_uid.is_none())
+                || wanted > 0
         })
         .ok_or(Rejected::NotAnObject)?;
-        // a uid is a non-blank string (SPEC §6: a record of the wrong shape is skipped)
-        let uid = match uid.map(|v| (v, v.as_bytes().first())) {
-            None | Some((_, Some(b'n'))) => return Err(Rejected::NoUid),
-            Some((v, Some(b'"'))) => field_text(v)
-                .filter(|u| !u.trim().is_empty())
-                .ok_or(Rejected::BadUid)?,
-            Some(_) => return Err(Rejected::BadUid),
-        };
+        let uid = read_uid(uid)?;
         // a status is a string or null
         if status.is_some_and(|v| !v.starts_with('"') && v != "null") {
             return Err(Rejected::BadStatus);
+        }
+        let mut columns = Vec::new();
+        for (f, v) in fields.iter().zip(values) {
+            let value = typed(f.kind, v).ok_or(Rejected::WrongType(f.name))?;
+            if f.column {
+                columns.push(value);
+            }
         }
         Ok(Head {
             uid,
             status: status.and_then(field_text),
             dataset_uid: dataset_uid.and_then(field_text),
+            columns,
             ..Head::default()
         })
     }
@@ -95,8 +114,8 @@ impl<'a> Head<'a> {
     /// `status`, `wf_step` and `updated_at` come from its `attributes`, as do
     /// `columns` (an `…_id` missing there is its relationship's `data.id`). The
     /// same rules of shape as [`Head::parse`]: an id is a non-blank string;
-    /// status, step and time are strings or null.
-    pub fn parse_jsonapi(raw: &'a str, columns: &[&str]) -> Result<Head<'a>, Rejected> {
+    /// status, step, time and every column are strings or null.
+    pub fn parse_jsonapi(raw: &'a str, columns: &[&'static str]) -> Result<Head<'a>, Rejected> {
         if too_deep(raw) {
             return Err(Rejected::TooDeep);
         }
@@ -112,13 +131,7 @@ impl<'a> Head<'a> {
             id.is_none() || attributes.is_none() || (related && relationships.is_none())
         })
         .ok_or(Rejected::NotAnObject)?;
-        let uid = match id.map(|v| (v, v.as_bytes().first())) {
-            None | Some((_, Some(b'n'))) => return Err(Rejected::NoUid),
-            Some((v, Some(b'"'))) => field_text(v)
-                .filter(|u| !u.trim().is_empty())
-                .ok_or(Rejected::BadUid)?,
-            Some(_) => return Err(Rejected::BadUid),
-        };
+        let uid = read_uid(id)?;
         let (mut status, mut step, mut updated_at) = (None, None, None);
         let mut values: Vec<Option<&'a str>> = vec![None; columns.len()];
         if let Some(attrs) = attributes.filter(|a| *a != "null") {
@@ -146,18 +159,42 @@ impl<'a> Head<'a> {
                 }
             }
         }
-        let text = |v: Option<&'a str>| match v {
-            Some(v) if !v.starts_with('"') && v != "null" => Err(Rejected::BadStatus),
-            v => Ok(v.and_then(field_text)),
-        };
+        let text = |name, v| typed(Kind::Text, v).ok_or(Rejected::WrongType(name));
         Ok(Head {
             uid,
-            status: text(status)?,
-            step: text(step)?,
-            updated_at: text(updated_at)?,
+            status: typed(Kind::Text, status).ok_or(Rejected::BadStatus)?,
+            step: text("wf_step", step)?,
+            updated_at: text("updated_at", updated_at)?,
             dataset_uid: None,
-            columns: values.into_iter().map(|v| v.and_then(field_text)).collect(),
+            columns: columns
+                .iter()
+                .zip(values)
+                .map(|(name, v)| text(name, v))
+                .collect::<Result<_, _>>()?,
         })
+    }
+}
+
+/// A uid (a JSON:API id) from its JSON text: a non-blank string.
+fn read_uid(v: Option<&str>) -> Result<Cow<'_, str>, Rejected> {
+    match v.map(|v| (v, v.as_bytes().first())) {
+        None | Some((_, Some(b'n'))) => Err(Rejected::NoUid),
+        Some((v, Some(b'"'))) => field_text(v)
+            .filter(|u| !u.trim().is_empty())
+            .ok_or(Rejected::BadUid),
+        Some(_) => Err(Rejected::BadUid),
+    }
+}
+
+/// A field's value as its column keeps it, from its JSON text: None inside for
+/// null or absent, the outer None when it has another type than `kind`.
+fn typed(kind: Kind, json: Option<&str>) -> Option<Option<Cow<'_, str>>> {
+    match (kind, json) {
+        (_, None | Some("null")) => Some(None),
+        (Kind::Text, Some(v)) if v.starts_with('"') => Some(field_text(v)),
+        (Kind::Bool, Some("true")) => Some(Some(Cow::Owned("1".into()))),
+        (Kind::Bool, Some("false")) => Some(Some(Cow::Owned("0".into()))),
+        _ => None,
     }
 }
 
@@ -329,7 +366,7 @@ pub enum Decision {
 }
 
 /// Why a record was skipped instead of mirrored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
     NotAnObject,
     NoUid,
@@ -339,17 +376,22 @@ pub enum Rejected {
     BadStatus,
     /// Nested deeper than [`MAX_DEPTH`].
     TooDeep,
+    /// A field the mirror reads as a type has another one ([`Field`]).
+    WrongType(&'static str),
 }
 
-impl Rejected {
-    /// Why, for the log line and `sync_state`.
-    pub fn why(self) -> &'static str {
+/// Why, for the log line.
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Rejected::NotAnObject => "it is not a JSON object",
-            Rejected::NoUid => "it has no uid",
-            Rejected::BadUid => "its uid is not a non-empty string",
-            Rejected::BadStatus => "its status is neither a string nor null",
-            Rejected::TooDeep => "it is nested deeper than 1000 levels",
+            Rejected::NotAnObject => f.write_str("it is not a JSON object"),
+            Rejected::NoUid => f.write_str("it has no uid"),
+            Rejected::BadUid => f.write_str("its uid is not a non-empty string"),
+            Rejected::BadStatus => f.write_str("its status is neither a string nor null"),
+            Rejected::TooDeep => f.write_str("it is nested deeper than 1000 levels"),
+            Rejected::WrongType(field) => {
+                write!(f, "its {field} is not of the type the mirror reads")
+            }
         }
     }
 }
@@ -396,7 +438,7 @@ impl Incoming {
         let raw = ByteString::from(raw);
         let (owner, slug) = (ByteString::from(owner), ByteString::from(slug));
         Incoming::new(
-            Head::parse(&raw, true).unwrap(),
+            Head::parse(&raw, true, &[]).unwrap(),
             &raw,
             Some(&owner),
             Some(&slug),
@@ -533,7 +575,7 @@ mod tests {
         let raw = r#"{"id":"c","relationships":{"note_feed":{"data":{"type":"note_feeds","id":"f1"}}},"attributes":{"project_id":"p1","n":3,"dataset_id":null,"entry_id":"e\"1"}}"#;
         let head = Head::parse_jsonapi(
             raw,
-            &["project_id", "note_feed_id", "dataset_id", "entry_id", "n"],
+            &["project_id", "note_feed_id", "dataset_id", "entry_id"],
         )
         .unwrap();
         assert_eq!(
@@ -543,8 +585,59 @@ mod tests {
                 Some("f1".into()),
                 None,
                 Some("e\"1".into()),
-                Some("3".into())
             ]
+        );
+        // a column, a time or a relationship's id of another type: wrong-shaped
+        assert_eq!(
+            Head::parse_jsonapi(raw, &["n"]),
+            Err(Rejected::WrongType("n"))
+        );
+        let rel = r#"{"id":"c","relationships":{"note_feed":{"data":{"id":17}}}}"#;
+        assert_eq!(
+            Head::parse_jsonapi(rel, &["note_feed_id"]),
+            Err(Rejected::WrongType("note_feed_id"))
+        );
+        assert_eq!(
+            bad(r#"{"id":"a","attributes":{"updated_at":1700000000}}"#),
+            Rejected::WrongType("updated_at")
+        );
+    }
+
+    #[test]
+    fn typed_fields_are_read_once_into_columns_and_another_type_is_rejected() {
+        use crate::config::Resource;
+        let fields = Resource::Datasets.spec().fields;
+        let head = |raw| Head::parse(raw, false, fields);
+        let ok = head(r#"{"uid":"d","slug":"batch-1","x":[1],"is_sequence":false}"#).unwrap();
+        assert_eq!(ok.columns, vec![Some("batch-1".into()), Some("0".into())]);
+        let absent = head(r#"{"uid":"d","is_sequence":null}"#).unwrap();
+        assert_eq!(absent.columns, vec![None, None]);
+        for (raw, field) in [
+            (r#"{"uid":"d","slug":123}"#, "slug"),
+            (
+                r#"{"uid":"d","slug":"s","is_sequence":"false"}"#,
+                "is_sequence",
+            ),
+            (r#"{"uid":"d","slug":{"a":"b"}}"#, "slug"),
+        ] {
+            assert_eq!(head(raw), Err(Rejected::WrongType(field)), "{raw}");
+        }
+        // a field checked but not kept as a column: the export's link
+        let exports = Resource::Exports.spec().fields;
+        let bad_link = r#"{"uid":"e","status":"exported","name":"n","download_url":5}"#;
+        assert_eq!(
+            Head::parse(bad_link, false, exports),
+            Err(Rejected::WrongType("download_url"))
+        );
+        let good = r#"{"uid":"e","name":"n","download_url":"https://s/a.zip?sig=1"}"#;
+        assert_eq!(
+            Head::parse(good, false, exports).unwrap().columns,
+            vec![Some("n".into()), None, None]
+        );
+        assert!(
+            Rejected::WrongType("slug")
+                .to_string()
+                .contains("its slug is not of the type")
         );
     }
 
@@ -572,7 +665,7 @@ mod tests {
     #[test]
     fn head_reads_uid_status_and_checks_shape() {
         let raw = r#"{"uid": "12", "x": {"y": [1, "}"]}, "dataset_uid": "d1", "status": "done"}"#;
-        let h = Head::parse(raw, true).unwrap();
+        let h = Head::parse(raw, true, &[]).unwrap();
         assert_eq!(
             h,
             Head {
@@ -582,9 +675,13 @@ mod tests {
                 ..Head::default()
             }
         );
-        assert_eq!(Head::parse(raw, false).unwrap().dataset_uid, None);
+        assert_eq!(Head::parse(raw, false, &[]).unwrap().dataset_uid, None);
         for no_uid in [r#"{"key": "x"}"#, r#"{"uid": null}"#, "{}"] {
-            assert_eq!(Head::parse(no_uid, true), Err(Rejected::NoUid), "{no_uid}");
+            assert_eq!(
+                Head::parse(no_uid, true, &[]),
+                Err(Rejected::NoUid),
+                "{no_uid}"
+            );
         }
         for bad_uid in [
             r#"{"uid": ""}"#,
@@ -594,7 +691,7 @@ mod tests {
             r#"{"uid": ["a"]}"#,
         ] {
             assert_eq!(
-                Head::parse(bad_uid, true),
+                Head::parse(bad_uid, true, &[]),
                 Err(Rejected::BadUid),
                 "{bad_uid}"
             );
@@ -604,12 +701,12 @@ mod tests {
             r#"{"uid": "a", "status": 3}"#,
         ] {
             assert_eq!(
-                Head::parse(bad_status, true),
+                Head::parse(bad_status, true, &[]),
                 Err(Rejected::BadStatus),
                 "{bad_status}"
             );
         }
-        assert!(Head::parse(r#"{"uid": "a", "status": null}"#, true).is_ok());
+        assert!(Head::parse(r#"{"uid": "a", "status": null}"#, true, &[]).is_ok());
         // nested as deep as SQLite's JSON functions go, and one deeper
         let nested = |n: usize| {
             format!(
@@ -618,14 +715,17 @@ mod tests {
                 "]".repeat(n)
             )
         };
-        assert!(Head::parse(&nested(MAX_DEPTH - 1), true).is_ok());
+        assert!(Head::parse(&nested(MAX_DEPTH - 1), true, &[]).is_ok());
         assert_eq!(
-            Head::parse(&nested(MAX_DEPTH), true),
+            Head::parse(&nested(MAX_DEPTH), true, &[]),
             Err(Rejected::TooDeep)
         );
-        assert_eq!(Head::parse(&nested(100_000), true), Err(Rejected::TooDeep));
+        assert_eq!(
+            Head::parse(&nested(100_000), true, &[]),
+            Err(Rejected::TooDeep)
+        );
         for not_an_object in ["[1]", "\"uid\"", "", "7"] {
-            let got = Head::parse(not_an_object, true);
+            let got = Head::parse(not_an_object, true, &[]);
             assert_eq!(got, Err(Rejected::NotAnObject), "{not_an_object}");
         }
     }
@@ -640,24 +740,24 @@ mod tests {
             "st\u0061tus": "labeling_2d",
             "u\u0069d": "a\/b"
         } "#;
-        let h = Head::parse(raw, true).unwrap();
+        let h = Head::parse(raw, true, &[]).unwrap();
         assert_eq!(h.uid, "a/b");
         assert_eq!(h.status.as_deref(), Some("labeling_2d"));
         assert_eq!(h.dataset_uid, None);
         // unicode around and inside the fields
-        let h = Head::parse(r#"{"ü":"é","uid":"ü-1","status":"naïve ✓"}"#, false).unwrap();
+        let h = Head::parse(r#"{"ü":"é","uid":"ü-1","status":"naïve ✓"}"#, false, &[]).unwrap();
         assert_eq!((&*h.uid, h.status.as_deref()), ("ü-1", Some("naïve ✓")));
         // a number uid, a non-string status: the wrong shape, whatever the order
-        let got = Head::parse(r#"{"status":"a","uid":-7}"#, false);
+        let got = Head::parse(r#"{"status":"a","uid":-7}"#, false, &[]);
         assert_eq!(got, Err(Rejected::BadUid));
-        let got = Head::parse(r#"{"status":{"a":1},"uid":"u"}"#, false);
+        let got = Head::parse(r#"{"status":{"a":1},"uid":"u"}"#, false, &[]);
         assert_eq!(got, Err(Rejected::BadStatus));
     }
 
     #[test]
     fn of_a_field_given_twice_the_head_reads_what_sqlite_reads() {
         let raw = r#"{"uid":"a","status":"first","uid":"b","status":"second"}"#;
-        let h = Head::parse(raw, false).unwrap();
+        let h = Head::parse(raw, false, &[]).unwrap();
         let db = rusqlite::Connection::open_in_memory().unwrap();
         let (uid, status): (String, String) = db
             .query_row("SELECT ?1 ->> 'uid', ?1 ->> 'status'", [raw], |r| {
@@ -671,7 +771,7 @@ mod tests {
     #[test]
     fn fields_without_escapes_share_the_record_text() {
         let raw = ByteString::from(r#"{"uid":"abc","status":"done","x":1}"#);
-        let rec = Incoming::new(Head::parse(&raw, false).unwrap(), &raw, None, None);
+        let rec = Incoming::new(Head::parse(&raw, false, &[]).unwrap(), &raw, None, None);
         let within = |s: &str| raw.as_bytes().as_ptr_range().contains(&s.as_ptr());
         assert!(within(&rec.uid) && within(rec.status.as_deref().unwrap()));
         assert_eq!((&*rec.uid, rec.status.as_deref()), ("abc", Some("done")));

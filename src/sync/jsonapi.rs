@@ -34,7 +34,7 @@ impl Syncer {
         let (Some(client), Some(cfg), Some(spec)) =
             (&self.jsonapi, &self.cfg.jsonapi, res.jsonapi())
         else {
-            return Err(ApiError::Store(format!(
+            return Err(ApiError::Internal(format!(
                 "{res} is a JSON:API collection, and jsonapi.base_url is not set"
             )));
         };
@@ -154,7 +154,7 @@ impl Syncer {
                         .map_err(db_error)?;
                     full = true;
                 }
-                Err(e @ ApiError::Unauthorized(_)) => return Err(e),
+                Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
                     self.record_failure(report, &[scope], &e).await;
                     return Ok(());
@@ -180,7 +180,7 @@ impl Syncer {
                     .map_err(db_error)?;
             }
             Ok(ListingEnd::NeedsSplit) => {}
-            Err(e @ ApiError::Unauthorized(_)) => return Err(e),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => self.record_failure(report, &[scope], &e).await,
         }
         Ok(())
@@ -251,7 +251,7 @@ impl Syncer {
             .await
         {
             Ok(f) => f.value,
-            Err(e @ ApiError::Unauthorized(_)) => return Err(e),
+            Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 tracing::warn!(scope, "count probe failed, next cycle tries again: {e}");
                 return Ok(false);

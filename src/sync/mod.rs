@@ -19,7 +19,6 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use reqwest::Url;
 use roaring::RoaringTreemap;
-use serde_json::Value;
 
 use crate::api::page::{Ahead, Pager, Paging};
 use crate::api::{Client, Priority, v1};
@@ -27,7 +26,7 @@ use crate::config::{Config, Resource};
 use crate::error::ApiError;
 use crate::store::records::{self, Missing, ScopeFilter};
 use crate::store::{Store, now_rfc3339, state};
-use diff::{Head, Incoming};
+use diff::{Head, Incoming, Rejected};
 
 /// How many dataset slugs go in one `dataset__slug__in` listing.
 const SLUGS_PER_BATCH: usize = 20;
@@ -36,6 +35,9 @@ const SLUGS_PER_BATCH: usize = 20;
 /// find the record still there, the listing (not the records) was wrong, and the
 /// rest of its missing rows wait for a later cycle instead of costing a request each.
 const CHECK_SAMPLE: usize = 20;
+
+/// Rows a deletion pass reads at a time: it holds rowids, not records.
+const DETAIL_CHUNK: usize = 256;
 
 /// Listings under way at once per request slot (`api.concurrency`). One listing
 /// has one request in flight at a time, and spends part of each round trip
@@ -111,6 +113,7 @@ impl CycleReport {
         self.created += o.created;
         self.updated += o.updated;
         self.status_changed += o.status_changed;
+        self.deleted += o.deleted;
         self.events += o.events;
         self.queued += o.queued;
     }
@@ -237,8 +240,37 @@ impl Listing {
 
 impl Syncer {
     /// One complete cycle of one resource. Errors only for what stops everything
-    /// (a rejected key); per-scope failures are in the report.
+    /// ([`ApiError::is_fatal`]); failures of scopes, or of the resource as a
+    /// whole (reading the mirror to build its listings), are in the report.
     pub async fn sync_resource(&self, res: Resource) -> Result<CycleReport, ApiError> {
+        let mut report = match self.cycle_of(res).await {
+            Ok(report) => report,
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                let mut report = CycleReport::default();
+                let (scope, now) = (res.table().to_string(), now_rfc3339());
+                let s = scope.clone();
+                if let Err(db) = self
+                    .store
+                    .call(move |c| state::attempt(c, &s, res, &now))
+                    .await
+                {
+                    tracing::error!("recording the failure: {db}");
+                }
+                self.record_failure(&mut report, &[scope], &e).await;
+                report
+            }
+        };
+        report.resource = Some(res);
+        let m = &crate::metrics::METRICS;
+        let label = crate::metrics::label("resource", res.table());
+        m.records_synced.get_or_create(&label).inc_by(report.listed);
+        m.events_emitted.get_or_create(&label).inc_by(report.events);
+        Ok(report)
+    }
+
+    /// [`Syncer::sync_resource`] but for the failures of the resource as a whole.
+    async fn cycle_of(&self, res: Resource) -> Result<CycleReport, ApiError> {
         let mut report = match res {
             Resource::Datasets => {
                 let users = self.cfg.scope.owners.iter().map(|owner| {
@@ -280,7 +312,7 @@ impl Syncer {
             let scopes = f.scopes.clone();
             match self.finish(f, &mut r).await {
                 Ok(()) => {}
-                Err(e @ ApiError::Unauthorized(_)) => return Err(e),
+                Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => self.record_failure(&mut r, &scopes, &e).await,
             }
             Ok(r)
@@ -289,11 +321,6 @@ impl Syncer {
         if res == Resource::Datasets && report.failures.is_empty() {
             self.warn_unmatched_slugs().await?;
         }
-        report.resource = Some(res);
-        let m = &crate::metrics::METRICS;
-        let label = crate::metrics::label("resource", res.table());
-        m.records_synced.get_or_create(&label).inc_by(report.listed);
-        m.events_emitted.get_or_create(&label).inc_by(report.events);
         Ok(report)
     }
 
@@ -484,7 +511,7 @@ impl Syncer {
             let scope = format!("slice_items:{uid}");
             match self.sync_slice_items(&uid, &owner, &slug, &scope).await {
                 Ok(()) => report.scopes_ok += 1,
-                Err(e @ ApiError::Unauthorized(_)) => return Err(e),
+                Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => self.record_failure(&mut report, &[scope], &e).await,
             }
             Ok(report)
@@ -520,7 +547,7 @@ impl Syncer {
         let mut pages = pager.prefetch(|page| {
             let uids = page
                 .records()
-                .filter_map(|r| Some(Head::parse(&r, false).ok()?.uid.into_owned()));
+                .filter_map(|r| Some(Head::parse(&r, false, &[]).ok()?.uid.into_owned()));
             uids.collect::<Vec<String>>()
         });
         let mut total = 0u64;
@@ -556,7 +583,7 @@ impl Syncer {
     ) -> Result<Option<ListingEnd>, ApiError> {
         match self.run_listing(l, report).await {
             Ok(end) => Ok(Some(end)),
-            Err(e @ ApiError::Unauthorized(_)) => Err(e),
+            Err(e) if e.is_fatal() => Err(e),
             Err(e) => {
                 self.record_failure(report, &l.scopes(), &e).await;
                 Ok(None)
@@ -642,9 +669,10 @@ impl Syncer {
 
         let attribution = l.attribution.clone();
         let owner = l.owner.clone();
+        let fields = res.spec().fields;
         let mut pages = Pager::paged(l.client.clone(), l.url.clone(), l.prio, (l.paging)(&l.url))
             .last_size(last_size)
-            .prefetch(move |page| convert(page, &attribution, owner.as_deref()));
+            .prefetch(move |page| convert(page, &attribution, owner.as_deref(), fields));
         let mut seen = RoaringTreemap::new();
         // the listing's pages share transactions (committed at least every second)
         let writes = self.store.batch();
@@ -785,39 +813,48 @@ impl Syncer {
             .await
             .map_err(db_error)?;
         let total = missing.len();
-        // the checks side by side, their tombstones in the listing's order
-        let mut checks = futures_util::stream::iter(missing)
-            .map(|m| async move { (self.confirm_gone(res, &m, prio).await, m) })
-            .buffered(self.client.concurrency());
+        // rows read a chunk at a time, their checks side by side, their
+        // tombstones in the listing's order
         let (mut checked, mut gone) = (0usize, 0usize);
-        while let Some((is_gone, m)) = checks.next().await {
-            checked += 1;
-            if !is_gone? {
-                if checked >= CHECK_SAMPLE && gone * 2 < checked && checked < total {
-                    tracing::warn!(
-                        scope = %scopes[0],
-                        "the listing missed {total} rows, but {} of the first {checked} checked are still there; not trusting it, the other {} wait for the next cycle",
-                        checked - gone,
-                        total - checked
-                    );
-                    break;
-                }
-                continue;
-            }
-            gone += 1;
-            let emit = emit_by_slug
-                .get(&m.dataset_slug.as_deref().map(ByteString::from))
-                .copied()
-                .unwrap_or(self.cfg.emit_initial);
-            let n = now.clone();
-            let deleted = self
+        for chunk in missing.chunks(DETAIL_CHUNK) {
+            let rowids = chunk.to_vec();
+            let rows = self
                 .store
-                .call(move |c| records::tombstone(c, res, &m.uid, emit, &n))
+                .read(move |c| records::missing_detail(c, res, &rowids))
                 .await
                 .map_err(db_error)?;
-            if deleted {
-                report.deleted += 1;
-                report.events += emit as u64;
+            let mut checks = futures_util::stream::iter(rows)
+                .map(|m| async move { (self.confirm_gone(res, &m, prio).await, m) })
+                .buffered(self.client.concurrency());
+            while let Some((is_gone, m)) = checks.next().await {
+                checked += 1;
+                if !is_gone? {
+                    if checked >= CHECK_SAMPLE && gone * 2 < checked && checked < total {
+                        tracing::warn!(
+                            scope = %scopes[0],
+                            "the listing missed {total} rows, but {} of the first {checked} checked are still there; not trusting it, the other {} wait for the next cycle",
+                            checked - gone,
+                            total - checked
+                        );
+                        return Ok(());
+                    }
+                    continue;
+                }
+                gone += 1;
+                let emit = emit_by_slug
+                    .get(&m.dataset_slug.as_deref().map(ByteString::from))
+                    .copied()
+                    .unwrap_or(self.cfg.emit_initial);
+                let n = now.clone();
+                let deleted = self
+                    .store
+                    .call(move |c| records::tombstone(c, res, &m.uid, emit, &n))
+                    .await
+                    .map_err(db_error)?;
+                if deleted {
+                    report.deleted += 1;
+                    report.events += emit as u64;
+                }
             }
         }
         Ok(())
@@ -836,10 +873,8 @@ impl Syncer {
                 .await;
         }
         let c = &self.client;
-        let raw: Value = serde_json::from_str(&m.raw).unwrap_or(Value::Null);
-        let slug_of_raw = raw.get("slug").and_then(Value::as_str);
         let owner = m.owner.as_deref().unwrap_or_default();
-        let url = match (res, m.dataset_slug.as_deref(), slug_of_raw) {
+        let url = match (res, m.dataset_slug.as_deref(), m.slug.as_deref()) {
             (Resource::Exports, _, _) => v1::export(c, &m.uid),
             (Resource::Items, Some(ds), _) => v1::item(c, owner, ds, &m.uid),
             (Resource::Sequences, Some(ds), _) => v1::sequence(c, owner, ds, &m.uid),
@@ -864,7 +899,7 @@ impl Syncer {
                 tracing::debug!(uid = %m.uid, "missing from the listing but still there; kept");
                 Ok(false)
             }
-            Err(e @ ApiError::Unauthorized(_)) => Err(e),
+            Err(e) if e.is_fatal() => Err(e),
             Err(e) => {
                 tracing::warn!(uid = %m.uid, "could not confirm a deletion, kept: {e}");
                 Ok(false)
@@ -877,7 +912,7 @@ impl Syncer {
 struct Converted {
     batch: Vec<Incoming>,
     /// (index in the page, why) of records skipped for their shape.
-    rejected: Vec<(usize, &'static str)>,
+    rejected: Vec<(usize, Rejected)>,
     /// A record could not be attributed to one of the listing's datasets.
     needs_split: bool,
     /// The largest `updated_at` of the page's records (JSON:API), parsed and as given.
@@ -888,6 +923,7 @@ fn convert(
     page: crate::api::page::Page,
     attribution: &Attribution,
     owner: Option<&str>,
+    fields: &[crate::config::Field],
 ) -> Converted {
     let records = page.records();
     let owner = owner.map(ByteString::from);
@@ -913,16 +949,16 @@ fn convert(
                     }
                     out.batch.push(Incoming::new(head, &raw, None, None));
                 }
-                Err(why) => out.rejected.push((i, why.why())),
+                Err(why) => out.rejected.push((i, why)),
             }
         }
         return out;
     }
     for (i, raw) in records.enumerate() {
-        let head = match Head::parse(&raw, by_dataset_uid) {
+        let head = match Head::parse(&raw, by_dataset_uid, fields) {
             Ok(head) => head,
             Err(why) => {
-                out.rejected.push((i, why.why()));
+                out.rejected.push((i, why));
                 continue;
             }
         };
@@ -947,5 +983,5 @@ fn convert(
 
 fn db_error(e: rusqlite::Error) -> ApiError {
     // Ends the listing; the batch was rolled back to its last commit, nothing half-applied.
-    ApiError::Store(e.to_string())
+    ApiError::Store(e)
 }
