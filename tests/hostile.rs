@@ -305,3 +305,123 @@ async fn a_jsonapi_next_link_to_another_host_is_refused() {
     assert!(why.contains("points away from the API host"), "{why}");
     assert!(why.contains("collector.example"), "{why}");
 }
+
+/// A JSON:API `/projects` that answers a full listing with three projects and
+/// a `meta.count` of `count`, then, asked by key (`filter[updated_at__gte]`),
+/// full pages of new projects, each later than the last, without end.
+async fn endless_projects(count: u64) -> (Arc<AtomicUsize>, reqwest::Url) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let projects = move |Query(q): Query<HashMap<String, String>>| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let size: usize = q
+                .get("page[size]")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1);
+            let number: u64 = q
+                .get("page[number]")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1);
+            let rec = |id: String, secs: u64| {
+                let at = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + secs),
+                );
+                json!({"type": "projects", "id": id, "attributes": {"name": "p", "updated_at": at.to_string()}})
+            };
+            let data: Vec<_> = match q.contains_key("filter[updated_at__gte]") {
+                true => (0..size)
+                    .map(|k| rec(format!("k{n}-{k}"), 1000 + n as u64))
+                    .collect(),
+                // the three projects, in pages of `size`
+                false if count == 3 => {
+                    let from = (number as usize - 1) * size;
+                    let to = (from + size).min(3);
+                    (from..to).map(|k| rec(format!("p{k}"), k as u64)).collect()
+                }
+                false => (0..size)
+                    .map(|k| rec(format!("p{number}-{k}"), k as u64))
+                    .collect(),
+            };
+            axum::Json(json!({"data": data, "meta": {"count": count}}))
+        }
+    };
+    let app = axum::Router::new().route("/jsonapi/projects", axum::routing::get(projects));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/jsonapi", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (requests, base.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_listing_by_key_without_end_stops_at_ten_times_the_live_rows() {
+    let (requests, jsonapi) = endless_projects(3).await;
+    let (_, v1) = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::defaults(&v1, "k", &["someone"], &[], &dir.path().join("m.db")).unwrap();
+    cfg.enable_jsonapi(&jsonapi).unwrap();
+    let j = cfg.jsonapi.as_mut().unwrap();
+    j.api.page_size = 2;
+    j.api.requests_per_second = 5000.0;
+    j.api.burst = 500;
+    let store = Store::open(&cfg.store_path).unwrap();
+    let syncer = Syncer::new(Arc::new(cfg), store).unwrap();
+    // a complete full listing of three projects, then listings by key
+    let first = syncer.sync_resource(Resource::Projects).await.unwrap();
+    assert!(first.failures.is_empty(), "{first:?}");
+    requests.store(0, Ordering::SeqCst);
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        syncer.sync_resource(Resource::Projects),
+    )
+    .await
+    .expect("the listing by key ended")
+    .unwrap();
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    assert!(
+        report.failures[0].1.contains("more than ten times"),
+        "{report:?}"
+    );
+    // three live rows: 100 pages of 2 past them, then it stops
+    let asked = requests.load(Ordering::SeqCst);
+    let ahead = avala_mirror::api::page::AHEAD + 4;
+    assert!((100..=102 + ahead).contains(&asked), "{asked} requests");
+}
+
+#[tokio::test]
+async fn a_count_of_a_trillion_plans_no_more_than_the_pages_in_flight() {
+    let (requests, jsonapi) = endless_projects(1_000_000_000_000).await;
+    let (_, v1) = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[api]\nbase_url = \"{v1}\"\n[scope]\nowners = [\"someone\"]\nresources = []\n[store]\npath = \"{}\"\n[http]\nlisten = \"off\"\n[jsonapi]\nbase_url = \"{jsonapi}\"\npage_size = 1\nrequests_per_second = 2000.0\nburst = 100\nresources = [\"projects\"]\n",
+            dir.path().join("m.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
+        .args(["--config", cfg.to_str().unwrap(), "sync"])
+        .env("AVALA_API_KEY", "k")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // pages of one record toward a count of 10^12: it lists on, in flat memory
+    let mut peak = 0;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        assert!(child.try_wait().unwrap().is_none(), "sync ended");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().await.unwrap();
+    assert!(requests.load(Ordering::SeqCst) > 50, "it listed on");
+    assert!(peak > 0 && peak < 100 * 1024, "peak RSS {peak} KiB");
+}

@@ -392,28 +392,61 @@ async fn a_record_leaves_the_mirror_only_after_its_show_endpoint_answers_404() {
     assert!(env.events().contains(&("entry.deleted".into(), id)));
 }
 
-#[tokio::test]
-async fn a_count_that_changes_mid_listing_deletes_nothing() {
-    let env = start_jsonapi(10).await;
-    sync_ok(&env).await;
-    let id = delete(&env, Kind::ProjectMembers, 1);
-    env.sim
-        .faults(|f| f.jsonapi.create_after_first_page = Some(Kind::ProjectMembers));
-    // pages of 2: the member created after page 1 changes the count
+/// A full listing of project members in pages of 2 (several pages).
+async fn list_members_in_pages_of_two(env: &TestEnv) -> avala_mirror::sync::CycleReport {
     let mut small = env.cfg.clone();
     small.jsonapi.as_mut().unwrap().api.page_size = 2;
     let syncer = avala_mirror::sync::Syncer::new(std::sync::Arc::new(small), env.store()).unwrap();
     syncer
         .sync_resource(Resource::ProjectMembers)
         .await
-        .unwrap();
-    assert_eq!(
-        env.deleted_at("project_members", &id),
-        None,
-        "deleted on an unstable listing"
-    );
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_count_that_shrinks_mid_listing_deletes_nothing() {
+    let env = start_jsonapi(10).await;
+    sync_ok(&env).await;
+    let id = delete(&env, Kind::ProjectMembers, 1);
+    // the first member goes after page 1: the count shrinks, and a member of
+    // page 2 slides onto page 1 unseen
+    let (first, slid) = env.sim.world(|w| {
+        (
+            w.jsonapi.id(Kind::ProjectMembers, 0),
+            w.jsonapi.id(Kind::ProjectMembers, 3),
+        )
+    });
+    env.sim
+        .faults(|f| f.jsonapi.delete_after_first_page = Some(Kind::ProjectMembers));
+    list_members_in_pages_of_two(&env).await;
+    for uid in [&id, &first, &slid] {
+        assert_eq!(
+            env.deleted_at("project_members", uid),
+            None,
+            "{uid} deleted on an unstable listing"
+        );
+    }
     env.sync_only(Resource::ProjectMembers).await;
     assert!(env.deleted_at("project_members", &id).is_some());
+    assert!(env.deleted_at("project_members", &first).is_some());
+    assert_eq!(env.deleted_at("project_members", &slid), None);
+    assert_mirrors_the_simulator(&env);
+}
+
+#[tokio::test]
+async fn a_busy_collection_whose_count_only_grows_still_has_stable_listings() {
+    let env = start_jsonapi(10).await;
+    sync_ok(&env).await;
+    let id = delete(&env, Kind::ProjectMembers, 1);
+    // a member created during the listing lands after it (sort by creation)
+    env.sim
+        .faults(|f| f.jsonapi.create_after_first_page = Some(Kind::ProjectMembers));
+    let report = list_members_in_pages_of_two(&env).await;
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert!(
+        env.deleted_at("project_members", &id).is_some(),
+        "a listing that only grew was not taken as stable"
+    );
     assert_mirrors_the_simulator(&env);
 }
 
@@ -703,4 +736,57 @@ async fn a_full_listing_asks_for_its_pages_side_by_side() {
     assert_eq!(pages.len(), 13, "{pages:?}");
     let distinct: std::collections::HashSet<&String> = pages.iter().collect();
     assert_eq!(distinct.len(), 13, "a page asked for twice: {pages:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_caps_the_page_size_is_listed_to_the_end() {
+    let env = start_jsonapi(10).await;
+    // asked for 10 a page, it answers 4 (and says so only by its count)
+    env.sim.faults(|f| f.jsonapi.max_page_size = Some(4));
+    sync_ok(&env).await;
+    assert_mirrors_the_simulator(&env);
+    // page after page at its size, by key too
+    let ids = edit_comments(&env, 9);
+    sync_ok(&env).await;
+    for id in ids {
+        let text = comment(&env, &id);
+        assert!(text.contains("edited"), "{id}: {text}");
+    }
+    assert_mirrors_the_simulator(&env);
+}
+
+#[tokio::test]
+async fn a_record_stamped_2099_moves_no_watermark_past_the_clock() {
+    let env = start_jsonapi(10).await;
+    sync_ok(&env).await;
+    // 2099-01-01: a clock gone wrong upstream
+    env.sim.world(|w| {
+        w.jsonapi
+            .edit(Kind::NoteComments, 3, "from the future", 4_070_908_800)
+    });
+    sync_ok(&env).await;
+    let watermark: String = env.store().with(|c| {
+        c.query_row(
+            "SELECT watermark FROM sync_state WHERE scope = 'note_comments'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    });
+    assert!(watermark.as_str() < "2099", "{watermark}");
+    // a later change is still seen by the next incremental listing
+    let ids = edit_comments(&env, 1);
+    sync_ok(&env).await;
+    let text = comment(&env, &ids[0]);
+    assert!(text.contains("edited 0"), "{text}");
+}
+
+/// The mirror's `raw` of note comment `id`.
+fn comment(env: &TestEnv, id: &str) -> String {
+    env.store().with(|c| {
+        c.query_row("SELECT raw FROM note_comments WHERE uid = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    })
 }

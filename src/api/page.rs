@@ -147,6 +147,9 @@ pub struct Pager {
     /// The scope's last complete size, which a listing without `count` may
     /// outrun only so far ([`Pager::allowance`]).
     last_size: Option<u64>,
+    /// A listing by number: the page size the server answers with, learnt
+    /// from its first page (it may cap `page[size]` below what was asked).
+    size: Option<u64>,
 }
 
 /// A page may hold at most this many times the `limit` asked for (SPEC §6).
@@ -169,6 +172,7 @@ impl Pager {
             unstable: false,
             received: 0,
             last_size: None,
+            size: None,
         }
     }
 
@@ -181,24 +185,30 @@ impl Pager {
     }
 
     /// The pages a listing by number can ask for side by side, once its first
-    /// page said how many there are: 2 to the last by `count`, when the first
-    /// was full. Asked once, after the first page; the next page after them is
-    /// found as usual (the collection may have grown meanwhile).
-    fn plan(&mut self) -> Vec<Url> {
+    /// page said how many there are: 2 to the last by `count` (at the size the
+    /// server answers with), when the first was full. Asked once, after the
+    /// first page; the next page after them is found as usual (the collection
+    /// may have grown meanwhile). Lazy: whatever the count says, only the
+    /// pages in flight exist (SPEC §6).
+    fn plan(&mut self) -> Option<impl Iterator<Item = Url> + Send + 'static> {
         let (Paging::Number, Some(count), Some(next)) =
             (&self.paging, self.first_count, &self.next)
         else {
-            return vec![];
+            return None;
         };
-        let size = u64::from(self.client.page_size()).max(1);
-        let last = count.div_ceil(size);
-        let from = jsonapi::page_number(next);
-        if from != 2 || last < 2 {
-            return vec![];
+        let last = count.div_ceil(self.server_size());
+        if jsonapi::page_number(next) != 2 || last < 2 {
+            return None;
         }
-        let pages: Vec<Url> = (2..=last).map(|n| jsonapi::with_page(next, n)).collect();
-        self.next = None;
-        pages
+        let next = self.next.take()?;
+        Some((2..=last).map(move |n| jsonapi::with_page(&next, n)))
+    }
+
+    /// The page size the server answers with (a listing by number), else the one asked for.
+    fn server_size(&self) -> u64 {
+        self.size
+            .unwrap_or(u64::from(self.client.page_size()))
+            .max(1)
     }
 
     /// Checks a fetched page against the listing so far and finds the next one.
@@ -215,48 +225,97 @@ impl Pager {
                 "a page of {n} records where {limit} were asked for"
             )));
         }
-        self.received += n;
+        self.received = self.received.saturating_add(n);
+        if !matches!(self.paging, Paging::Next) && self.size.is_none() {
+            // a first page shorter than asked while the count says there is
+            // more: the server caps page[size], so pages are of its size
+            self.size = Some(match page.count {
+                Some(c) if 0 < n && n < limit && n < c => n,
+                _ => limit,
+            });
+        }
+        // a page is full at the server's size, or when its links name a next one
+        let full =
+            n > 0 && (n >= self.server_size() || next.as_ref().is_some_and(|l| !l.is_empty()));
         if let Paging::Keyed(k) = &mut self.paging {
-            // the count is of what changed since a moving bound: nothing to compare
-            let next = k.next(&url, &mut page, n == limit)?;
+            // the count is of what changed since a moving bound: nothing to
+            // compare; the collection's size bounds it instead
+            let next = k.next(&url, &mut page, full)?;
+            if let Some(last) = self.last_size {
+                self.within_allowance(&url, last)?;
+            }
             self.next = self.follow(&url, next)?;
             return Ok(page);
         }
         match (self.first_count, page.count) {
             (None, Some(c)) => self.first_count = Some(c),
-            (Some(a), Some(b)) if a != b => self.unstable = true,
+            // records created meanwhile land after a listing sorted by creation;
+            // only a count that shrank can have moved one past a page unseen
+            (Some(_), Some(b)) if Some(b) < self.most_count => self.unstable = true,
             _ => {}
         }
         self.most_count = self.most_count.max(page.count);
-        if let (None, Some(last)) = (self.most_count, self.last_size)
-            && self.received > self.allowance(last)
-        {
-            return Err(ApiError::TooLong {
-                endpoint: super::client::endpoint(&url),
-                received: self.received,
-                last,
-            });
+        if let (None, Some(last)) = (self.most_count, self.last_size) {
+            self.within_allowance(&url, last)?;
         }
-        if let Some(count) = self.most_count.filter(|c| self.received > c + limit) {
+        if let Some(count) = self
+            .most_count
+            .filter(|c| self.received > c.saturating_add(limit))
+        {
             return Err(untrusted(format!(
                 "{} records and counting, more than a page past the {count} it announced",
                 self.received
             )));
         }
         let next = match (&self.paging, next) {
-            // a short page is the last; so is one whose links name no next page
-            (Paging::Number, Some(link)) if n == limit => {
+            // a short page is the last, unless its links name a next one; so
+            // is one whose links name no next page
+            (Paging::Number, Some(link)) if full => {
                 if !link.is_empty() {
                     self.link(&url, &link)?;
                 }
                 // the link only says there is one; the page asked for is ours
-                Some(jsonapi::with_page(&url, jsonapi::page_number(&url) + 1))
+                let number = jsonapi::page_number(&url).saturating_add(1);
+                Some(jsonapi::with_page(&url, number))
             }
             (Paging::Next, Some(link)) => Some(self.link(&url, &link)?),
             _ => None,
         };
+        if next.is_none() {
+            self.ended(&url)?;
+        }
         self.next = self.follow(&url, next)?;
         Ok(page)
+    }
+
+    /// At the last page of a listing by number: one that ends short of the
+    /// count it announced, and did not change under it, missed records (a page
+    /// the server did not give): it is incomplete (SPEC §6).
+    fn ended(&self, url: &Url) -> Result<(), ApiError> {
+        match (&self.paging, self.first_count) {
+            (Paging::Number, Some(count)) if !self.unstable && self.received < count => {
+                Err(ApiError::Untrusted {
+                    endpoint: super::client::endpoint(url),
+                    message: format!(
+                        "it ended at {} records, short of the {count} it announced",
+                        self.received
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A listing past its allowance from the scope's last size ends incomplete.
+    fn within_allowance(&self, url: &Url, last: u64) -> Result<(), ApiError> {
+        match self.received > self.allowance(last) {
+            true => Err(ApiError::TooLong {
+                endpoint: super::client::endpoint(url),
+                received: self.received,
+                last,
+            }),
+            false => Ok(()),
+        }
     }
 
     /// A `next` link of the page at `url`, if it is one and leads to the API's host.
@@ -282,7 +341,8 @@ impl Pager {
     /// last complete size, and at least a hundred pages more than it.
     fn allowance(&self, last: u64) -> u64 {
         let limit = u64::from(self.client.page_size());
-        last.saturating_mul(10).max(last + 100 * limit)
+        last.saturating_mul(10)
+            .max(last.saturating_add(limit.saturating_mul(100)))
     }
 
     /// Takes `next` as the next page, unless this listing asked for it already.
@@ -325,10 +385,9 @@ impl Pager {
                 // a listing by number knows its pages after the first: side by
                 // side, each with its place in the budget taken in order, so
                 // the rate, not the round trip, sets the pace
-                let planned = self.plan();
-                if planned.is_empty() {
+                let Some(planned) = self.plan() else {
                     continue;
-                }
+                };
                 let (client, prio, paging) = (self.client.clone(), self.prio, Paging::Number);
                 let pages = futures_util::stream::iter(planned)
                     .then(|url| {
@@ -351,7 +410,7 @@ impl Pager {
                     };
                     let page = fetched.and_then(|f| self.accept(url, f));
                     let end = match &page {
-                        Ok(p) => (p.records.len() as u64) < u64::from(self.client.page_size()),
+                        Ok(p) => (p.records.len() as u64) < self.server_size(),
                         Err(_) => true,
                     };
                     if raw_tx.send(page.map(|p| (p, held))).await.is_err() || end {
@@ -477,12 +536,12 @@ impl Keyed {
                     message: "page after page of records it had already returned".into(),
                 });
             }
-            return Ok(Some(jsonapi::with_page(url, number + 1)));
+            return Ok(Some(jsonapi::with_page(url, number.saturating_add(1))));
         };
         self.stale_pages = 0;
         let next_number = if t == self.at {
             // every record of the page at the bound: the next page of that instant
-            number + 1
+            number.saturating_add(1)
         } else {
             self.at_bound.clear();
             self.bound = text;

@@ -140,6 +140,12 @@ pub struct JsonApiFaults {
     /// Once: after page 1 of a full listing of this collection, a record is
     /// created (the count changes mid-listing).
     pub create_after_first_page: Option<Kind>,
+    /// Once: after page 1 of a full listing of this collection, the first
+    /// record of that page is deleted (the count shrinks, and a record slides
+    /// back onto page 1 unseen).
+    pub delete_after_first_page: Option<Kind>,
+    /// Pages hold at most this many records, whatever `page[size]` asks.
+    pub max_page_size: Option<u64>,
 }
 
 pub struct JsonApi {

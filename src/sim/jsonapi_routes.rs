@@ -67,7 +67,7 @@ fn list(st: &SimState, k: Kind, q: &Query) -> (StatusCode, Vec<u8>) {
     let faults = st.faults.lock().expect("faults lock").jsonapi.clone();
     let mut query = ListQuery {
         number,
-        size: size.min(1000),
+        size: size.min(faults.max_page_size.unwrap_or(1000)).min(1000),
         by_updated: q.get("sort").is_some_and(|s| s.starts_with("updated_at")),
         ..ListQuery::default()
     };
@@ -131,6 +131,10 @@ fn list(st: &SimState, k: Kind, q: &Query) -> (StatusCode, Vec<u8>) {
         if f.jsonapi.create_after_first_page == Some(k) && !query.by_updated {
             f.jsonapi.create_after_first_page = None;
             w.jsonapi.create(k, now);
+        }
+        if f.jsonapi.delete_after_first_page == Some(k) && !query.by_updated {
+            f.jsonapi.delete_after_first_page = None;
+            w.jsonapi.delete(k, page[0]);
         }
     }
     (StatusCode::OK, out)

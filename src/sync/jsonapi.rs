@@ -224,6 +224,11 @@ impl Syncer {
             attribution: Attribution::JsonApi {
                 columns: res.columns(),
                 narrowing: narrowing.clone(),
+                overlap: self
+                    .cfg
+                    .jsonapi
+                    .as_ref()
+                    .map_or(Duration::ZERO, |j| j.overlap),
             },
         }
     }

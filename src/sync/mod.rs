@@ -162,6 +162,9 @@ enum Attribution {
     JsonApi {
         columns: Vec<&'static str>,
         narrowing: Option<Narrowing>,
+        /// `jsonapi.overlap`: an `updated_at` later than the clock plus this
+        /// moves no watermark (one record stamped 2099 must not hide the rest).
+        overlap: std::time::Duration,
     },
 }
 
@@ -636,6 +639,10 @@ impl Syncer {
         let now = now_rfc3339();
         let (res, emit_initial) = (l.resource, self.cfg.emit_initial);
         let (sc, n) = (scopes.clone(), now.clone());
+        let paging = (l.paging)(&l.url);
+        // a listing by key is bounded by the scope's live rows (SPEC §6), the
+        // others by their last complete size
+        let live = matches!(paging, Paging::Keyed(_)).then(|| l.filter());
         // Which scopes are past their silent baseline (SPEC §2 events.emit_initial),
         // and how many records their last complete listings had.
         let (baseline, last_size) = self
@@ -648,8 +655,11 @@ impl Syncer {
                     let slug = s.split_once('/').map(|(_, slug)| slug.to_string());
                     m.insert(slug, state::baseline_done(c, s)?);
                     if let Some(n) = state::last_size(c, s)? {
-                        last = Some(last.unwrap_or(0) + n);
+                        last = Some(last.unwrap_or(0).saturating_add(n));
                     }
+                }
+                if let Some(filter) = live {
+                    last = Some(records::live_count(c, res, &filter)?);
                 }
                 Ok::<_, rusqlite::Error>((m, last))
             })
@@ -670,7 +680,7 @@ impl Syncer {
         let attribution = l.attribution.clone();
         let owner = l.owner.clone();
         let fields = res.spec().fields;
-        let mut pages = Pager::paged(l.client.clone(), l.url.clone(), l.prio, (l.paging)(&l.url))
+        let mut pages = Pager::paged(l.client.clone(), l.url.clone(), l.prio, paging)
             .last_size(last_size)
             .prefetch(move |page| convert(page, &attribution, owner.as_deref(), fields));
         let mut seen = RoaringTreemap::new();
@@ -934,12 +944,23 @@ fn convert(
         needs_split: false,
         newest: None,
     };
-    if let Attribution::JsonApi { columns, narrowing } = attribution {
+    if let Attribution::JsonApi {
+        columns,
+        narrowing,
+        overlap,
+    } = attribution
+    {
+        let received = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let latest =
+            i128::try_from(received.saturating_add(overlap.as_nanos())).unwrap_or(i128::MAX);
         for (i, raw) in records.enumerate() {
             match Head::parse_jsonapi(&raw, columns) {
                 Ok(head) => {
                     if let Some(t) = head.updated_at.as_deref()
                         && let Some(at) = crate::api::jsonapi::instant(t)
+                        && at <= latest
                         && out.newest.as_ref().is_none_or(|n| n.0 < at)
                     {
                         out.newest = Some((at, t.to_string()));
