@@ -51,7 +51,8 @@ pub enum ApiError {
     RetriesExhausted {
         endpoint: String,
         attempts: u32,
-        last: String,
+        #[source]
+        last: Box<ApiError>,
     },
     /// Reading or writing the mirror failed: that scope's cycle fails (and is
     /// retried next cycle) unless the store itself is unusable ([`ApiError::is_fatal`]).

@@ -464,6 +464,31 @@ async fn check_answers_within_seconds_when_the_api_is_down() {
 }
 
 #[tokio::test]
+async fn check_answers_within_ten_seconds_when_the_api_only_says_429() {
+    let env = start(small_world()).await;
+    // every request throttled, each 429 asking for 3 s: 30 of them would take 90 s
+    env.sim.faults(|f| {
+        f.rate_limit = Some((0.0, 0));
+        f.retry_after_secs = 3;
+    });
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "check"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("no answer within 10 s"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(13),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn sync_shows_its_progress_on_a_terminal() {
     let env = start(small_world()).await;
     env.sim.faults(|f| f.latency = Duration::from_millis(30));

@@ -175,7 +175,7 @@ impl Client {
                     return Err(ApiError::RetriesExhausted {
                         endpoint: endpoint(url),
                         attempts,
-                        last: err.to_string(),
+                        last: Box::new(err),
                     });
                 }
             }

@@ -204,7 +204,9 @@ impl Pacer {
         let reset_in = self.capped(reset_in, "X-RateLimit-Reset");
         let mut s = self.state.lock().expect("pacer lock");
         if remaining <= low_mark {
-            s.header_gap = reset_in / (remaining as u32 + 1);
+            // the rest of the window's requests, and one more, share it
+            let parts = u32::try_from(remaining.saturating_add(1)).unwrap_or(u32::MAX);
+            s.header_gap = reset_in / parts;
             s.header_until = Instant::now() + reset_in;
         } else {
             s.header_gap = Duration::ZERO;
@@ -421,4 +423,67 @@ mod tests {
     }
 
     async fn slot_held(_slot: InFlight<'_>) {}
+
+    /// A header's value as a hostile server may send it.
+    fn hostile() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| n.to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("1e308".to_string()),
+            Just("NaN".to_string()),
+            Just("-inf".to_string()),
+            "\\PC{0,8}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Rate-limit headers of any size, sign or form neither panic nor
+        /// space requests out past `api.max_wait`.
+        #[test]
+        fn no_rate_limit_header_panics_or_pauses_past_max_wait(limit in hostile(), remaining in hostile(), reset in hostile(), retry in hostile()) {
+            let max_wait = Duration::from_secs(7);
+            let p = Pacer::new(5.0, 5, 8, max_wait);
+            let num = |v: &str| v.trim().parse::<u64>().ok();
+            let before = Instant::now();
+            p.on_headers(num(&limit), num(&remaining), parse_reset(&reset, 1_700_000_000));
+            p.on_rate_limited(retry.parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok()));
+            let s = p.state.lock().unwrap();
+            proptest::prop_assert!(s.header_gap <= max_wait);
+            proptest::prop_assert!(s.header_until <= Instant::now() + max_wait);
+            proptest::prop_assert!(s.paused_until <= before + max_wait + Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn a_table_of_hostile_rate_limit_headers() {
+        let max_wait = Duration::from_secs(60);
+        for (limit, remaining, reset) in [
+            ("21474836480", "4294967295", "10"),
+            ("0", "0", "0"),
+            (
+                "18446744073709551615",
+                "18446744073709551615",
+                "18446744073709551615",
+            ),
+            ("-1", "-5", "-10"),
+            ("abc", "NaN", "inf"),
+            ("5", "0", "99999999999999999999"),
+            ("1", "0", "1e308"),
+        ] {
+            let p = Pacer::new(5.0, 5, 8, max_wait);
+            let num = |v: &str| v.parse::<u64>().ok();
+            p.on_headers(
+                num(limit),
+                num(remaining),
+                parse_reset(reset, 1_700_000_000),
+            );
+            let s = p.state.lock().unwrap();
+            assert!(s.header_gap <= max_wait, "{limit} {remaining} {reset}");
+        }
+    }
 }

@@ -750,4 +750,85 @@ mod tests {
         assert_eq!(p.records().len(), 2);
         assert!(parse(b"<html>").is_err());
     }
+
+    /// Any JSON of the shapes a page has (and many it should not): keys from
+    /// both services' documents, values of every type, nested.
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec![
+            "data",
+            "results",
+            "meta",
+            "count",
+            "links",
+            "next",
+            "href",
+            "uid",
+            "id",
+            "status",
+            "attributes",
+            "relationships",
+            "updated_at",
+            "slug",
+            "is_sequence",
+            "dataset_uid",
+            "project_id",
+            "note_feed",
+            "x",
+        ]);
+        let time = prop::sample::select(vec![
+            "2026-12-01T10:00:00Z",
+            "2099-01-01T00:00:00.123456789+14:00",
+            "0000-01-01T00:00:00-23:59",
+            "9999-12-31T23:59:60.9999999999Z",
+            "2026-13-01T10:00:00Z",
+            "2026-12-01T10:00:0\u{e9}",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            time.prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(5, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..8).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// Whatever a server answers, the page parsers, the record heads and
+        /// paging by key give an answer or an error, and never panic.
+        #[test]
+        fn no_page_a_server_sends_makes_the_parsers_panic(doc in arb_json(), junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let text = doc.to_string();
+            let url = Url::parse("http://h/jsonapi/x?page%5Bnumber%5D=18446744073709551615&page%5Bsize%5D=2").unwrap();
+            for body in [Bytes::from(text.clone()), Bytes::from(junk)] {
+                let _ = parse_page(&body);
+                if let Ok((mut page, _)) = parse_document(&body) {
+                    for r in page.records() {
+                        let _ = Head::parse(&r, true, crate::config::Resource::Datasets.spec().fields);
+                        let _ = Head::parse_jsonapi(&r, &["project_id", "note_feed_id", "updated_at"]);
+                    }
+                    let mut keyed = Keyed::new("2026-12-01T00:00:00Z");
+                    let _ = keyed.next(&url, &mut page, true);
+                }
+            }
+            for r in [&doc, &doc["data"], &doc["results"]] {
+                let text = r.to_string();
+                let _ = Head::parse(&text, true, crate::config::Resource::Exports.spec().fields);
+                let _ = jsonapi::instant(r.as_str().unwrap_or_default());
+            }
+        }
+    }
 }

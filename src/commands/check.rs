@@ -42,11 +42,13 @@ pub async fn check(cfg: Arc<Config>) -> anyhow::Result<u8> {
         ),
         _ => ("exports".to_string(), v1::exports(&client)),
     };
-    let fetched = match client
-        .fetch(&url, Priority::High, |b| {
+    let fetched = match within_check(
+        &url,
+        client.fetch(&url, Priority::High, |b| {
             serde_json::from_slice::<serde_json::Value>(b).map_err(|e| e.to_string())
-        })
-        .await
+        }),
+    )
+    .await
     {
         Ok(f) => f,
         Err(e @ ApiError::NotFound(_)) => {
@@ -81,6 +83,24 @@ pub async fn check(cfg: Arc<Config>) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// `call`'s answer, or a timeout once [`CHECK_TIMEOUT`] has passed, whatever
+/// the API asked to wait (a 429 with a long Retry-After, a slow body).
+async fn within_check<T>(
+    url: &reqwest::Url,
+    call: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(CHECK_TIMEOUT, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ApiError::Transport {
+            endpoint: crate::api::client::endpoint(url),
+            message: format!(
+                "no answer within {} s (check waits no longer; the API may be rate limiting)",
+                CHECK_TIMEOUT.as_secs()
+            ),
+        }),
+    }
+}
+
 /// The JSON:API service answers: the projects it lists, by the count probe.
 async fn check_jsonapi(api: &crate::config::ApiConfig) -> anyhow::Result<()> {
     let mut api = api.clone();
@@ -88,22 +108,24 @@ async fn check_jsonapi(api: &crate::config::ApiConfig) -> anyhow::Result<()> {
     api.timeout = api.timeout.min(CHECK_TIMEOUT);
     let client = Client::new(&api).context("building the JSON:API client")?;
     let url = crate::api::jsonapi::probe(&client, "projects", None);
-    let count = client
-        .fetch(&url, Priority::High, |b| {
+    let count = within_check(
+        &url,
+        client.fetch(&url, Priority::High, |b| {
             crate::api::page::parse_document(b).map(|(page, _)| page.count)
-        })
-        .await
-        .map_err(|e| {
-            let hint = match e {
-                ApiError::NotFound(_) => format!(
-                    "; is jsonapi.base_url ({}) the service's base, under which /projects is listed?",
-                    api.base_url
-                ),
-                _ => String::new(),
-            };
-            anyhow::Error::new(e).context(format!("listing the JSON:API projects{hint}"))
-        })?
-        .value;
+        }),
+    )
+    .await
+    .map_err(|e| {
+        let hint = match e {
+            ApiError::NotFound(_) => format!(
+                "; is jsonapi.base_url ({}) the service's base, under which /projects is listed?",
+                api.base_url
+            ),
+            _ => String::new(),
+        };
+        anyhow::Error::new(e).context(format!("listing the JSON:API projects{hint}"))
+    })?
+    .value;
     println!(
         "JSON:API: {} reachable; projects: {}",
         api.base_url,
