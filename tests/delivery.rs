@@ -680,3 +680,57 @@ async fn a_delivery_the_database_cannot_record_is_not_sent_again() {
     let seen = state.lock().unwrap().ids();
     assert_eq!(seen, env.event_ids(), "each event once, in order");
 }
+
+#[tokio::test]
+async fn a_signed_link_reaches_no_sink_and_no_log_whole() {
+    let env = start(small_world()).await;
+    let (hook, hook_url) = receiver(vec![]).await;
+    let (slack, slack_url) = receiver(vec![]).await;
+    let file = env.dir.path().join("all.jsonl");
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!(
+            "[events]\nemit_initial = true\n\n[[sinks]]\ntype = \"log\"\n\n[[sinks]]\ntype = \"file\"\npath = \"{}\"\n\n{}\n[[sinks]]\ntype = \"slack\"\nurl = \"{slack_url}\"\n",
+            file.display(),
+            webhook_toml(&hook_url)
+        ),
+    );
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    // the mirror keeps the link whole, for the downloader
+    let raw: String = env.store().with(|c| {
+        c.query_row(
+            "SELECT raw FROM exports WHERE raw->>'download_url' IS NOT NULL LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    });
+    assert!(raw.contains("signature="), "{raw}");
+    // no sink, log line or payload carries its signature
+    let file_text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        file_text.contains("/exports/") && file_text.contains(".zip"),
+        "{file_text}"
+    );
+    let hook_bodies = hook.lock().unwrap().bodies.join("\n");
+    let slack_bodies = slack.lock().unwrap().bodies.join("\n");
+    assert!(!hook_bodies.is_empty() && !slack_bodies.is_empty());
+    for (what, text) in [
+        ("stdout", &out),
+        ("stderr", &err),
+        ("file", &file_text),
+        ("webhook", &hook_bodies),
+        ("slack", &slack_bodies),
+    ] {
+        assert!(
+            !text.contains("signature="),
+            "{what} carries a signed link: {text}"
+        );
+    }
+}

@@ -64,6 +64,7 @@ pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<S
     if let Some(d) = &ev.download {
         payload["data"]["download"] = d.clone();
     }
+    without_signed_queries(&mut payload["data"]);
     if let Some((owner, slug)) = ev.moved_from {
         payload["data"]["old_owner"] = json!(owner);
         payload["data"]["old_dataset_slug"] = json!(slug);
@@ -89,6 +90,26 @@ pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<S
         payload.to_string()
     ])?;
     Ok(id)
+}
+
+/// Cuts the query from every http(s) link in `v` (SPEC §6): a storage link's
+/// query is its signature, a credential that must not reach a log, a webhook
+/// or Slack. The mirror's `raw` keeps the link whole for the downloader.
+fn without_signed_queries(v: &mut Value) {
+    match v {
+        Value::String(s) if s.starts_with("http") && s.contains('?') => {
+            if let Ok(mut url) = url::Url::parse(s)
+                && matches!(url.scheme(), "http" | "https")
+            {
+                url.set_query(None);
+                url.set_fragment(None);
+                *s = url.to_string();
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_signed_queries),
+        Value::Object(fields) => fields.values_mut().for_each(without_signed_queries),
+        _ => {}
+    }
 }
 
 /// Events after `since_seq` whose type matches `glob` (`*` any run of characters).
