@@ -661,12 +661,15 @@ impl Default for RawEvents {
 struct RawHttp {
     /// `host:port`, or "" / "off" for no server.
     listen: String,
+    /// Serve off loopback too (SPEC §6): /healthz and /metrics open to the network.
+    allow_remote: bool,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         RawHttp {
             listen: "127.0.0.1:9187".into(),
+            allow_remote: false,
         }
     }
 }
@@ -862,6 +865,14 @@ impl Config {
             _ => Err(ConfigError(p)),
         }
     }
+}
+
+/// `host:port` with an IP address, or `localhost:port` (loopback).
+fn listen_addr(addr: &str) -> Option<std::net::SocketAddr> {
+    if let Some(port) = addr.strip_prefix("localhost:") {
+        return Some((std::net::Ipv4Addr::LOCALHOST, port.parse().ok()?).into());
+    }
+    addr.parse().ok()
 }
 
 fn duration(problems: &mut Vec<String>, key: &str, value: &str) -> Duration {
@@ -1133,9 +1144,15 @@ impl RawConfig {
 
         let http_listen = match self.http.listen.trim() {
             "" | "off" => None,
-            addr => match addr.parse::<std::net::SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
+            addr => match listen_addr(addr) {
+                Some(a) if !a.ip().is_loopback() && !self.http.allow_remote => {
+                    p.push(format!(
+                        "http.listen: {addr} is off loopback, which opens /healthz and /metrics to the network; set http.allow_remote = true if that is meant"
+                    ));
+                    None
+                }
+                Some(a) => Some(a),
+                None => {
                     p.push(format!(
                         "http.listen: expected host:port such as \"127.0.0.1:9187\" (or \"off\"), got {addr:?}"
                     ));
@@ -1487,6 +1504,19 @@ mod tests {
             err.contains("http.listen") && err.contains("log.level"),
             "{err}"
         );
+        // off loopback only when asked for
+        let c = load(&format!("{MIN}[http]\nlisten = \"localhost:9999\"\n"), &env).unwrap();
+        assert_eq!(c.http_listen, Some("127.0.0.1:9999".parse().unwrap()));
+        for remote in ["0.0.0.0:9187", "[::]:9187", "192.0.2.7:80"] {
+            let toml = format!("{MIN}[http]\nlisten = \"{remote}\"\n");
+            let err = load(&toml, &env).unwrap_err().to_string();
+            assert!(
+                err.contains("http.listen") && err.contains("http.allow_remote = true"),
+                "{err}"
+            );
+            let toml = format!("{MIN}[http]\nlisten = \"{remote}\"\nallow_remote = true\n");
+            assert_eq!(load(&toml, &env).unwrap().http_listen, remote.parse().ok());
+        }
     }
 
     #[test]

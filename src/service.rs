@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
+
+use crate::store::Store;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +34,8 @@ struct HealthInner {
     /// Last good cycle, or when the resource was (re)configured: a grace period.
     last_ok: HashMap<Resource, SystemTime>,
     db: PathBuf,
+    /// The running mirror, whose writer may be waiting out `store.max_wal`.
+    store: Option<Store>,
 }
 
 impl Health {
@@ -41,6 +45,7 @@ impl Health {
                 intervals: vec![],
                 last_ok: HashMap::new(),
                 db: PathBuf::new(),
+                store: None,
             }),
         });
         h.configure(cfg);
@@ -57,6 +62,11 @@ impl Health {
             h.last_ok.entry(*r).or_insert(now);
         }
         h.db = cfg.store_path.clone();
+    }
+
+    /// The store of a (re)started generation.
+    pub fn watch(&self, store: &Store) {
+        self.inner.lock().expect("health lock").store = Some(store.clone());
     }
 
     pub fn cycle_done(&self, report: &CycleReport) {
@@ -104,12 +114,12 @@ impl Health {
         if paused > now {
             body["api_paused_until"] = json!(humantime::format_rfc3339_seconds(paused).to_string());
         }
-        // writes wait for a reader past store.max_wal: nothing is mirrored meanwhile
-        let wal = crate::store::WAL_WAITING.load(std::sync::atomic::Ordering::Relaxed);
+        // writes wait for a reader past store.max_wal: healthy but paused (SPEC
+        // §7); a pause that lasts makes the resources stale, and that is a 503
+        let wal = h.store.as_ref().map_or(0, Store::wal_waiting);
         if wal > 0 {
-            body["status"] = json!("writes waiting");
+            body["status"] = json!(if ok { "paused" } else { "stale" });
             body["writes_waiting_for_a_reader"] = json!({"wal_bytes": wal});
-            return (false, body);
         }
         (ok, body)
     }

@@ -587,3 +587,104 @@ async fn a_base_url_that_finds_nothing_is_unhealthy_and_check_says_why() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn the_watchdog_is_fed_while_writes_wait_for_a_reader() {
+    let env = start(small_world()).await;
+    let port = free_port();
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[store]\n",
+        "[store]\nmax_wal = \"64KiB\"\n",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    // the mirror exists, and a reader holds a transaction open in it: the
+    // first sync's writes pass max_wal and wait for it
+    drop(env.store());
+    let reader = rusqlite::Connection::open(&env.cfg.store_path).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM items;")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut n = Notified::start(&env, &cfg, "1000000");
+    let healthz = || async {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .ok()?;
+        r.json::<serde_json::Value>().await.ok()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while healthz().await.is_none_or(|h| h["status"] != "paused") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // pings every half second: the ones before the pause, and six more during it
+    let before = 2 * started.elapsed().as_secs() as usize + 2;
+    n.until(|seen| times(seen, "WATCHDOG=1") >= before + 6)
+        .await;
+    let h = healthz().await.unwrap();
+    assert_eq!(h["status"], "paused", "{h}");
+    assert!(
+        h["writes_waiting_for_a_reader"]["wal_bytes"].as_u64() > Some(64 << 10),
+        "{h}"
+    );
+    // the reader lets go: the writes go on
+    reader.execute_batch("COMMIT").unwrap();
+    let db = env.cfg.store_path.clone();
+    wait_until("the first sync written", || {
+        count(&db, "SELECT count(*) FROM items") == 360
+    })
+    .await;
+    signal(&n.child, "-TERM");
+    assert_eq!(
+        exit_code(&mut n.child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_pause_the_api_asked_for() {
+    let env = start(small_world()).await;
+    // the first request passes; the rest answer 429 "come back in 31 years"
+    env.sim.faults(|f| {
+        f.rate_limit = Some((0.001, 1));
+        f.retry_after_secs = 999_999_999;
+    });
+    let cfg = env.write_config("test-key-5f3a9c", "");
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, toml.replace("[api]\n", "[api]\nmax_wait = \"40s\"\n")).unwrap();
+    let mut n = Notified::start(&env, &cfg, "60000000");
+    let throttled = || env.sim.faults(|f| f.log.iter().any(|l| l.status == 429));
+    wait_until("a 429", throttled).await;
+    // the API would answer now, but it asked for a pause (40 s, capped)
+    env.sim.faults(|f| f.rate_limit = None);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("burst = 50", "burst = 40");
+    std::fs::write(&cfg, text).unwrap();
+    signal(&n.child, "-HUP");
+    n.until(|seen| times(seen, "RELOADING=1") > 0).await;
+    let reloading = n.seen.iter().position(|m| m == "RELOADING=1").unwrap();
+    n.until(|seen| times(&seen[reloading..], "READY=1") > 0)
+        .await;
+    let sent = env.sim.faults(|f| f.log.len());
+    // the new generation holds back as the old one did
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.sim.faults(|f| f.log.len()),
+        sent,
+        "requests went out during the pause after the reload"
+    );
+    signal(&n.child, "-TERM");
+    assert_eq!(
+        exit_code(&mut n.child, Duration::from_secs(20)).await,
+        Some(0)
+    );
+}

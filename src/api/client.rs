@@ -108,6 +108,14 @@ impl Client {
         url
     }
 
+    /// Takes over the pause the API asked `old` for: a reload must not send
+    /// what the API said to hold back (both clients are of the same service).
+    pub fn keep_pause_of(&self, old: &Client) {
+        if old.base.origin() == self.base.origin() {
+            self.pacer.pause_until(old.pacer.paused_until());
+        }
+    }
+
     /// The key goes only to the API's own scheme, host and port.
     pub fn is_api_host(&self, url: &Url) -> bool {
         url.scheme() == self.base.scheme()

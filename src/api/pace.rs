@@ -178,6 +178,17 @@ impl Pacer {
             .min(Duration::from_secs(60));
     }
 
+    /// Until when the API asked everyone to wait (its Retry-After, capped).
+    pub fn paused_until(&self) -> Instant {
+        self.state.lock().expect("pacer lock").paused_until
+    }
+
+    /// Keeps a pause another pacer of the same API was asked for (across a reload).
+    pub fn pause_until(&self, until: Instant) {
+        let mut s = self.state.lock().expect("pacer lock");
+        s.paused_until = s.paused_until.max(until);
+    }
+
     /// A success: let the 429 slowdown decay back towards the configured rate.
     pub fn on_success(&self) {
         let mut s = self.state.lock().expect("pacer lock");

@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::Client;
 use crate::config::Config;
 use crate::download::Downloader;
 use crate::error::{ApiError, EXIT_OK};
@@ -119,14 +120,26 @@ impl Prepared {
             }
         }));
         health.configure(&syncer.cfg);
+        health.watch(&syncer.store);
         tracing::info!(db = %syncer.store.path().display(), "mirror running");
         let store = syncer.store.clone();
+        let clients = (syncer.client.clone(), syncer.jsonapi.clone());
         let scheduler = tokio::spawn(crate::scheduler::run(syncer, rx, Some(health.clone())));
         Generation {
             stop,
             scheduler,
             workers,
             store,
+            clients,
+        }
+    }
+
+    /// Keeps the pauses the API asked the running generation's clients for.
+    fn keep_pauses_of(&self, running: &Generation) {
+        let (v1, jsonapi) = &running.clients;
+        self.syncer.client.keep_pause_of(v1);
+        if let (Some(new), Some(old)) = (&self.syncer.jsonapi, jsonapi) {
+            new.keep_pause_of(old);
         }
     }
 }
@@ -137,6 +150,8 @@ struct Generation {
     scheduler: JoinHandle<Result<(), ApiError>>,
     workers: Vec<JoinHandle<()>>,
     store: Store,
+    /// Its clients of both services, whose pauses a reload keeps.
+    clients: (Arc<Client>, Option<Arc<Client>>),
 }
 
 impl Generation {
@@ -276,6 +291,7 @@ impl Running {
                 return Ok(Some(format!("{e:#}")));
             }
         };
+        prepared.keep_pauses_of(&self.generation);
         tracing::info!("SIGHUP: configuration re-read; restarting with it");
         // nothing can fail past here: the old one stops, then the new one starts
         self.generation.stop().await?;
@@ -307,6 +323,8 @@ async fn watchdog(store: watch::Receiver<Store>) {
         let ping = s.call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)));
         match tokio::time::timeout(period, ping).await {
             Ok(Ok(_)) => service::notify(&[NotifyState::Watchdog]),
+            // waiting out store.max_wal for a reader, and looking each second
+            Err(_) if s.waiting_alive(period) => service::notify(&[NotifyState::Watchdog]),
             Ok(Err(e)) => {
                 tracing::error!("watchdog: the database failed a round trip ({e}); no ping")
             }

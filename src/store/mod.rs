@@ -57,10 +57,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// the WAL from starting over, the writer waits ([`WalCap::wait_for_readers`]).
 pub const MAX_WAL_BYTES: u64 = 1 << 30;
 
-/// The writer is waiting for a reader to let the WAL start over (shown by
-/// `/healthz`): the WAL's size in bytes, 0 when not waiting.
-pub static WAL_WAITING: AtomicU64 = AtomicU64::new(0);
-
 /// What the WAL file is cut back to after it starts over, outside a listing.
 const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 
@@ -94,6 +90,22 @@ struct Inner {
     reading: tokio::sync::Semaphore,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
+    waiting: Arc<WalWait>,
+}
+
+/// The writer's wait for a reader past `store.max_wal`, as others see it.
+#[derive(Default)]
+struct WalWait {
+    /// The WAL's size in bytes while waiting; 0 when not.
+    bytes: AtomicU64,
+    /// When the waiting writer last looked (ms since 1970).
+    beat: AtomicU64,
+}
+
+fn millis_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Store {
@@ -119,6 +131,7 @@ impl Store {
         // the writer wakes the checkpointer after each commit; it ends with the writer
         let (committed, wake) = mpsc::sync_channel(1);
         let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let waiting = Arc::new(WalWait::default());
         let wal = WalCap {
             cap: wal_cap_bytes / page_size.max(512) as u64,
             max: max_wal_bytes / page_size.max(512) as u64,
@@ -127,6 +140,7 @@ impl Store {
             draining: false,
             last: 0,
             before_last: 0,
+            waiting: waiting.clone(),
         };
         let copied = wal.copied.clone();
         let checkpointer = Connection::open(path)
@@ -158,8 +172,22 @@ impl Store {
                 reading: tokio::sync::Semaphore::new(MAX_READERS),
                 writer: Mutex::new(Some(writer)),
                 checkpointer: Mutex::new(checkpointer),
+                waiting,
             }),
         })
+    }
+
+    /// The WAL's size while the writer waits out `store.max_wal` for a reader
+    /// (shown by `/healthz`); 0 when it is not waiting.
+    pub fn wal_waiting(&self) -> u64 {
+        self.inner.waiting.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the writer is waiting out `store.max_wal` and was seen alive
+    /// doing so within `within`: busy, not hung (SPEC §7, the watchdog).
+    pub fn waiting_alive(&self, within: Duration) -> bool {
+        let beat = self.inner.waiting.beat.load(Ordering::Relaxed);
+        self.wal_waiting() > 0 && Duration::from_millis(millis_now().saturating_sub(beat)) <= within
     }
 
     /// Opens a database that must exist already (status, events): a missing one is an
@@ -568,6 +596,7 @@ struct WalCap {
     /// WAL frames after the last commit, and after the one before it.
     last: u64,
     before_last: u64,
+    waiting: Arc<WalWait>,
 }
 
 impl WalCap {
@@ -619,10 +648,11 @@ impl WalCap {
                 Ok((0, log, done)) if log == done => break,
                 Ok(_) | Err(_) => {}
             }
+            self.waiting.beat.store(millis_now(), Ordering::Relaxed);
             if !said {
                 said = true;
                 let bytes = WAL_FRAMES.get() * self.page_size;
-                WAL_WAITING.store(bytes, Ordering::Relaxed);
+                self.waiting.bytes.store(bytes.max(1), Ordering::Relaxed);
                 tracing::warn!(
                     wal_mib = bytes >> 20,
                     "the WAL is past store.max_wal and a reader's open transaction keeps it from starting over; writes wait until it ends (nothing is lost)"
@@ -634,7 +664,7 @@ impl WalCap {
         if said {
             tracing::info!("the reader let go; the WAL started over and writes go on");
         }
-        WAL_WAITING.store(0, Ordering::Relaxed);
+        self.waiting.bytes.store(0, Ordering::Relaxed);
         WAL_FRAMES.set(0);
         self.copied.store(0, Ordering::Relaxed);
         (self.draining, self.last, self.before_last) = (false, 0, 0);
@@ -929,7 +959,7 @@ mod tests {
             })
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while WAL_WAITING.load(Ordering::Relaxed) == 0 {
+        while store.wal_waiting() == 0 {
             assert!(Instant::now() < deadline, "the writer never waited");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -947,7 +977,7 @@ mod tests {
         assert!(!writer.is_finished());
         reader.execute_batch("COMMIT").unwrap();
         writer.await.unwrap();
-        assert_eq!(WAL_WAITING.load(Ordering::Relaxed), 0);
+        assert_eq!(store.wal_waiting(), 0);
         let rows: i64 = reader
             .query_row("SELECT count(*) FROM b", [], |r| r.get(0))
             .unwrap();
