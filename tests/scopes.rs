@@ -137,3 +137,39 @@ async fn a_listing_that_suddenly_misses_most_rows_costs_a_few_checks() {
     );
     assert_eq!(env.rows("items").len(), 6 * 60, "nothing was deleted");
 }
+
+#[tokio::test]
+async fn a_slice_membership_is_relisted_even_when_its_record_is_unchanged() {
+    let mut env = start(small_world()).await;
+    // relisted at least every 6 intervals: 600 ms here
+    env.cfg
+        .schedule
+        .insert(Resource::Slices, std::time::Duration::from_millis(100));
+    env.sync().await.unwrap();
+    // a second later the membership is listed again (the slice was seen in the
+    // second it was last listed), and from then on only its age relists it
+    pause(1100).await;
+    env.sync().await.unwrap();
+    // a member changed upstream in a way the slice record does not show
+    let slice = env.rows("slices").into_keys().next().unwrap();
+    let removed = env.store().with(|c| {
+        c.execute(
+            "DELETE FROM slice_items WHERE slice_uid = ?1
+             AND item_uid = (SELECT min(item_uid) FROM slice_items WHERE slice_uid = ?1)",
+            [&slice],
+        )
+        .unwrap()
+    });
+    assert_eq!(removed, 1);
+    // past 6 intervals (the mirror's clock counts whole seconds)
+    pause(1600).await;
+    env.sync().await.unwrap();
+    assert_mirror_equals_sim(&env);
+}
+
+/// Lets `ms` of the mirror's clock pass.
+async fn pause(ms: u64) {
+    let since = std::time::Instant::now();
+    let wait = std::time::Duration::from_millis(ms);
+    wait_until("time to pass", || since.elapsed() > wait).await;
+}

@@ -741,16 +741,21 @@ pub struct DatasetRef {
 }
 
 /// Present datasets, optionally narrowed to `slugs`.
-/// Slices whose membership was never listed or changed since it last was:
-/// (uid, owner, slug).
-pub fn slices_to_relist(c: &Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
+/// Slices whose membership was never listed, changed since it last was, or was
+/// last listed before `stale_before` (a membership can change while the slice
+/// record does not): (uid, owner, slug).
+pub fn slices_to_relist(
+    c: &Connection,
+    stale_before: &str,
+) -> rusqlite::Result<Vec<(String, String, String)>> {
     let mut stmt = c.prepare(
         "SELECT s.uid, s.owner_name, s.slug FROM slices s
          LEFT JOIN sync_state st ON st.scope = 'slice_items:' || s.uid
          WHERE s.deleted_at IS NULL AND s.owner_name IS NOT NULL AND s.slug IS NOT NULL
-           AND (st.last_success_at IS NULL OR s.last_seen_at >= st.last_success_at)",
+           AND (st.last_success_at IS NULL OR s.last_seen_at >= st.last_success_at
+                OR st.last_success_at < ?1)",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let rows = stmt.query_map([stale_before], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
 }
 
@@ -841,7 +846,8 @@ mod tests {
         let datasets = store.with(|c| datasets_in_scope(c, &[])).unwrap();
         let got: Vec<_> = datasets.iter().map(|d| (&*d.uid, d.is_sequence)).collect();
         assert_eq!(got, [("good", Some(true))]);
-        assert!(store.with(|c| slices_to_relist(c)).unwrap().is_empty());
+        let relist = store.with(|c| slices_to_relist(c, "2000-01-01T00:00:00Z"));
+        assert!(relist.unwrap().is_empty());
         let exports = store.with(|c| crate::store::downloads::list(c)).unwrap();
         assert_eq!(exports.len(), 1);
         assert_eq!(exports[0].name, None);

@@ -36,6 +36,10 @@ const SLUGS_PER_BATCH: usize = 20;
 /// rest of its missing rows wait for a later cycle instead of costing a request each.
 const CHECK_SAMPLE: usize = 20;
 
+/// A slice's membership is relisted at least every this many slice intervals,
+/// even when the slice record is unchanged (SPEC §6).
+const RELIST_SLICES_EVERY: u32 = 6;
+
 /// Rows a deletion pass reads at a time: it holds rowids, not records.
 const DETAIL_CHUNK: usize = 256;
 
@@ -504,9 +508,15 @@ impl Syncer {
             )
         });
         let mut report = self.each_alone(listings.collect()).await?;
+        // a membership is relisted at least every RELIST_SLICES_EVERY intervals
+        let every = self.cfg.schedule[&Resource::Slices].saturating_mul(RELIST_SLICES_EVERY);
+        let stale_before = humantime::format_rfc3339_seconds(
+            SystemTime::now().checked_sub(every).unwrap_or(UNIX_EPOCH),
+        )
+        .to_string();
         let stale = self
             .store
-            .read(records::slices_to_relist)
+            .read(move |c| records::slices_to_relist(c, &stale_before))
             .await
             .map_err(db_error)?;
         let members = stale.into_iter().map(|(uid, owner, slug)| async move {
