@@ -383,6 +383,15 @@ pub struct DownloadsConfig {
     pub dir: PathBuf,
     pub concurrency: u32,
     pub backfill: bool,
+    /// `downloads.max_archive_bytes`: an archive larger than this is refused
+    /// (before its first byte when its length is announced).
+    pub max_archive_bytes: u64,
+    /// `downloads.min_free`: a download without a length stops when free space
+    /// falls under this.
+    pub min_free: u64,
+    /// `downloads.proxy`: the one proxy storage requests go through (none from
+    /// the environment: the download guard must see where they connect).
+    pub proxy: Option<Url>,
 }
 
 #[derive(Clone, Default, PartialEq)]
@@ -626,6 +635,9 @@ struct RawDownloads {
     dir: PathBuf,
     concurrency: u32,
     backfill: bool,
+    max_archive_bytes: String,
+    min_free: String,
+    proxy: Option<String>,
 }
 
 impl Default for RawDownloads {
@@ -636,6 +648,9 @@ impl Default for RawDownloads {
             dir: "exports".into(),
             concurrency: 2,
             backfill: false,
+            max_archive_bytes: "64GiB".into(),
+            min_free: "1GiB".into(),
+            proxy: None,
         }
     }
 }
@@ -1259,6 +1274,24 @@ impl RawConfig {
         if self.downloads.concurrency == 0 {
             p.push("downloads.concurrency: must be at least 1".into());
         }
+        let max_archive_bytes = byte_size(
+            &mut p,
+            "downloads.max_archive_bytes",
+            &self.downloads.max_archive_bytes,
+        );
+        let min_free = byte_size(&mut p, "downloads.min_free", &self.downloads.min_free);
+        let proxy = match self.downloads.proxy.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => match Url::parse(v) {
+                Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") => Some(u),
+                _ => {
+                    p.push(format!(
+                        "downloads.proxy: expected a proxy URL such as \"http://proxy.internal:3128\", got {v:?}"
+                    ));
+                    None
+                }
+            },
+        };
         // an unusable path is the configuration's fault: exit 2 now, not 1 at the
         // first write (which systemd would restart every 10 s)
         let store_dir = match self.store.path.parent() {
@@ -1323,7 +1356,7 @@ impl RawConfig {
             if p.is_empty()
                 && let Err(e) = crate::events::sinks::Sink::from_config(&sink)
             {
-                p.push(e);
+                p.extend(e.0);
             }
             if sinks.iter().any(|o: &SinkConfig| o.name == sink.name) {
                 p.push(format!(
@@ -1369,6 +1402,9 @@ impl RawConfig {
                 dir: self.downloads.dir,
                 concurrency: self.downloads.concurrency,
                 backfill: self.downloads.backfill,
+                max_archive_bytes,
+                min_free,
+                proxy,
             },
             emit_initial: self.events.emit_initial,
             events_retention,

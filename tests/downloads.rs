@@ -441,7 +441,9 @@ async fn storage_404_for_good_fails_with_a_clear_error_and_exit_1() {
 
 #[tokio::test]
 async fn an_archive_larger_than_the_free_space_waits_and_comes_when_space_returns() {
-    let env = backfill(start(small_world()).await);
+    let mut env = backfill(start(small_world()).await);
+    // no cap on an archive's size here: only the disk says no
+    env.cfg.downloads.max_archive_bytes = u64::MAX;
     // an exbibyte: more than any disk this test runs on has free
     env.sim.faults(|f| f.storage.claim_length = Some(1 << 60));
     env.sync().await.unwrap();
@@ -762,5 +764,110 @@ async fn storage_links_never_lead_to_metadata_or_unallowed_private_addresses() {
             .sim
             .faults(|f| f.storage.log.iter().filter(|l| l.status == 200).count());
         assert_eq!(fetched, 0, "no archive left storage");
+    }
+}
+
+/// Every download failed, with `says` in its error, its partial file deleted,
+/// and an `export.download_failed` event.
+fn assert_failed_and_cleaned(env: &TestEnv, says: &str) {
+    let rows = download_rows(env);
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        assert_eq!(r.status, "failed", "{r:?}");
+        assert!(r.error.as_deref().unwrap().contains(says), "{r:?}");
+    }
+    assert_eq!(
+        names(&partial_dir(env)),
+        Vec::<String>::new(),
+        "partial files kept"
+    );
+    let failed = env
+        .events()
+        .into_iter()
+        .filter(|(t, _)| t == "export.download_failed");
+    assert_eq!(failed.count(), 3);
+}
+
+#[tokio::test]
+async fn an_archive_without_end_stops_at_max_archive_bytes_and_its_partial_goes() {
+    let mut env = backfill(start(small_world()).await);
+    env.cfg.downloads.max_archive_bytes = 3 << 20;
+    env.sim.faults(|f| f.storage.endless = true);
+    env.sync().await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(30), downloader(&env).drain())
+        .await
+        .expect("the downloads ended");
+    assert_eq!(done.len(), 3);
+    assert_failed_and_cleaned(&env, "ran past downloads.max_archive_bytes (3145728)");
+    // a length above the cap is refused before the first byte
+    let mut env = backfill(start(small_world()).await);
+    env.cfg.downloads.max_archive_bytes = 3 << 20;
+    env.sim.faults(|f| f.storage.claim_length = Some(10 << 30));
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    assert_failed_and_cleaned(
+        &env,
+        "more than downloads.max_archive_bytes (3145728); refused",
+    );
+}
+
+#[tokio::test]
+async fn an_archive_without_a_length_stops_when_free_space_falls_under_min_free() {
+    let mut env = backfill(start(small_world()).await);
+    // more free space than any disk has: the first look finds too little
+    env.cfg.downloads.min_free = u64::MAX / 2;
+    env.sim.faults(|f| f.storage.endless = true);
+    env.sync().await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(30), downloader(&env).drain())
+        .await
+        .expect("the downloads ended");
+    assert_eq!(done.len(), 3);
+    assert_failed_and_cleaned(&env, "under downloads.min_free");
+}
+
+#[tokio::test]
+async fn a_named_proxy_is_used_and_the_guard_still_checks_the_links_host() {
+    // the proxy named in downloads.proxy carries the storage requests
+    let mut env = backfill(start(small_world()).await);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    env.cfg.downloads.proxy = Some(proxy.parse().unwrap());
+    env.sync().await.unwrap();
+    downloader(&env).drain().await;
+    for r in download_rows(&env) {
+        assert_ne!(r.status, "downloaded", "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap().contains("could not connect"),
+            "{r:?}"
+        );
+    }
+    assert!(
+        env.sim.faults(|f| f.storage.log.is_empty()),
+        "storage reached without the proxy"
+    );
+    // behind it, a link whose host resolves to a refused address is refused
+    // before anything is sent
+    let mut env = backfill(start(small_world()).await);
+    env.cfg.downloads.proxy = Some(proxy.parse().unwrap());
+    env.cfg.downloads.allow_private = false;
+    env.sync().await.unwrap();
+    let port = env.sim.storage_addr.port();
+    env.store().with(|c| {
+        c.execute(
+            "UPDATE downloads SET url = replace(url, '127.0.0.1:' || ?1, 'localhost:' || ?1)",
+            [port],
+        )
+        .unwrap()
+    });
+    downloader(&env).drain().await;
+    for r in download_rows(&env) {
+        assert_eq!(r.status, "failed", "{r:?}");
+        let e = r.error.unwrap();
+        assert!(
+            e.contains("localhost: it resolves to") && e.contains("allow_private"),
+            "{e}"
+        );
+        assert_eq!(r.attempts, 1, "{e}");
     }
 }

@@ -34,8 +34,7 @@ pub fn deliverer(cfg: &Config, store: &Store) -> anyhow::Result<Option<Deliverer
         .sinks
         .iter()
         .map(Sink::from_config)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError(vec![e]))?;
+        .collect::<Result<Vec<_>, _>>()?;
     let d = Deliverer::new(store.clone(), sinks, standard_schedule());
     d.register().context("registering the sinks")?;
     Ok(Some(d))

@@ -39,17 +39,37 @@ pub enum Failure {
     Refused(String),
     /// Not enough disk space: tried again later, however many times, until there is.
     Space(String),
+    /// Past `downloads.max_archive_bytes`, or a download without a length that
+    /// ran free space under `downloads.min_free`: a failed download, its partial
+    /// file deleted (`exports download UID` tries again).
+    Limit(String),
 }
+
+/// How far a download may go (SPEC §6).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `downloads.max_archive_bytes`.
+    pub max_bytes: u64,
+    /// `downloads.min_free`, watched while a download without a length streams in.
+    pub min_free: u64,
+}
+
+/// How often free space is looked at while a download without a length streams in.
+const FREE_CHECK_EVERY: u64 = 8 << 20;
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Link(m) | Failure::Retry(m) | Failure::Refused(m) | Failure::Space(m) => {
-                f.write_str(m)
-            }
+            Failure::Link(m)
+            | Failure::Retry(m)
+            | Failure::Refused(m)
+            | Failure::Space(m)
+            | Failure::Limit(m) => f.write_str(m),
         }
     }
 }
+
+impl std::error::Error for Failure {}
 
 fn retry(e: impl std::fmt::Display) -> Failure {
     Failure::Retry(e.to_string())
@@ -59,6 +79,8 @@ pub async fn attempt(
     http: &reqwest::Client,
     url: &str,
     target: &Target,
+    limits: Limits,
+    guard: Option<bool>,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<Done, Failure> {
     let url = reqwest::Url::parse(url)
@@ -103,6 +125,16 @@ pub async fn attempt(
             false => retry(why),
         }
     })?;
+    // the address actually connected to, whatever a name resolved to before
+    if let (Some(allow_private), Some(addr)) = (guard, resp.remote_addr())
+        && let Some(why) = super::guard::refused(addr.ip(), allow_private)
+    {
+        return Err(Failure::Refused(format!(
+            "refusing the storage host {}: the connection reached {}, {why}",
+            url.host_str().unwrap_or("?"),
+            addr.ip()
+        )));
+    }
     let status = resp.status();
     match status {
         StatusCode::PARTIAL_CONTENT => {
@@ -144,16 +176,26 @@ pub async fn attempt(
             )));
         }
     }
-    let total = resp.content_length().map(|n| n + offset);
-    if let Some(need) = resp.content_length() {
-        let free = rustix::fs::statvfs(partial_dir)
+    let total = resp.content_length().map(|n| n.saturating_add(offset));
+    if let Some(t) = total.filter(|t| *t > limits.max_bytes) {
+        truncate(&target.partial_path)?;
+        return Err(Failure::Limit(format!(
+            "the archive is {t} bytes, more than downloads.max_archive_bytes ({}); refused ({ep})",
+            limits.max_bytes
+        )));
+    }
+    let free_space = || {
+        rustix::fs::statvfs(partial_dir)
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
             .map_err(|e| {
                 retry(format!(
                     "checking free space in {}: {e}",
                     partial_dir.display()
                 ))
-            })?;
+            })
+    };
+    if let Some(need) = resp.content_length() {
+        let free = free_space()?;
         if free < need {
             return Err(Failure::Space(format!(
                 "not enough free space in {}: the archive needs {need} more bytes, {free} are available",
@@ -169,13 +211,34 @@ pub async fn attempt(
     let mut body = resp.bytes_stream();
     let mut got = offset;
     let mut broke = None;
+    let mut limit = None;
+    let mut free_checked = offset;
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(b) => {
-                got += b.len() as u64;
+                got = got.saturating_add(b.len() as u64);
                 crate::metrics::METRICS
                     .download_bytes
                     .inc_by(b.len() as u64);
+                if got > limits.max_bytes {
+                    limit = Some(format!(
+                        "the archive ran past downloads.max_archive_bytes ({}) without announcing its length ({ep}); stopped and its partial file deleted",
+                        limits.max_bytes
+                    ));
+                    break;
+                }
+                if total.is_none() && got - free_checked >= FREE_CHECK_EVERY {
+                    free_checked = got;
+                    let free = free_space()?;
+                    if free < limits.min_free {
+                        limit = Some(format!(
+                            "free space in {} fell to {free} bytes, under downloads.min_free ({}), after {got} bytes of an archive of unannounced length ({ep}); stopped and its partial file deleted",
+                            partial_dir.display(),
+                            limits.min_free
+                        ));
+                        break;
+                    }
+                }
                 if tx.send(b).await.is_err() {
                     break; // the writer failed; its error is below
                 }
@@ -188,6 +251,11 @@ pub async fn attempt(
         }
     }
     drop(tx);
+    if let Some(why) = limit {
+        let _ = writer.await;
+        truncate(&target.partial_path)?;
+        return Err(Failure::Limit(why));
+    }
     let (written, hasher) = writer.await.map_err(retry)?.map_err(|e| {
         let why = format!("writing {}: {e}", target.partial_path.display());
         match e.kind() {

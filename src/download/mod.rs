@@ -33,11 +33,38 @@ const POLL: Duration = Duration::from_secs(1);
 /// Called as bytes arrive: (export uid, bytes on disk, total when known).
 pub type ProgressFn = Arc<dyn Fn(&str, u64, Option<u64>) + Send + Sync>;
 
+/// Why a download did not end with the archive in place; each says whether
+/// it comes again by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// Given up (refused, past the limits, or no progress in [`MAX_ATTEMPTS`]):
+    /// `failed` until `exports download UID` tries again.
+    #[error("{error}")]
+    Failed {
+        error: String,
+        #[source]
+        cause: fetch::Failure,
+    },
+    /// The disk lacks space: tried again by itself, later.
+    #[error("{0}")]
+    WaitingForSpace(String),
+    /// The queue could not be read or written: tried again next time.
+    #[error("local database error: {0}")]
+    Store(#[from] rusqlite::Error),
+}
+
+impl DownloadError {
+    /// Whether the download comes again without a person.
+    pub fn is_retried(&self) -> bool {
+        !matches!(self, DownloadError::Failed { .. })
+    }
+}
+
 /// How one download ended.
 #[derive(Debug)]
 pub struct Finished {
     pub export_uid: String,
-    pub result: Result<Done, String>,
+    pub result: Result<Done, DownloadError>,
 }
 
 #[derive(Clone)]
@@ -48,6 +75,10 @@ pub struct Downloader {
     http: reqwest::Client,
     dir: PathBuf,
     allow_private: bool,
+    /// Requests go through `downloads.proxy`: the connected address is the
+    /// proxy's, so the link's host is checked by its own resolution instead.
+    proxied: bool,
+    limits: fetch::Limits,
     concurrency: usize,
     backoff: (Duration, Duration),
     /// After a failure for lack of disk space: the first wait, and the longest.
@@ -63,7 +94,12 @@ const SPACE_WAIT: (Duration, Duration) = (Duration::from_secs(60), Duration::fro
 impl Downloader {
     pub fn new(cfg: &Config, store: Store, api: Arc<Client>) -> Result<Downloader, reqwest::Error> {
         let allow_private = cfg.downloads.allow_private;
-        let http = reqwest::Client::builder()
+        // no proxy from the environment: the guard must see where requests go
+        let builder = match &cfg.downloads.proxy {
+            Some(p) => reqwest::Client::builder().proxy(reqwest::Proxy::all(p.as_str())?),
+            None => reqwest::Client::builder().no_proxy(),
+        };
+        let http = builder
             .redirect(guard::redirect_policy(allow_private))
             .dns_resolver(guard::resolver(allow_private))
             .connect_timeout(cfg.api.timeout.min(Duration::from_secs(10)))
@@ -76,6 +112,11 @@ impl Downloader {
             http,
             dir: cfg.downloads.dir.clone(),
             allow_private,
+            proxied: cfg.downloads.proxy.is_some(),
+            limits: fetch::Limits {
+                max_bytes: cfg.downloads.max_archive_bytes,
+                min_free: cfg.downloads.min_free,
+            },
             concurrency: cfg.downloads.concurrency.max(1) as usize,
             backoff: (cfg.api.backoff_min, cfg.api.backoff_max),
             space_wait: SPACE_WAIT,
@@ -173,7 +214,7 @@ impl Downloader {
 
     /// One download to its end, attempts and link refreshes included. The outcome
     /// (row and event) is in the database when this returns.
-    pub async fn download(&self, job: Job) -> Result<Done, String> {
+    pub async fn download(&self, job: Job) -> Result<Done, DownloadError> {
         let uid = job.export_uid.clone();
         let name = safe_stored_name(&job);
         let target = fetch::Target {
@@ -191,21 +232,18 @@ impl Downloader {
             let attempts = self
                 .store
                 .call(move |c| downloads::attempt(c, &u, &n))
-                .await
-                .map_err(|e| format!("local database error: {e}"))?;
+                .await?;
             let progress = self.progress.clone();
             let on_bytes = |got: u64, total: Option<u64>| {
                 if let Some(p) = &progress {
                     p(&uid, got, total)
                 }
             };
-            let checked = reqwest::Url::parse(&url)
-                .map_err(|e| fetch::Failure::Retry(format!("the download link is not a URL: {e}")))
-                .and_then(|u| {
-                    guard::check_url(&u, self.allow_private).map_err(fetch::Failure::Refused)
-                });
-            let result = match checked {
-                Ok(()) => fetch::attempt(&self.http, &url, &target, &on_bytes).await,
+            let result = match self.check_link(&url).await {
+                Ok(()) => {
+                    let guard = (!self.proxied).then_some(self.allow_private);
+                    fetch::attempt(&self.http, &url, &target, self.limits, guard, &on_bytes).await
+                }
                 Err(f) => Err(f),
             };
             let failure = match result {
@@ -216,8 +254,7 @@ impl Downloader {
                             let path = d.path.to_string_lossy();
                             downloads::complete(c, &u, &path, d.bytes, &d.sha256, &n)
                         })
-                        .await
-                        .map_err(|e| format!("local database error: {e}"))?;
+                        .await?;
                     tracing::info!(export = %uid, path = %done.path.display(), bytes = done.bytes, "export downloaded");
                     export_event_counted();
                     return Ok(done);
@@ -225,6 +262,8 @@ impl Downloader {
                 Err(f) => f,
             };
             if let fetch::Failure::Space(why) = &failure {
+                // a download never holds the disk full while it waits for space
+                let _ = std::fs::remove_file(&target.partial_path);
                 return self.wait_for_space(&uid, why, attempts).await;
             }
             let mut error = failure.to_string();
@@ -233,9 +272,13 @@ impl Downloader {
             } else {
                 stalled + 1
             };
-            // a link that may not be fetched from is not fetched again
-            let mut give_up =
-                stalled >= MAX_ATTEMPTS || matches!(failure, fetch::Failure::Refused(_));
+            // a link that may not be fetched from, or an archive past the
+            // limits, is not fetched again
+            let mut give_up = stalled >= MAX_ATTEMPTS
+                || matches!(
+                    failure,
+                    fetch::Failure::Refused(_) | fetch::Failure::Limit(_)
+                );
             let mut link_changed = false;
             if matches!(failure, fetch::Failure::Link(_)) && !give_up {
                 match self.refresh(&uid).await {
@@ -264,9 +307,11 @@ impl Downloader {
                 export_event_counted();
                 self.store
                     .call(move |c| downloads::fail(c, &u, &e, &n))
-                    .await
-                    .map_err(|e| format!("local database error: {e}"))?;
-                return Err(error);
+                    .await?;
+                return Err(DownloadError::Failed {
+                    error,
+                    cause: failure,
+                });
             }
             tracing::warn!(export = %uid, attempts, "download attempt failed, will retry: {error}");
             let _ = self
@@ -279,9 +324,38 @@ impl Downloader {
         }
     }
 
+    /// Whether the mirror may fetch from `url` (SPEC §6): an address in it is
+    /// checked as it is; behind a proxy, its host's addresses too, since the
+    /// proxy, not the guarded resolver, resolves it then.
+    async fn check_link(&self, url: &str) -> Result<(), fetch::Failure> {
+        let u = reqwest::Url::parse(url)
+            .map_err(|e| fetch::Failure::Retry(format!("the download link is not a URL: {e}")))?;
+        guard::check_url(&u, self.allow_private).map_err(fetch::Failure::Refused)?;
+        if let (true, Some(url::Host::Domain(host))) = (self.proxied, u.host()) {
+            let name = host.parse().map_err(|_| {
+                fetch::Failure::Refused(format!(
+                    "refusing the storage host {host}: not a host name"
+                ))
+            })?;
+            let resolving =
+                reqwest::dns::Resolve::resolve(&*guard::resolver(self.allow_private), name);
+            drop(
+                resolving
+                    .await
+                    .map_err(|e| fetch::Failure::Refused(e.to_string()))?,
+            );
+        }
+        Ok(())
+    }
+
     /// The disk lacks space for the archive: it waits, longer each time (see
     /// [`SPACE_WAIT`]), and is then due again by itself. Not a failed download.
-    async fn wait_for_space(&self, uid: &str, why: &str, attempts: u32) -> Result<Done, String> {
+    async fn wait_for_space(
+        &self,
+        uid: &str,
+        why: &str,
+        attempts: u32,
+    ) -> Result<Done, DownloadError> {
         let (first, longest) = self.space_wait;
         let wait = first
             .saturating_mul(1 << attempts.saturating_sub(1).min(16))
@@ -292,9 +366,8 @@ impl Downloader {
         let (u, e, n) = (uid.to_string(), error.clone(), now_rfc3339());
         self.store
             .call(move |c| downloads::wait_for_space(c, &u, &e, &at, &n))
-            .await
-            .map_err(|e| format!("local database error: {e}"))?;
-        Err(error)
+            .await?;
+        Err(DownloadError::WaitingForSpace(error))
     }
 
     /// Jittered exponential backoff between attempts.

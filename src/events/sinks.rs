@@ -50,7 +50,13 @@ pub enum SendError {
 
 impl Sink {
     /// Builds a sink from its validated config; reads `secret_file`.
-    pub fn from_config(c: &SinkConfig) -> Result<Sink, String> {
+    /// A sink from its configuration; a problem is a configuration error,
+    /// named by its key path.
+    pub fn from_config(c: &SinkConfig) -> Result<Sink, crate::error::ConfigError> {
+        Sink::build(c).map_err(|problem| crate::error::ConfigError(vec![problem]))
+    }
+
+    fn build(c: &SinkConfig) -> Result<Sink, String> {
         let key = |name: &str| format!("sinks[{}].{name}", c.name);
         let url = || -> Result<Url, String> {
             let raw = c.url.as_deref().unwrap_or_default();

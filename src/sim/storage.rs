@@ -56,6 +56,8 @@ pub struct StorageFaults {
     /// Announce an archive of this many bytes and send none of it (a download
     /// larger than the disk has room for).
     pub claim_length: Option<u64>,
+    /// Send bytes without end and without a length (a broken or hostile storage).
+    pub endless: bool,
     pub log: Vec<StorageLogged>,
     /// Archive bodies being sent right now, and the most there were at once.
     pub in_flight: usize,
@@ -243,7 +245,7 @@ async fn answer(
             None => return no_such_key(),
         }
     };
-    let (slow, cut, ignore_range, redirect, claim, redirect_to) = {
+    let (slow, cut, ignore_range, redirect, claim, redirect_to, endless) = {
         let mut f = st.faults.lock().expect("faults lock");
         let s = &mut f.storage;
         if s.not_found > 0 {
@@ -269,6 +271,7 @@ async fn answer(
             s.redirect,
             s.claim_length,
             s.redirect_to.clone(),
+            s.endless,
         )
     };
     let valid = q.get("v").and_then(|v| v.parse::<u64>().ok()) == Some(version)
@@ -283,6 +286,14 @@ async fn answer(
     if redirect && !is_blob {
         let to = format!("/blobs/{file}?{query}");
         return ((StatusCode::FOUND, [("location", to)]).into_response(), 302);
+    }
+    if endless {
+        let chunk = bytes::Bytes::from(vec![0u8; 256 << 10]);
+        let body = futures_util::stream::repeat_with(move || Ok::<_, io::Error>(chunk.clone()));
+        return (
+            (StatusCode::OK, Body::from_stream(body)).into_response(),
+            200,
+        );
     }
     if let Some(len) = claim {
         let body = Body::from_stream(futures_util::stream::pending::<io::Result<Vec<u8>>>());
