@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod logging;
 pub mod metrics;
+pub mod packaging;
 pub mod scheduler;
 pub mod service;
 pub mod sim;

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -590,4 +591,43 @@ async fn sync_prunes_what_retention_no_longer_keeps() {
     let (_, out, _) = run_binary(&["--config", cfg, "status", "--json"], &[], env.dir.path()).await;
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(status["database_bytes"].as_i64().unwrap() > 0, "{status}");
+}
+
+#[test]
+fn the_packaged_man_pages_and_completions_are_the_clis_own() {
+    let dir = tempfile::tempdir().unwrap();
+    avala_mirror::packaging::generate(dir.path()).unwrap();
+    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging");
+    for sub in ["man", "completions"] {
+        let names = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d.join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let generated = names(dir.path());
+        assert_eq!(
+            generated,
+            names(&packaged),
+            "packaging/{sub} is stale: run `cargo run --example generate` and commit it"
+        );
+        for name in generated {
+            let read = |d: &Path| std::fs::read_to_string(d.join(sub).join(&name)).unwrap();
+            assert_eq!(
+                read(dir.path()),
+                read(&packaged),
+                "packaging/{sub}/{name} is stale: run `cargo run --example generate` and commit it"
+            );
+        }
+    }
+    // a page per subcommand, and completions that know them
+    let sync = std::fs::read_to_string(packaged.join("man/avala-mirror-sync.1")).unwrap();
+    assert!(sync.contains("\\-\\-only"), "{sync}");
+    let bash = std::fs::read_to_string(packaged.join("completions/avala-mirror.bash")).unwrap();
+    assert!(
+        bash.contains("redeliver") && bash.contains("--only"),
+        "{bash}"
+    );
 }
