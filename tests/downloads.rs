@@ -741,14 +741,7 @@ async fn storage_links_never_lead_to_metadata_or_unallowed_private_addresses() {
         env.sync().await.unwrap();
         if via_name {
             // the links name `localhost`: refused by the storage client's resolver
-            let port = env.sim.storage_addr.port();
-            env.store().with(|c| {
-                c.execute(
-                    "UPDATE downloads SET url = replace(url, '127.0.0.1:' || ?1, 'localhost:' || ?1)",
-                    [port],
-                )
-                .unwrap()
-            });
+            links_by_name(&env);
         }
         downloader(&env).drain().await;
         for r in download_rows(&env) {
@@ -765,6 +758,18 @@ async fn storage_links_never_lead_to_metadata_or_unallowed_private_addresses() {
             .faults(|f| f.storage.log.iter().filter(|l| l.status == 200).count());
         assert_eq!(fetched, 0, "no archive left storage");
     }
+}
+
+/// The queued links name the storage `localhost` instead of its address.
+fn links_by_name(env: &TestEnv) {
+    let port = env.sim.storage_addr.port();
+    env.store().with(|c| {
+        c.execute(
+            "UPDATE downloads SET url = replace(url, '127.0.0.1:' || ?1, 'localhost:' || ?1)",
+            [port],
+        )
+        .unwrap()
+    });
 }
 
 /// Every download failed, with `says` in its error, its partial file deleted,
@@ -829,9 +834,7 @@ async fn an_archive_without_a_length_stops_when_free_space_falls_under_min_free(
 async fn a_named_proxy_is_used_and_the_guard_still_checks_the_links_host() {
     // the proxy named in downloads.proxy carries the storage requests
     let mut env = backfill(start(small_world()).await);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    let proxy = format!("http://{}", nothing_listens());
     env.cfg.downloads.proxy = Some(proxy.parse().unwrap());
     env.sync().await.unwrap();
     downloader(&env).drain().await;
@@ -852,14 +855,7 @@ async fn a_named_proxy_is_used_and_the_guard_still_checks_the_links_host() {
     env.cfg.downloads.proxy = Some(proxy.parse().unwrap());
     env.cfg.downloads.allow_private = false;
     env.sync().await.unwrap();
-    let port = env.sim.storage_addr.port();
-    env.store().with(|c| {
-        c.execute(
-            "UPDATE downloads SET url = replace(url, '127.0.0.1:' || ?1, 'localhost:' || ?1)",
-            [port],
-        )
-        .unwrap()
-    });
+    links_by_name(&env);
     downloader(&env).drain().await;
     for r in download_rows(&env) {
         assert_eq!(r.status, "failed", "{r:?}");

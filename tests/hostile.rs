@@ -214,6 +214,25 @@ async fn a_cursor_without_end_stops_at_ten_times_the_last_complete_size() {
     );
 }
 
+/// `sync` of the binary against the v1 API at `base`, its database in `dir`;
+/// `scope` goes at the end of `[scope]` (more sections may follow it).
+fn spawn_sync(dir: &std::path::Path, base: &reqwest::Url, scope: &str) -> tokio::process::Child {
+    let cfg = dir.join("c.toml");
+    let text = format!(
+        "[api]\nbase_url = \"{base}\"\n[store]\npath = \"{}\"\n[http]\nlisten = \"off\"\n[scope]\nowners = [\"someone\"]\n{scope}",
+        dir.join("m.db").display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
+        .args(["--config", cfg.to_str().unwrap(), "sync"])
+        .env("AVALA_API_KEY", "k")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// The peak RSS (VmHWM) of a running process, in KiB.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -226,23 +245,7 @@ async fn a_body_past_max_response_bytes_is_refused_with_flat_memory() {
     let (fake, base) = fake().await;
     *fake.mode.lock().unwrap() = Mode::Huge;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[api]\nbase_url = \"{base}\"\n[scope]\nowners = [\"someone\"]\nresources = [\"exports\"]\n[store]\npath = \"{}\"\n[http]\nlisten = \"off\"\n",
-            dir.path().join("m.db").display()
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
-        .args(["--config", cfg.to_str().unwrap(), "sync"])
-        .env("AVALA_API_KEY", "k")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_sync(dir.path(), &base, "resources = [\"exports\"]\n");
     let pid = child.id().unwrap();
     let mut peak = 0;
     let status = loop {
@@ -393,23 +396,10 @@ async fn a_count_of_a_trillion_plans_no_more_than_the_pages_in_flight() {
     let (requests, jsonapi) = endless_projects(1_000_000_000_000).await;
     let (_, v1) = fake().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[api]\nbase_url = \"{v1}\"\n[scope]\nowners = [\"someone\"]\nresources = []\n[store]\npath = \"{}\"\n[http]\nlisten = \"off\"\n[jsonapi]\nbase_url = \"{jsonapi}\"\npage_size = 1\nrequests_per_second = 2000.0\nburst = 100\nresources = [\"projects\"]\n",
-            dir.path().join("m.db").display()
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_avala-mirror"))
-        .args(["--config", cfg.to_str().unwrap(), "sync"])
-        .env("AVALA_API_KEY", "k")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let jsonapi = format!(
+        "resources = []\n[jsonapi]\nbase_url = \"{jsonapi}\"\npage_size = 1\nrequests_per_second = 2000.0\nburst = 100\nresources = [\"projects\"]\n"
+    );
+    let mut child = spawn_sync(dir.path(), &v1, &jsonapi);
     let pid = child.id().unwrap();
     // pages of one record toward a count of 10^12: it lists on, in flat memory
     let mut peak = 0;

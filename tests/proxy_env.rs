@@ -21,9 +21,7 @@ async fn storage_links_use_no_proxy_from_the_environment() {
     env.cfg.downloads.backfill = true;
     env.sync().await.unwrap();
     // a proxy that answers nothing, named the way curl and the clouds' tools read it
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let proxy = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    let proxy = format!("http://{}", nothing_listens());
     let s = env.syncer();
     // SAFETY: the only test of this binary; the variables are read when a client is built
     unsafe {

@@ -87,6 +87,18 @@ impl Notified {
         }
     }
 
+    /// Changes the configuration (`api.burst`) and sends SIGHUP; the index of
+    /// its `RELOADING=1` among the messages seen.
+    async fn reload_a_change(&mut self, cfg: &Path) -> usize {
+        let text = std::fs::read_to_string(cfg)
+            .unwrap()
+            .replace("burst = 50", "burst = 40");
+        std::fs::write(cfg, text).unwrap();
+        signal(&self.child, "-HUP");
+        self.until(|seen| times(seen, "RELOADING=1") > 0).await;
+        self.seen.iter().position(|m| m == "RELOADING=1").unwrap()
+    }
+
     /// Reads messages until `done` holds for all seen so far (20 s at most each).
     async fn until(&mut self, done: impl Fn(&[String]) -> bool) {
         let mut buf = [0u8; 4096];
@@ -520,13 +532,7 @@ async fn the_watchdog_is_fed_across_a_reload() {
     let mut n = Notified::start(&env, &cfg, "400000");
     n.until(|seen| times(seen, "WATCHDOG=1") > 0).await;
     // a changed configuration: the generation is replaced
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("burst = 50", "burst = 40");
-    std::fs::write(&cfg, text).unwrap();
-    signal(&n.child, "-HUP");
-    n.until(|seen| times(seen, "RELOADING=1") > 0).await;
-    let reloading = n.seen.iter().position(|m| m == "RELOADING=1").unwrap();
+    let reloading = n.reload_a_change(&cfg).await;
     n.until(|seen| times(&seen[reloading..], "WATCHDOG=1") >= 3)
         .await;
     signal(&n.child, "-TERM");
@@ -665,13 +671,7 @@ async fn a_reload_keeps_the_pause_the_api_asked_for() {
     wait_until("a 429", throttled).await;
     // the API would answer now, but it asked for a pause (40 s, capped)
     env.sim.faults(|f| f.rate_limit = None);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("burst = 50", "burst = 40");
-    std::fs::write(&cfg, text).unwrap();
-    signal(&n.child, "-HUP");
-    n.until(|seen| times(seen, "RELOADING=1") > 0).await;
-    let reloading = n.seen.iter().position(|m| m == "RELOADING=1").unwrap();
+    let reloading = n.reload_a_change(&cfg).await;
     n.until(|seen| times(&seen[reloading..], "READY=1") > 0)
         .await;
     let sent = env.sim.faults(|f| f.log.len());

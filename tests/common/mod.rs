@@ -273,6 +273,12 @@ pub fn assert_mirror_equals_sim(env: &TestEnv) {
     }
 }
 
+/// A loopback `host:port` that nothing listens on (a server that is down).
+pub fn nothing_listens() -> std::net::SocketAddr {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    closed.local_addr().unwrap()
+}
+
 /// Waits for an observable condition, failing after 30 s (never a bare sleep).
 pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
