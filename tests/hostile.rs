@@ -11,6 +11,7 @@ use avala_mirror::config::{Config, Resource};
 use avala_mirror::store::Store;
 use avala_mirror::sync::Syncer;
 use axum::extract::{Query, State};
+use common::peak_rss_kib;
 use serde_json::json;
 
 /// How the fake API answers `GET /api/v1/exports/`.
@@ -231,13 +232,6 @@ fn spawn_sync(dir: &std::path::Path, base: &reqwest::Url, scope: &str) -> tokio:
         .kill_on_drop(true)
         .spawn()
         .unwrap()
-}
-
-/// The peak RSS (VmHWM) of a running process, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[tokio::test]

@@ -273,6 +273,13 @@ pub fn assert_mirror_equals_sim(env: &TestEnv) {
     }
 }
 
+/// The peak RSS (VmHWM) of a running process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// A loopback `host:port` that nothing listens on (a server that is down).
 pub fn nothing_listens() -> std::net::SocketAddr {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
