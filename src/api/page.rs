@@ -122,7 +122,7 @@ impl Keyed {
     pub fn new(bound: &str) -> Keyed {
         Keyed {
             bound: bound.to_string(),
-            at: jsonapi::instant(bound).unwrap_or(i128::MIN),
+            at: crate::time::instant(bound).unwrap_or(i128::MIN),
             at_bound: HashSet::new(),
             stale_pages: 0,
         }
@@ -494,7 +494,7 @@ impl Keyed {
                 keep.push(range.clone());
                 continue;
             };
-            let Some(t) = head.updated_at.as_deref().and_then(jsonapi::instant) else {
+            let Some(t) = head.updated_at.as_deref().and_then(crate::time::instant) else {
                 return Err(ignored(format!(
                     "record {} has no readable updated_at to page by",
                     head.uid
@@ -827,7 +827,7 @@ mod tests {
             for r in [&doc, &doc["data"], &doc["results"]] {
                 let text = r.to_string();
                 let _ = Head::parse(&text, true, crate::config::Resource::Exports.spec().fields);
-                let _ = jsonapi::instant(r.as_str().unwrap_or_default());
+                let _ = crate::time::instant(r.as_str().unwrap_or_default());
             }
         }
     }

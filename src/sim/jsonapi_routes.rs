@@ -85,7 +85,7 @@ fn list(st: &SimState, k: Kind, q: &Query) -> (StatusCode, Vec<u8>) {
             if faults.ignore_since {
                 continue;
             }
-            match crate::api::jsonapi::instant(value) {
+            match crate::time::instant(value) {
                 // `>=` a time with a fraction: from the next whole second
                 Some(n) => query.since = Some((n as u64).div_ceil(1_000_000_000)),
                 None => return bad_request("Invalid filter", "updated_at__gte is not a time"),

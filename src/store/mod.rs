@@ -729,10 +729,7 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// Now as RFC 3339 UTC text, the format of every timestamp in the DB.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
+pub use crate::time::now_rfc3339;
 
 #[cfg(test)]
 mod tests {

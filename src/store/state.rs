@@ -134,7 +134,7 @@ pub fn listed(
         )
         .optional()?
         .flatten();
-    let at = |t: &Option<&str>| t.and_then(crate::api::jsonapi::instant);
+    let at = |t: &Option<&str>| t.and_then(crate::time::instant);
     let watermark = match (full, newest) {
         (true, _) => newest.map(str::to_owned).or(old),
         (false, Some(n)) if at(&Some(n)) > at(&old.as_deref()) => Some(n.to_owned()),

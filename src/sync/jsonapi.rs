@@ -15,13 +15,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::Url;
 
 use super::{Attribution, CycleReport, Listing, ListingEnd, Narrowing, Syncer, db_error};
-use crate::api::jsonapi::{self, instant};
+use crate::api::jsonapi;
 use crate::api::page::{Keyed, Paging};
 use crate::api::{Client, Priority};
 use crate::config::Resource;
 use crate::error::ApiError;
 use crate::store::records::{self, ScopeFilter};
 use crate::store::{now_rfc3339, state};
+use crate::time::instant;
 
 /// After the server ignored or refused the filter, how long a scope stays on
 /// full listings before it tries the filter again.

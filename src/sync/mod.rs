@@ -969,7 +969,7 @@ fn convert(
             match Head::parse_jsonapi(&raw, columns) {
                 Ok(head) => {
                     if let Some(t) = head.updated_at.as_deref()
-                        && let Some(at) = crate::api::jsonapi::instant(t)
+                        && let Some(at) = crate::time::instant(t)
                         && at <= latest
                         && out.newest.as_ref().is_none_or(|n| n.0 < at)
                     {
