@@ -375,36 +375,59 @@ fn publish(partial: &Path, fin: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Why an archive on disk does not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum BadArchive {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("not a readable zip: {0}")]
+    NotZip(#[source] zip::result::ZipError),
+    #[error("entry {entry}: {source}")]
+    Entry {
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("entry #{index}: {source}")]
+    Unreadable {
+        index: usize,
+        #[source]
+        source: zip::result::ZipError,
+    },
+}
+
 /// A zip (by its magic or its name) must open and read through: every entry's CRC is checked.
-fn check_archive(path: &Path) -> Result<(), String> {
+fn check_archive(path: &Path) -> Result<(), BadArchive> {
     let mut magic = [0u8; 4];
-    let n = File::open(path)
-        .and_then(|mut f| f.read(&mut magic))
-        .map_err(|e| e.to_string())?;
+    let n = File::open(path).and_then(|mut f| f.read(&mut magic))?;
     let is_zip = magic[..n].starts_with(b"PK")
         || path.to_string_lossy().ends_with(".zip.partial")
         || path.extension().is_some_and(|e| e == "zip");
     if !is_zip {
         return Ok(());
     }
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    let mut zip = zip::ZipArchive::new(io::BufReader::new(file))
-        .map_err(|e| format!("not a readable zip: {e}"))?;
-    for i in 0..zip.len() {
-        let mut entry = zip.by_index(i).map_err(|e| format!("entry {i}: {e}"))?;
+    let file = File::open(path)?;
+    let mut zip = zip::ZipArchive::new(io::BufReader::new(file)).map_err(BadArchive::NotZip)?;
+    for index in 0..zip.len() {
+        let mut entry = zip
+            .by_index(index)
+            .map_err(|source| BadArchive::Unreadable { index, source })?;
         let name = entry
             .name()
             .map(|n| n.to_string())
-            .unwrap_or_else(|_| format!("#{i}"));
-        io::copy(&mut entry, &mut io::sink()).map_err(|e| format!("entry {name}: {e}"))?;
+            .unwrap_or_else(|_| format!("#{index}"));
+        io::copy(&mut entry, &mut io::sink()).map_err(|source| BadArchive::Entry {
+            entry: name,
+            source,
+        })?;
     }
     Ok(())
 }
 
 /// Re-reads an archive already in place: checked and hashed, as if just downloaded.
-fn recheck(path: &Path) -> Result<Done, String> {
+fn recheck(path: &Path) -> Result<Done, BadArchive> {
     check_archive(path)?;
-    let (bytes, hasher) = hash_file(path, u64::MAX).map_err(|e| e.to_string())?;
+    let (bytes, hasher) = hash_file(path, u64::MAX)?;
     Ok(Done {
         path: path.to_path_buf(),
         bytes,
@@ -470,11 +493,11 @@ mod tests {
         w.start_file("data.bin", opts).unwrap();
         w.write_all(&[7u8; 4096]).unwrap();
         w.finish().unwrap();
-        assert_eq!(check_archive(&path), Ok(()));
+        assert!(check_archive(&path).is_ok());
         let mut bytes = fs::read(&path).unwrap();
         bytes[100] ^= 0xff; // inside the stored entry's data
         fs::write(&path, &bytes).unwrap();
-        let err = check_archive(&path).unwrap_err();
+        let err = check_archive(&path).unwrap_err().to_string();
         assert!(err.contains("data.bin"), "{err}");
     }
 }

@@ -42,18 +42,28 @@ pub fn refused(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     }
 }
 
+/// A storage link the mirror may not fetch from.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing the storage link to {host}: {ip} is {why}")]
+pub struct Refused {
+    pub host: String,
+    pub ip: IpAddr,
+    pub why: &'static str,
+}
+
 /// The link's own host, when it is an address (no name to resolve).
-pub fn check_url(url: &Url, allow_private: bool) -> Result<(), String> {
+pub fn check_url(url: &Url, allow_private: bool) -> Result<(), Refused> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
         _ => return Ok(()),
     };
     match refused(ip, allow_private) {
-        Some(why) => Err(format!(
-            "refusing the storage link to {}: {ip} is {why}",
-            url.host_str().unwrap_or("?")
-        )),
+        Some(why) => Err(Refused {
+            host: url.host_str().unwrap_or("?").to_string(),
+            ip,
+            why,
+        }),
         None => Ok(()),
     }
 }

@@ -330,7 +330,8 @@ impl Downloader {
     async fn check_link(&self, url: &str) -> Result<(), fetch::Failure> {
         let u = reqwest::Url::parse(url)
             .map_err(|e| fetch::Failure::Retry(format!("the download link is not a URL: {e}")))?;
-        guard::check_url(&u, self.allow_private).map_err(fetch::Failure::Refused)?;
+        guard::check_url(&u, self.allow_private)
+            .map_err(|refused| fetch::Failure::Refused(refused.to_string()))?;
         if let (true, Some(url::Host::Domain(host))) = (self.proxied, u.host()) {
             let name = host.parse().map_err(|_| {
                 fetch::Failure::Refused(format!(
