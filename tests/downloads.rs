@@ -867,3 +867,68 @@ async fn a_named_proxy_is_used_and_the_guard_still_checks_the_links_host() {
         assert_eq!(r.attempts, 1, "{e}");
     }
 }
+
+#[tokio::test]
+async fn a_stop_during_the_final_check_leaves_no_partial_archive_in_the_directory() {
+    let mut world = small_world();
+    world.exports = 1;
+    world.archive_bytes = 32 << 20;
+    let env = start(world).await;
+    let dl = env.dir.path().join("archives");
+    let cfg = env.write_config(
+        "test-key-5f3a9c",
+        &format!("[downloads]\nbackfill = true\ndir = \"{}\"\n", dl.display()),
+    );
+    let cfg = cfg.to_str().unwrap();
+    let mut child = spawn_binary(&["--config", cfg, "run"]);
+    // the whole archive is in the partial file: its check is under way
+    let full = || {
+        std::fs::read_dir(dl.join(".partial"))
+            .ok()
+            .and_then(|mut rd| rd.next())
+            .and_then(|e| e.ok()?.metadata().ok())
+            .is_some_and(|m| m.len() >= (32 << 20) - 4096)
+    };
+    // (or, if the check was quicker than a look, already in place)
+    let placed = || names(&dl).len() > 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !full() && !placed() {
+        assert!(std::time::Instant::now() < deadline, "no archive came");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("run stopped")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    // in <dir>: nothing, or the whole archive; never a part of one
+    let uid = exported_uids(&env).remove(0);
+    let want = served_sha(&env, &uid).await;
+    for name in names(&dl).into_iter().filter(|n| n != ".partial") {
+        assert_eq!(
+            sha256_of(&dl.join(&name)),
+            want,
+            "{name} is not the whole archive"
+        );
+    }
+    // and the next start finishes it, once
+    let (code, out, err) = run_binary(&["--config", cfg, "sync"], &[], env.dir.path()).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r = download_rows(&env).remove(0);
+    assert_eq!(
+        (r.status.as_str(), r.sha256.as_deref()),
+        ("downloaded", Some(want.as_str()))
+    );
+    assert_eq!(names(&dl.join(".partial")), Vec::<String>::new());
+    let downloaded = env
+        .events()
+        .into_iter()
+        .filter(|(t, _)| t == "export.downloaded");
+    assert_eq!(downloaded.count(), 1);
+}
