@@ -409,3 +409,56 @@ async fn a_count_of_a_trillion_plans_no_more_than_the_pages_in_flight() {
     assert!(requests.load(Ordering::SeqCst) > 50, "it listed on");
     assert!(peak > 0 && peak < 100 * 1024, "peak RSS {peak} KiB");
 }
+
+/// A JSON:API `/projects` whose `meta.count` says ten: three projects on page
+/// 1 (it answers 3 whatever is asked), two on page 2, then none; with
+/// `links`, page 1 names no next page.
+async fn projects_short_of_their_count(links: bool) -> reqwest::Url {
+    let projects = move |Query(q): Query<HashMap<String, String>>| async move {
+        let (from, to) = match q.get("page[number]").map(String::as_str) {
+            Some("1") | None => (0, 3),
+            Some("2") => (3, 5),
+            _ => (0, 0),
+        };
+        let project = |k| json!({"type": "projects", "id": format!("p{k}"), "attributes": {}});
+        let data: Vec<_> = (from..to).map(project).collect();
+        let mut doc = json!({"data": data, "meta": {"count": 10}});
+        if links {
+            doc["links"] = json!({"self": "/jsonapi/projects", "next": null});
+        }
+        axum::Json(doc)
+    };
+    let app = axum::Router::new().route("/jsonapi/projects", axum::routing::get(projects));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/jsonapi", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_listing_short_of_its_count_is_incomplete_unless_its_links_ended_it() {
+    for links in [false, true] {
+        let jsonapi = projects_short_of_their_count(links).await;
+        let (_, v1) = fake().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg =
+            Config::defaults(&v1, "k", &["someone"], &[], &dir.path().join("m.db")).unwrap();
+        cfg.enable_jsonapi(&jsonapi).unwrap();
+        cfg.jsonapi.as_mut().unwrap().api.page_size = 5;
+        let store = Store::open(&cfg.store_path).unwrap();
+        let syncer = Syncer::new(Arc::new(cfg), store).unwrap();
+        let report = syncer.sync_resource(Resource::Projects).await.unwrap();
+        if links {
+            // the server's own links ended it after page 1: complete
+            assert!(report.failures.is_empty(), "{report:?}");
+            assert_eq!(report.listed, 3, "{report:?}");
+            continue;
+        }
+        // pages of its size (3) until a short one ended it: five of the ten
+        // it announced, so a page is missing
+        assert_eq!(report.listed, 5, "{report:?}");
+        assert_eq!(report.failures.len(), 1, "{report:?}");
+        let why = &report.failures[0].1;
+        assert!(why.contains("ended at 5 records, short of the 10"), "{why}");
+    }
+}

@@ -150,6 +150,9 @@ pub struct Pager {
     /// A listing by number: the page size the server answers with, learnt
     /// from its first page (it may cap `page[size]` below what was asked).
     size: Option<u64>,
+    /// Why the listing is incomplete, given after its last page (which is
+    /// written: its records are good, the listing as a whole is not).
+    incomplete: Option<ApiError>,
 }
 
 /// A page may hold at most this many times the `limit` asked for (SPEC §6).
@@ -173,10 +176,14 @@ impl Pager {
             received: 0,
             last_size: None,
             size: None,
+            incomplete: None,
         }
     }
 
     pub async fn next_page(&mut self) -> Result<Option<Page>, ApiError> {
+        if let Some(incomplete) = self.incomplete.take() {
+            return Err(incomplete);
+        }
         let Some(url) = self.next.take() else {
             return Ok(None);
         };
@@ -267,6 +274,8 @@ impl Pager {
                 self.received
             )));
         }
+        // the page's links say there is no next page: the server's own end
+        let links_end = next.is_none();
         let next = match (&self.paging, next) {
             // a short page is the last, unless its links name a next one; so
             // is one whose links name no next page
@@ -281,16 +290,18 @@ impl Pager {
             (Paging::Next, Some(link)) => Some(self.link(&url, &link)?),
             _ => None,
         };
-        if next.is_none() {
-            self.ended(&url)?;
+        if next.is_none() && !links_end {
+            self.incomplete = self.ended(&url).err();
         }
         self.next = self.follow(&url, next)?;
         Ok(page)
     }
 
-    /// At the last page of a listing by number: one that ends short of the
-    /// count it announced, and did not change under it, missed records (a page
-    /// the server did not give): it is incomplete (SPEC §6).
+    /// At the last page of a listing by number that gives no links (a short
+    /// page ended it): one that ends short of the count it announced, and did
+    /// not change under it, missed records (a page the server did not give):
+    /// it is incomplete (SPEC §6). A listing that followed the server's own
+    /// `links.next` to their end is complete whatever its count said.
     fn ended(&self, url: &Url) -> Result<(), ApiError> {
         match (&self.paging, self.first_count) {
             (Paging::Number, Some(count)) if !self.unstable && self.received < count => {
@@ -417,6 +428,9 @@ impl Pager {
                         // a short page ends it, as one after another would
                         if end {
                             self.next = None;
+                        }
+                        if let Some(incomplete) = self.incomplete.take() {
+                            let _ = raw_tx.send(Err(incomplete)).await;
                         }
                         return self.unstable;
                     }
