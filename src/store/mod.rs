@@ -1,5 +1,8 @@
-//! SQLite and nothing else: open (WAL, busy timeout), migrations from `migrations/`,
-//! and one thread that owns the writer connection and runs closures on it in turn.
+//! SQLite and nothing else. Here: the `Store` handle, opening (WAL, busy
+//! timeout) and migrations from `migrations/`. Beside it: the thread that owns
+//! the writer connection and runs closures on it in turn (`writer`), the WAL's
+//! growth and the checkpointer (`wal`), reads beside the writer (`read`), and
+//! one file of SQL per part of the mirror (records, events, outbox, …).
 //!
 //! A listing's pages may share one transaction ([`Batch`]), with the pages of the
 //! other listings running side by side: committed after [`BATCH_WINDOW`], before
@@ -14,23 +17,33 @@ pub mod downloads;
 pub mod events;
 pub mod lock;
 pub mod outbox;
+mod read;
 pub mod records;
 pub mod report;
 pub mod retention;
 pub mod state;
+mod wal;
+mod writer;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use include_dir::{Dir, include_dir};
 use rusqlite::Connection;
 use rusqlite_migration::Migrations;
+
+pub use read::open_read_only;
+pub use wal::MAX_WAL_BYTES;
+pub use writer::Batch;
+
+use read::MAX_READERS;
+use wal::{WAL_CAP_BYTES, WalCap, WalWait, checkpoint_loop, millis_now, note_wal_frames};
+use writer::{Job, Lent, serve};
 
 static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 static MIGRATIONS: LazyLock<Migrations<'static>> =
@@ -39,41 +52,11 @@ static MIGRATIONS: LazyLock<Migrations<'static>> =
 /// How long a batch's transaction stays open at most: the lag readers see.
 pub const BATCH_WINDOW: Duration = Duration::from_secs(1);
 
-/// The WAL size past which the writer drains the WAL so that it starts over (see
-/// [`WalCap`]): it grows to this and about two seconds of writes.
-const WAL_CAP_BYTES: u64 = 256 << 20;
-
-/// Reads at once ([`Store::read`]), each on a read-only connection kept for the
-/// next: the writer's 64 MiB page cache is shared by nobody, so every reader
-/// costs its own cache and blocking thread.
-const MAX_READERS: usize = 2;
-/// The page cache of a read connection.
-const READER_CACHE_KIB: i64 = 2048;
-
 /// How long the writer waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `store.max_wal` by default: past it, while a reader's open transaction keeps
-/// the WAL from starting over, the writer waits ([`WalCap::wait_for_readers`]).
-pub const MAX_WAL_BYTES: u64 = 1 << 30;
-
 /// What the WAL file is cut back to after it starts over, outside a listing.
 const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
-
-/// A closure for the store thread; false when it failed (a batch is then rolled back).
-type Work = Box<dyn FnOnce(&mut Connection, Option<rusqlite::Error>) -> bool + Send>;
-
-enum Job {
-    /// Runs on its own: an open batch is committed first.
-    Alone(Work),
-    /// Runs inside the shared transaction (begun if needed); gets the error of a
-    /// failed commit or rollback of batch `key`'s earlier work instead of running.
-    Batched(u64, Work),
-    /// Hands the connection to a caller's thread until it sends it back.
-    Lend(mpsc::SyncSender<(Connection, mpsc::SyncSender<Connection>)>),
-    /// Commits batch `key` now, answering with the outcome.
-    Commit(u64, tokio::sync::oneshot::Sender<rusqlite::Result<()>>),
-}
 
 /// The mirror database. Cloning shares the one writer thread.
 #[derive(Clone)]
@@ -91,21 +74,6 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     waiting: Arc<WalWait>,
-}
-
-/// The writer's wait for a reader past `store.max_wal`, as others see it.
-#[derive(Default)]
-struct WalWait {
-    /// The WAL's size in bytes while waiting; 0 when not.
-    bytes: AtomicU64,
-    /// When the waiting writer last looked (ms since 1970).
-    beat: AtomicU64,
-}
-
-fn millis_now() -> u64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Store {
@@ -207,60 +175,6 @@ impl Store {
     }
 }
 
-/// A read-only connection, for the commands that only read the mirror (`status`,
-/// `events`, `exports list`): no migration, no write, and no file left behind.
-/// A WAL database is read through the writer's `-wal` and `-shm` files when they
-/// exist (a daemon has it open); when neither does, everything is in the
-/// database file and it is opened `immutable`, since a plain read-only open would
-/// create both files, owned by whoever ran the command, and a daemon running as
-/// another user could then not open its own database.
-pub fn open_read_only(path: &Path) -> anyhow::Result<Connection> {
-    use rusqlite::OpenFlags;
-    if !path.exists() {
-        anyhow::bail!(
-            "no mirror database at {} (run `avala-mirror sync` first, or name it with --db)",
-            path.display()
-        );
-    }
-    let beside = |suffix: &str| {
-        let mut p = path.as_os_str().to_os_string();
-        p.push(suffix);
-        PathBuf::from(p).exists()
-    };
-    let writer_gone = !beside("-wal") && !beside("-shm");
-    let abs = std::path::absolute(path)?;
-    let mut uri = url::Url::from_file_path(&abs)
-        .map_err(|()| anyhow::anyhow!("{} is not a file path", abs.display()))?;
-    uri.set_query(Some(if writer_gone {
-        "mode=ro&immutable=1"
-    } else {
-        "mode=ro"
-    }));
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(uri.as_str(), flags)
-        .with_context(|| format!("opening {} read-only", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .with_context(|| format!("reading {}", path.display()))?;
-    let known = MIGRATIONS_DIR.dirs().count() as i64;
-    if version == 0 {
-        anyhow::bail!("{} is not an avala-mirror database", path.display());
-    }
-    if version != known {
-        anyhow::bail!(
-            "{} is at schema version {version} and this avala-mirror reads version {known}: {}",
-            path.display(),
-            if version < known {
-                "run `avala-mirror sync` (or restart the daemon) once to upgrade it"
-            } else {
-                "use the avala-mirror that wrote it"
-            }
-        );
-    }
-    Ok(conn)
-}
-
 impl Store {
     fn send(&self, job: Job) {
         assert!(self.try_send(job), "store thread alive");
@@ -285,47 +199,6 @@ impl Store {
         rx.await.expect("store task panicked")
     }
 
-    /// Runs `f` on a read-only connection of its own, on a blocking thread: a read
-    /// never ends the writer's open batch early (as a job on the writer's thread
-    /// does), and sees what has been committed, up to a second behind the writer.
-    pub async fn read<F, R>(&self, f: F) -> rusqlite::Result<R>
-    where
-        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        let _turn = self.inner.reading.acquire().await.expect("never closed");
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner
-                .readers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop();
-            let conn = match pooled {
-                Some(c) => c,
-                None => {
-                    let c = Connection::open_with_flags(
-                        &inner.path,
-                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                    )?;
-                    c.busy_timeout(Duration::from_secs(10))?;
-                    // scans, mostly: a small cache, as each reader has its own
-                    c.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
-                    c
-                }
-            };
-            let out = f(&conn);
-            inner
-                .readers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
-            out
-        })
-        .await
-        .expect("store read panicked")
-    }
-
     /// Runs `f` with the connection on this thread (tests, short reads): the store
     /// thread lends its connection and waits for it back.
     pub fn with<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
@@ -334,74 +207,6 @@ impl Store {
         let (conn, back) = rx.recv().expect("store thread alive");
         let mut lent = Lent(Some(conn), back);
         f(lent.0.as_mut().expect("lent"))
-    }
-
-    /// A new batch: work that may share one transaction (one listing's pages).
-    pub fn batch(&self) -> Batch {
-        static KEYS: AtomicU64 = AtomicU64::new(1);
-        Batch {
-            store: self.clone(),
-            key: KEYS.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-}
-
-/// Work sharing one transaction; see the module documentation.
-pub struct Batch {
-    store: Store,
-    key: u64,
-}
-
-impl Batch {
-    /// Runs `f` inside the batch's transaction. When `f` fails, the batch's whole
-    /// transaction is rolled back (so `f` is never half-applied, and no savepoint
-    /// journals every page it touches); an error of an earlier commit of this
-    /// batch comes back instead of running `f`.
-    pub async fn call<F, R>(&self, f: F) -> rusqlite::Result<R>
-    where
-        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
-        R: Send + 'static,
-    {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.send(Job::Batched(
-            self.key,
-            Box::new(move |c, failed| {
-                let result = match failed {
-                    Some(e) => Err(e),
-                    None => f(c),
-                };
-                let ok = result.is_ok();
-                let _ = tx.send(result);
-                ok
-            }),
-        ));
-        rx.await.expect("store task panicked")
-    }
-
-    /// Commits what the batch has written (or reports why an earlier commit failed).
-    pub async fn commit(&self) -> rusqlite::Result<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.send(Job::Commit(self.key, tx));
-        rx.await.expect("store task panicked")
-    }
-}
-
-impl Drop for Batch {
-    /// Commits now rather than at the end of the window (a listing that stopped early).
-    fn drop(&mut self) {
-        let (tx, _) = tokio::sync::oneshot::channel();
-        self.store.try_send(Job::Commit(self.key, tx));
-    }
-}
-
-/// A lent connection, returned to the store thread when dropped (even by a panic).
-struct Lent(Option<Connection>, mpsc::SyncSender<Connection>);
-
-impl Drop for Lent {
-    fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            let _ = self.1.send(conn);
-        }
     }
 }
 
@@ -424,285 +229,6 @@ impl Drop for Inner {
             let _ = handle.join();
         }
     }
-}
-
-/// The transaction the batches writing at the time share, open for up to
-/// [`BATCH_WINDOW`]; `keys` are the batches with work in it.
-struct Open {
-    deadline: Instant,
-    keys: Vec<u64>,
-}
-
-/// The store thread: runs jobs in order, keeping one transaction open across the
-/// jobs of every batch (listings side by side) for up to [`BATCH_WINDOW`]. When
-/// that transaction is rolled back, each batch with work in it is told, by its
-/// next job or commit, so no listing counts rolled-back pages as written.
-fn serve(
-    mut conn: Connection,
-    jobs: mpsc::Receiver<Job>,
-    committed: mpsc::SyncSender<()>,
-    mut wal: WalCap,
-) {
-    let mut open: Option<Open> = None;
-    let mut failed: HashMap<u64, rusqlite::Error> = HashMap::new();
-    loop {
-        if open.is_none() {
-            wal.after_job(&conn, &committed);
-        }
-        let job = match &open {
-            None => match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-            Some(o) => {
-                match jobs.recv_timeout(o.deadline.saturating_duration_since(Instant::now())) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        end_batch(&mut conn, &mut open, &mut failed);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => {
-                        end_batch(&mut conn, &mut open, &mut failed);
-                        return;
-                    }
-                }
-            }
-        };
-        match job {
-            Job::Alone(work) => {
-                end_batch(&mut conn, &mut open, &mut failed);
-                work(&mut conn, None);
-            }
-            Job::Lend(to) => {
-                end_batch(&mut conn, &mut open, &mut failed);
-                let (back, returned) = mpsc::sync_channel(1);
-                conn = match to.send((conn, back)) {
-                    Ok(()) => match returned.recv() {
-                        Ok(conn) => conn,
-                        Err(_) => return,
-                    },
-                    Err(mpsc::SendError((conn, _))) => conn,
-                };
-            }
-            Job::Commit(key, reply) => {
-                if open.as_ref().is_some_and(|o| o.keys.contains(&key)) {
-                    end_batch(&mut conn, &mut open, &mut failed);
-                }
-                let outcome = failed.remove(&key).map_or(Ok(()), Err);
-                if let Err(Err(e)) = reply.send(outcome) {
-                    // a batch dropped before its end: its listing is not complete anyway
-                    tracing::warn!(
-                        "the last writes of a listing that stopped early were lost: {e}"
-                    );
-                }
-            }
-            Job::Batched(key, work) => {
-                if let Some(e) = failed.remove(&key) {
-                    work(&mut conn, Some(e));
-                    continue;
-                }
-                if open.is_none() {
-                    // the WAL file keeps its size while a listing writes (see `end_batch`)
-                    let begin = "PRAGMA journal_size_limit = -1; BEGIN IMMEDIATE";
-                    if let Err(e) = conn.execute_batch(begin) {
-                        work(&mut conn, Some(e));
-                        continue;
-                    }
-                    open = Some(Open {
-                        deadline: Instant::now() + BATCH_WINDOW,
-                        keys: vec![],
-                    });
-                }
-                if let Some(o) = open.as_mut().filter(|o| !o.keys.contains(&key)) {
-                    o.keys.push(key);
-                }
-                let ok = work(&mut conn, None);
-                if !ok && !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                if conn.is_autocommit() {
-                    // rolled back, here or by SQLite itself (an I/O error, a full disk):
-                    // the other batches' earlier work in it is gone too
-                    let keys = open.take().map(|o| o.keys).unwrap_or_default();
-                    for k in keys.into_iter().filter(|k| ok || *k != key) {
-                        let why = "rolled back with another listing's failed write";
-                        failed.insert(k, shared_error(why, None));
-                    }
-                } else if open.as_ref().is_some_and(|o| Instant::now() >= o.deadline)
-                    || wal.drained()
-                {
-                    end_batch(&mut conn, &mut open, &mut failed);
-                }
-            }
-        }
-    }
-}
-
-/// Commits the open transaction, if any; a failed commit is rolled back and kept
-/// for the next job or commit of each batch that had work in it.
-fn end_batch(
-    conn: &mut Connection,
-    open: &mut Option<Open>,
-    failed: &mut HashMap<u64, rusqlite::Error>,
-) {
-    let Some(Open { keys, .. }) = open.take() else {
-        return;
-    };
-    if let Err(e) = conn.execute_batch("COMMIT") {
-        tracing::error!("committing a batch of pages: {e}");
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for k in keys {
-            failed.insert(k, shared_error("commit failed", Some(&e)));
-        }
-    }
-    // Once the WAL has started over, its next commit outside a batch cuts the file
-    // back; within a listing, rewriting it in place spares the kernel allocating it again.
-    let _ = conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT);
-}
-
-/// One error for each of the batches a failed transaction held (the error type
-/// cannot be cloned): SQLite's code, and `why` with the original message.
-fn shared_error(why: &str, e: Option<&rusqlite::Error>) -> rusqlite::Error {
-    use rusqlite::ffi;
-    let code = match e {
-        Some(rusqlite::Error::SqliteFailure(code, _)) => *code,
-        Some(_) => ffi::Error::new(ffi::SQLITE_ERROR),
-        None => ffi::Error::new(ffi::SQLITE_ABORT),
-    };
-    let message = match e {
-        Some(e) => format!("{why}: {e}"),
-        None => why.to_string(),
-    };
-    rusqlite::Error::SqliteFailure(code, Some(message))
-}
-
-/// The writer's side of the WAL's growth. The checkpointer copies commits back
-/// while the writer goes on, so the WAL never finds everything copied at the
-/// start of a write, which is when it starts over. Past [`WAL_CAP_BYTES`] the
-/// writer drains it: the batch then open ends as soon as the checkpointer has
-/// copied every earlier commit, and the writer itself checkpoints that short
-/// batch (waiting for its fsync) before it writes again.
-struct WalCap {
-    /// [`WAL_CAP_BYTES`] (less in tests), in frames.
-    cap: u64,
-    /// `store.max_wal`, in frames.
-    max: u64,
-    page_size: u64,
-    /// Frames copied back by the checkpointer's last pass.
-    copied: Arc<AtomicU64>,
-    draining: bool,
-    /// WAL frames after the last commit, and after the one before it.
-    last: u64,
-    before_last: u64,
-    waiting: Arc<WalWait>,
-}
-
-impl WalCap {
-    /// After a job, with no transaction open: wakes the checkpointer, or past the
-    /// cap and once only the last commit is left to copy, checkpoints here.
-    fn after_job(&mut self, conn: &Connection, checkpointer: &mpsc::SyncSender<()>) {
-        if WAL_FRAMES.get() > self.max {
-            self.wait_for_readers(conn);
-        }
-        let frames = WAL_FRAMES.get();
-        if frames != self.last {
-            (self.before_last, self.last) = (self.last, frames);
-        }
-        if frames <= self.cap {
-            self.draining = false;
-        } else if !self.draining {
-            self.draining = true;
-        } else if self.copied.load(Ordering::Relaxed) >= self.before_last {
-            // busy when the checkpointer is at it: tried again after the next job
-            if let Ok((0, log, done)) = checkpoint(conn)
-                && log == done
-            {
-                WAL_FRAMES.set(0);
-                self.copied.store(0, Ordering::Relaxed);
-                (self.draining, self.last, self.before_last) = (false, 0, 0);
-            }
-            return;
-        }
-        let _ = checkpointer.try_send(());
-    }
-
-    /// Past `store.max_wal` a reader's open transaction is what keeps the WAL
-    /// from starting over (the checkpoints cannot copy past its snapshot), and
-    /// every write would grow it: the writer waits, nothing is lost, and it goes
-    /// on once a checkpoint has copied everything back and restarted the WAL.
-    fn wait_for_readers(&mut self, conn: &Connection) {
-        let mut said = false;
-        // tried once a second rather than in the busy handler's long waits
-        let _ = conn.busy_timeout(Duration::ZERO);
-        loop {
-            // RESTART succeeds once no reader is left in the WAL
-            match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            }) {
-                Ok((0, log, done)) if log == done => break,
-                Ok(_) | Err(_) => {}
-            }
-            self.waiting.beat.store(millis_now(), Ordering::Relaxed);
-            if !said {
-                said = true;
-                let bytes = WAL_FRAMES.get() * self.page_size;
-                self.waiting.bytes.store(bytes.max(1), Ordering::Relaxed);
-                tracing::warn!(
-                    wal_mib = bytes >> 20,
-                    "the WAL is past store.max_wal and a reader's open transaction keeps it from starting over; writes wait until it ends (nothing is lost)"
-                );
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        let _ = conn.busy_timeout(BUSY_TIMEOUT);
-        if said {
-            tracing::info!("the reader let go; the WAL started over and writes go on");
-        }
-        self.waiting.bytes.store(0, Ordering::Relaxed);
-        WAL_FRAMES.set(0);
-        self.copied.store(0, Ordering::Relaxed);
-        (self.draining, self.last, self.before_last) = (false, 0, 0);
-    }
-
-    /// Whether the open batch should end now, to drain the WAL.
-    fn drained(&self) -> bool {
-        self.draining && self.copied.load(Ordering::Relaxed) >= self.last
-    }
-}
-
-/// Copies committed WAL frames into the database off the writer's thread (on the
-/// other core, while the writer goes on), and says how far it got.
-fn checkpoint_loop(conn: Connection, wake: mpsc::Receiver<()>, copied: Arc<AtomicU64>) {
-    while wake.recv().is_ok() {
-        match checkpoint(&conn) {
-            Ok((0, _, done)) => copied.store(done.max(0) as u64, Ordering::Relaxed),
-            Ok(_) => {}
-            Err(e) => tracing::debug!("background checkpoint: {e}"),
-        }
-    }
-}
-
-thread_local! {
-    /// Frames in the WAL after the last commit on this thread (the store thread).
-    static WAL_FRAMES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
-    WAL_FRAMES.set(frames.max(0) as u64);
-    Ok(())
-}
-
-/// A passive checkpoint: (busy, frames in the WAL, frames copied back).
-fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })
 }
 
 fn open_connection(path: &Path) -> anyhow::Result<Connection> {
@@ -733,6 +259,8 @@ pub use crate::time::now_rfc3339;
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]
