@@ -546,17 +546,24 @@ async fn a_hostile_export_name_stays_inside_the_directory() {
     assert_eq!(beside, vec!["exports"]);
 }
 
-#[tokio::test]
-async fn kill_9_during_a_download_then_restart_resumes() {
+/// A world of one export whose archive is `bytes` long, and a configuration
+/// for the binary that downloads it into the returned directory.
+async fn one_archive(bytes: u64) -> (TestEnv, PathBuf, PathBuf) {
     let mut world = small_world();
     world.exports = 1;
-    world.archive_bytes = 4 << 20;
+    world.archive_bytes = bytes;
     let env = start(world).await;
     let dl = env.dir.path().join("archives");
     let cfg = env.write_config(
         "test-key-5f3a9c",
         &format!("[downloads]\nbackfill = true\ndir = \"{}\"\n", dl.display()),
     );
+    (env, dl, cfg)
+}
+
+#[tokio::test]
+async fn kill_9_during_a_download_then_restart_resumes() {
+    let (env, dl, cfg) = one_archive(4 << 20).await;
     let cfg = cfg.to_str().unwrap();
     env.sim
         .faults(|f| f.storage.slow = Duration::from_millis(300));
@@ -870,15 +877,7 @@ async fn a_named_proxy_is_used_and_the_guard_still_checks_the_links_host() {
 
 #[tokio::test]
 async fn a_stop_during_the_final_check_leaves_no_partial_archive_in_the_directory() {
-    let mut world = small_world();
-    world.exports = 1;
-    world.archive_bytes = 32 << 20;
-    let env = start(world).await;
-    let dl = env.dir.path().join("archives");
-    let cfg = env.write_config(
-        "test-key-5f3a9c",
-        &format!("[downloads]\nbackfill = true\ndir = \"{}\"\n", dl.display()),
-    );
+    let (env, dl, cfg) = one_archive(32 << 20).await;
     let cfg = cfg.to_str().unwrap();
     let mut child = spawn_binary(&["--config", cfg, "run"]);
     // the whole archive is in the partial file: its check is under way

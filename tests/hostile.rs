@@ -11,7 +11,7 @@ use avala_mirror::config::{Config, Resource};
 use avala_mirror::store::Store;
 use avala_mirror::sync::Syncer;
 use axum::extract::{Query, State};
-use common::peak_rss_kib;
+use common::{exit_and_peak_rss, peak_rss_kib};
 use serde_json::json;
 
 /// How the fake API answers `GET /api/v1/exports/`.
@@ -240,17 +240,7 @@ async fn a_body_past_max_response_bytes_is_refused_with_flat_memory() {
     *fake.mode.lock().unwrap() = Mode::Huge;
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_sync(dir.path(), &base, "resources = [\"exports\"]\n");
-    let pid = child.id().unwrap();
-    let mut peak = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(pid) {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    let (status, peak) = exit_and_peak_rss(&mut child).await;
     let mut out = String::new();
     tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut out)
         .await

@@ -99,6 +99,15 @@ impl Notified {
         self.seen.iter().position(|m| m == "RELOADING=1").unwrap()
     }
 
+    /// SIGTERM, and `run` exits 0 within 20 s.
+    async fn stopped_cleanly(&mut self) {
+        signal(&self.child, "-TERM");
+        assert_eq!(
+            exit_code(&mut self.child, Duration::from_secs(20)).await,
+            Some(0)
+        );
+    }
+
     /// Reads messages until `done` holds for all seen so far (20 s at most each).
     async fn until(&mut self, done: impl Fn(&[String]) -> bool) {
         let mut buf = [0u8; 4096];
@@ -535,11 +544,7 @@ async fn the_watchdog_is_fed_across_a_reload() {
     let reloading = n.reload_a_change(&cfg).await;
     n.until(|seen| times(&seen[reloading..], "WATCHDOG=1") >= 3)
         .await;
-    signal(&n.child, "-TERM");
-    assert_eq!(
-        exit_code(&mut n.child, Duration::from_secs(20)).await,
-        Some(0)
-    );
+    n.stopped_cleanly().await;
 }
 
 #[tokio::test]
@@ -648,11 +653,7 @@ async fn the_watchdog_is_fed_while_writes_wait_for_a_reader() {
         count(&db, "SELECT count(*) FROM items") == 360
     })
     .await;
-    signal(&n.child, "-TERM");
-    assert_eq!(
-        exit_code(&mut n.child, Duration::from_secs(20)).await,
-        Some(0)
-    );
+    n.stopped_cleanly().await;
 }
 
 #[tokio::test]
@@ -682,9 +683,5 @@ async fn a_reload_keeps_the_pause_the_api_asked_for() {
         sent,
         "requests went out during the pause after the reload"
     );
-    signal(&n.child, "-TERM");
-    assert_eq!(
-        exit_code(&mut n.child, Duration::from_secs(20)).await,
-        Some(0)
-    );
+    n.stopped_cleanly().await;
 }

@@ -174,17 +174,7 @@ async fn an_empty_complete_listing_holds_rowids_not_records() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pid = child.id().unwrap();
-    let mut peak = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(pid) {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let (status, peak) = exit_and_peak_rss(&mut child).await;
     assert_eq!(status.code(), Some(0));
     // nothing deleted: a sample of the checks found the items there
     assert_eq!(env.rows("items").len(), 200_000);

@@ -280,6 +280,24 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Waits for `child` to exit, sampling its peak RSS every few milliseconds:
+/// (its exit status, the peak in KiB).
+pub async fn exit_and_peak_rss(
+    child: &mut tokio::process::Child,
+) -> (std::process::ExitStatus, u64) {
+    let pid = child.id().unwrap();
+    let mut peak = 0;
+    loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A loopback `host:port` that nothing listens on (a server that is down).
 pub fn nothing_listens() -> std::net::SocketAddr {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
