@@ -62,6 +62,9 @@ pub enum Kind {
     Text,
     /// `true` or `false`, kept as 1 or 0.
     Bool,
+    /// An attribute naming another record (`project_id`): a string, or an
+    /// integer kept as its digits (the reference gives no type for them).
+    Id,
 }
 
 const fn column(name: &'static str, kind: Kind) -> Field {

@@ -150,12 +150,22 @@ impl<'a> Head<'a> {
             })
             .ok_or(Rejected::NotAnObject)?;
         }
+        // an attribute `…_id` may be an integer; a relationship's `data.id` is
+        // a string (JSON:API)
+        let mut kinds: Vec<Kind> = columns
+            .iter()
+            .map(|c| match c.ends_with("_id") {
+                true => Kind::Id,
+                false => Kind::Text,
+            })
+            .collect();
         if let Some(rels) = relationships.filter(|_| related) {
             for (k, column) in columns.iter().enumerate() {
                 if let (None, Some(name)) = (values[k], column.strip_suffix("_id")) {
                     values[k] = member(rels, name)
                         .and_then(|r| member(r, "data"))
                         .and_then(|d| member(d, "id"));
+                    kinds[k] = Kind::Text;
                 }
             }
         }
@@ -169,7 +179,8 @@ impl<'a> Head<'a> {
             columns: columns
                 .iter()
                 .zip(values)
-                .map(|(name, v)| text(name, v))
+                .zip(kinds)
+                .map(|((name, v), kind)| typed(kind, v).ok_or(Rejected::WrongType(name)))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -191,11 +202,18 @@ fn read_uid(v: Option<&str>) -> Result<Cow<'_, str>, Rejected> {
 fn typed(kind: Kind, json: Option<&str>) -> Option<Option<Cow<'_, str>>> {
     match (kind, json) {
         (_, None | Some("null")) => Some(None),
-        (Kind::Text, Some(v)) if v.starts_with('"') => Some(field_text(v)),
+        (Kind::Text | Kind::Id, Some(v)) if v.starts_with('"') => Some(field_text(v)),
+        (Kind::Id, Some(v)) if is_integer(v) => Some(Some(Cow::Borrowed(v))),
         (Kind::Bool, Some("true")) => Some(Some(Cow::Owned("1".into()))),
         (Kind::Bool, Some("false")) => Some(Some(Cow::Owned("0".into()))),
         _ => None,
     }
+}
+
+/// Whether the JSON text `v` is an integer (digits, perhaps after a minus).
+fn is_integer(v: &str) -> bool {
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Nesting the SQLite JSON functions readers use accept at most (SPEC §6): a
@@ -592,6 +610,18 @@ mod tests {
             Head::parse_jsonapi(raw, &["n"]),
             Err(Rejected::WrongType("n"))
         );
+        // an attribute naming another record may be an integer, not a float or object
+        let numeric = r#"{"id":"c","attributes":{"project_id":17,"entry_id":-3}}"#;
+        let head = Head::parse_jsonapi(numeric, &["project_id", "entry_id"]).unwrap();
+        assert_eq!(head.columns, vec![Some("17".into()), Some("-3".into())]);
+        for bad in ["1.5", r#"{"a":1}"#, "true", "[]"] {
+            let raw = format!(r#"{{"id":"c","attributes":{{"project_id":{bad}}}}}"#);
+            assert_eq!(
+                Head::parse_jsonapi(&raw, &["project_id"]),
+                Err(Rejected::WrongType("project_id")),
+                "{raw}"
+            );
+        }
         let rel = r#"{"id":"c","relationships":{"note_feed":{"data":{"id":17}}}}"#;
         assert_eq!(
             Head::parse_jsonapi(rel, &["note_feed_id"]),
