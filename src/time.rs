@@ -2,11 +2,17 @@
 //! RFC 3339 text, compared as instants. Below both the API client and the
 //! store, which each need it.
 
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Now as RFC 3339 UTC text, the format of every timestamp in the database.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// `t` as nanoseconds since 1970, the scale of [`instant`] (0 before 1970).
+pub fn nanos(t: SystemTime) -> i128 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
 /// An RFC 3339 time as nanoseconds since 1970, whatever its precision and

@@ -53,13 +53,6 @@ pub enum DownloadError {
     Store(#[from] rusqlite::Error),
 }
 
-impl DownloadError {
-    /// Whether the download comes again without a person.
-    pub fn is_retried(&self) -> bool {
-        !matches!(self, DownloadError::Failed { .. })
-    }
-}
-
 /// How one download ended.
 #[derive(Debug)]
 pub struct Finished {

@@ -91,9 +91,7 @@ impl<'a> Head<'a> {
         .ok_or(Rejected::NotAnObject)?;
         let uid = read_uid(uid)?;
         // a status is a string or null
-        if status.is_some_and(|v| !v.starts_with('"') && v != "null") {
-            return Err(Rejected::BadStatus);
-        }
+        let status = typed(Kind::Text, status).ok_or(Rejected::BadStatus)?;
         let mut columns = Vec::new();
         for (f, v) in fields.iter().zip(values) {
             let value = typed(f.kind, v).ok_or(Rejected::WrongType(f.name))?;
@@ -103,7 +101,7 @@ impl<'a> Head<'a> {
         }
         Ok(Head {
             uid,
-            status: status.and_then(field_text),
+            status,
             dataset_uid: dataset_uid.and_then(field_text),
             columns,
             ..Head::default()
@@ -114,7 +112,8 @@ impl<'a> Head<'a> {
     /// `status`, `wf_step` and `updated_at` come from its `attributes`, as do
     /// `columns` (an `…_id` missing there is its relationship's `data.id`). The
     /// same rules of shape as [`Head::parse`]: an id is a non-blank string;
-    /// status, step, time and every column are strings or null.
+    /// status, step, time and every column are strings or null, but for an
+    /// attribute naming another record (`…_id`), which may be an integer.
     pub fn parse_jsonapi(raw: &'a str, columns: &[&'static str]) -> Result<Head<'a>, Rejected> {
         if too_deep(raw) {
             return Err(Rejected::TooDeep);

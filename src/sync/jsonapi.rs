@@ -22,7 +22,7 @@ use crate::config::Resource;
 use crate::error::ApiError;
 use crate::store::records::{self, ScopeFilter};
 use crate::store::{now_rfc3339, state};
-use crate::time::instant;
+use crate::time::{instant, nanos};
 
 /// After the server ignored or refused the filter, how long a scope stays on
 /// full listings before it tries the filter again.
@@ -291,11 +291,6 @@ fn bound(watermark: &str, overlap: Duration) -> String {
     let at = instant(watermark).unwrap_or(0) - overlap.as_nanos() as i128;
     let t = UNIX_EPOCH + Duration::from_nanos(at.clamp(0, u64::MAX as i128) as u64);
     humantime::format_rfc3339_micros(t).to_string()
-}
-
-fn nanos(t: SystemTime) -> i128 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
 }
 
 #[cfg(test)]

@@ -960,11 +960,8 @@ fn convert(
         overlap,
     } = attribution
     {
-        let received = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let latest =
-            i128::try_from(received.saturating_add(overlap.as_nanos())).unwrap_or(i128::MAX);
+        let overlap = i128::try_from(overlap.as_nanos()).unwrap_or(i128::MAX);
+        let latest = crate::time::nanos(SystemTime::now()).saturating_add(overlap);
         for (i, raw) in records.enumerate() {
             match Head::parse_jsonapi(&raw, columns) {
                 Ok(head) => {
