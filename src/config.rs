@@ -1286,7 +1286,8 @@ impl RawConfig {
         let proxy = match self.downloads.proxy.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(v) => match Url::parse(v) {
-                Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") => Some(u),
+                // the HTTP client is built without SOCKS support
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
                 _ => {
                     p.push(format!(
                         "downloads.proxy: expected a proxy URL such as \"http://proxy.internal:3128\", got {v:?}"
@@ -1543,6 +1544,14 @@ mod tests {
             err.contains("http.listen") && err.contains("log.level"),
             "{err}"
         );
+        // a proxy the storage client can use, or none
+        let toml = format!("{MIN}[downloads]\nproxy = \"http://proxy.internal:3128\"\n");
+        assert!(load(&toml, &env).unwrap().downloads.proxy.is_some());
+        for bad in ["socks5://proxy.internal:1080", "proxy.internal:3128"] {
+            let toml = format!("{MIN}[downloads]\nproxy = \"{bad}\"\n");
+            let err = load(&toml, &env).unwrap_err().to_string();
+            assert!(err.contains("downloads.proxy"), "{err}");
+        }
         // off loopback only when asked for
         let c = load(&format!("{MIN}[http]\nlisten = \"localhost:9999\"\n"), &env).unwrap();
         assert_eq!(c.http_listen, Some("127.0.0.1:9999".parse().unwrap()));
