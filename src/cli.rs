@@ -52,6 +52,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Answer the Avala API's read paths from the mirror, read-only, for scripts
+    /// on the official SDK (AVALA_BASE_URL=http://127.0.0.1:8484/api/v1)
+    Serve {
+        /// host:port to listen on (default: serve.listen, else 127.0.0.1:8484)
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// The change log from the database
     Events {
         #[command(subcommand)]
@@ -228,6 +235,20 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
         }
         Command::Sync { only } => commands::sync::sync(load(cfg_path, &env)?, only).await,
         Command::Status { json } => commands::status::status(&db()?, json),
+        Command::Serve { listen } => {
+            let mut env = env.clone();
+            if let Some(listen) = listen {
+                env.insert("AVALA_MIRROR__SERVE__LISTEN".into(), listen);
+            }
+            // with --db, a configuration is optional: [serve] has defaults
+            let path = match config::find_config_path(cfg_path, &env) {
+                Err(_) if cli.db.is_some() => None,
+                found => found?,
+            };
+            let (config_db, settings) = Config::load_serve(path.as_deref(), &env)?;
+            let db = cli.db.clone().unwrap_or(config_db);
+            commands::serve::serve(&db, settings).await
+        }
         Command::Events {
             action: Some(EventsAction::Redeliver { sink, since }),
             ..

@@ -332,6 +332,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// `[http] listen`: where `run` serves /healthz and /metrics (None: off).
     pub http_listen: Option<std::net::SocketAddr>,
+    /// `[serve]`: `run` also answers the API from the mirror (None: off).
+    pub serve: Option<crate::serve::Settings>,
     /// `[log] level`: a tracing filter, used when RUST_LOG is not set.
     pub log_level: String,
 }
@@ -479,6 +481,97 @@ struct RawConfig {
     http: RawHttp,
     log: RawLog,
     jsonapi: RawJsonApi,
+    serve: RawServe,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServe {
+    /// `host:port`; "" or "off": `run` does not serve (`serve` uses the default).
+    listen: String,
+    /// One client key a line (`#` comments); required off loopback.
+    api_keys_file: Option<PathBuf>,
+    max_connections: usize,
+}
+
+impl Default for RawServe {
+    fn default() -> Self {
+        RawServe {
+            listen: String::new(),
+            api_keys_file: None,
+            max_connections: 256,
+        }
+    }
+}
+
+/// Where `avala-mirror serve` listens when `serve.listen` names nothing.
+pub const SERVE_LISTEN: &str = "127.0.0.1:8484";
+
+impl RawServe {
+    /// The settings, or the problems with them. `standalone`: for the `serve`
+    /// command, which listens at [`SERVE_LISTEN`] when `listen` is unset.
+    fn settings(
+        &self,
+        p: &mut Vec<String>,
+        organizations: &[String],
+        standalone: bool,
+    ) -> Option<crate::serve::Settings> {
+        let listen = match self.listen.trim() {
+            "" | "off" if standalone => SERVE_LISTEN,
+            "" | "off" => return None,
+            addr => addr,
+        };
+        let Some(addr) = listen_addr(listen) else {
+            p.push(format!(
+                "serve.listen: expected host:port such as \"{SERVE_LISTEN}\", got {listen:?}"
+            ));
+            return None;
+        };
+        let keys = match &self.api_keys_file {
+            None => None,
+            Some(file) => match std::fs::read_to_string(file) {
+                Ok(text) => {
+                    let keys: std::collections::HashSet<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                        .collect();
+                    if keys.is_empty() {
+                        p.push(format!(
+                            "serve.api_keys_file: {} holds no key (one a line)",
+                            file.display()
+                        ));
+                    }
+                    Some(keys)
+                }
+                Err(e) => {
+                    p.push(format!(
+                        "serve.api_keys_file: cannot read {}: {e}",
+                        file.display()
+                    ));
+                    None
+                }
+            },
+        };
+        if !addr.ip().is_loopback() && self.api_keys_file.is_none() {
+            p.push(format!(
+                "serve.listen: {listen} is off loopback, which opens the mirror to the network; name the keys clients must send in serve.api_keys_file"
+            ));
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            p.push(format!(
+                "serve.max_connections: must be 1..=65536, got {}",
+                self.max_connections
+            ));
+        }
+        Some(crate::serve::Settings {
+            listen: addr,
+            keys,
+            max_connections: self.max_connections,
+            organizations: organizations.to_vec(),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -764,6 +857,21 @@ impl Config {
             .chain(jsonapi)
             .copied()
             .collect()
+    }
+
+    /// `store.path` and `[serve]`, for `avala-mirror serve`: no key is needed,
+    /// and nothing else is checked.
+    pub fn load_serve(
+        path: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<(PathBuf, crate::serve::Settings), ConfigError> {
+        let raw = RawConfig::read(path, env)?;
+        let mut p = vec![];
+        let settings = raw.serve.settings(&mut p, &raw.scope.organizations, true);
+        match settings {
+            Some(s) if p.is_empty() => Ok((raw.store.path, s)),
+            _ => Err(ConfigError(p)),
+        }
     }
 
     /// Only `store.path`, for the commands that only read the mirror: no key is
@@ -1181,6 +1289,9 @@ impl RawConfig {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             p.push(format!("log.level: {e}"));
         }
+        let serve = self
+            .serve
+            .settings(&mut p, &self.scope.organizations, false);
 
         let rps = self.api.requests_per_second;
         if !(rps.is_finite() && rps > 0.0) {
@@ -1416,6 +1527,7 @@ impl RawConfig {
             max_wal,
             sinks,
             http_listen,
+            serve,
             log_level: self.log.level,
         })
     }

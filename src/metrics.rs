@@ -29,6 +29,10 @@ pub struct Metrics {
     pub events_emitted: Family<Labels, Counter>,
     pub download_bytes: Counter,
     pub download_failures: Counter,
+    /// Requests `serve` answered, by `status`.
+    pub serve_requests: Family<Labels, Counter>,
+    /// All of them, for `/healthz`.
+    pub serve_total: Counter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -39,6 +43,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     events_emitted: Family::default(),
     download_bytes: Counter::default(),
     download_failures: Counter::default(),
+    serve_requests: Family::default(),
+    serve_total: Counter::default(),
 });
 
 pub fn label(k: &'static str, v: impl Into<String>) -> Labels {
@@ -85,6 +91,11 @@ pub fn render(db: &Path) -> String {
         "download_failures",
         "Export downloads that failed for good",
         m.download_failures.clone(),
+    );
+    r.register(
+        "serve_requests",
+        "Requests the read-only API replica (serve) answered, by HTTP status",
+        m.serve_requests.clone(),
     );
     r.register_collector(Box::new(FromDatabase(db.to_path_buf())));
     let mut out = String::new();

@@ -108,6 +108,10 @@ impl Health {
             "stale": stale,
             "resources": resources,
         });
+        let served = crate::metrics::METRICS.serve_total.get();
+        if served > 0 {
+            body["serve"] = json!({ "requests": served });
+        }
         // a pause the API asked for (at most api.max_wait) stops every resource
         let paused = crate::api::pace::PAUSED_UNTIL.load(std::sync::atomic::Ordering::Relaxed);
         let paused = std::time::UNIX_EPOCH + Duration::from_secs(paused);

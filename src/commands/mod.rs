@@ -4,6 +4,7 @@ pub mod demo;
 pub mod events;
 pub mod exports;
 pub mod run;
+pub mod serve;
 pub mod simulate;
 pub mod status;
 pub mod sync;

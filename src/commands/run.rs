@@ -184,6 +184,8 @@ struct Running {
     cfg: Arc<Config>,
     generation: Generation,
     http: Option<(SocketAddr, JoinHandle<()>)>,
+    /// `[serve]`: the API answered from the mirror.
+    serve: Option<(SocketAddr, JoinHandle<()>)>,
     writer: WriterLock,
 }
 
@@ -197,10 +199,12 @@ pub async fn run(
     let health = Health::new(&cfg);
     let http = start_http(cfg.http_listen, &health).await?;
     let generation = Prepared::new(cfg.clone())?.start(&health);
+    let serve = start_serve(&cfg).await?;
     let mut running = Running {
         cfg,
         generation,
         http,
+        serve,
         writer,
     };
     let (store_tx, store_rx) = watch::channel(running.generation.store.clone());
@@ -241,11 +245,12 @@ pub async fn run(
     let Running {
         mut generation,
         http,
+        serve,
         writer,
         ..
     } = running;
     let result = generation.stop().await;
-    if let Some((_, task)) = http {
+    for (_, task) in http.into_iter().chain(serve) {
         task.abort();
     }
     drop(writer);
@@ -304,6 +309,17 @@ impl Running {
         if let Some(lock) = writer {
             self.writer = lock;
         }
+        if new.serve != self.cfg.serve || new.store_path != self.cfg.store_path {
+            // the same address may be asked for again: the old one closes first
+            if let Some((_, task)) = self.serve.take() {
+                task.abort();
+                let _ = task.await;
+            }
+            self.serve = start_serve(&new).await.unwrap_or_else(|e| {
+                tracing::error!("SIGHUP: not serving the mirror as an API: {e:#}");
+                None
+            });
+        }
         self.cfg = new;
         Ok(None)
     }
@@ -349,6 +365,15 @@ async fn start_http(
 ) -> anyhow::Result<Option<(SocketAddr, JoinHandle<()>)>> {
     match listen {
         Some(addr) => Ok(Some(service::serve_http(addr, health.clone()).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn start_serve(cfg: &Config) -> anyhow::Result<Option<(SocketAddr, JoinHandle<()>)>> {
+    match &cfg.serve {
+        Some(settings) => Ok(Some(
+            crate::serve::start(settings.clone(), &cfg.store_path).await?,
+        )),
         None => Ok(None),
     }
 }

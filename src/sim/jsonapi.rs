@@ -11,7 +11,7 @@ use std::io::Write;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::world::mix;
 
@@ -56,21 +56,7 @@ impl Kind {
 
     /// The filters the reference documents for it, that the simulator applies.
     fn filters(self) -> &'static [&'static str] {
-        match self {
-            Kind::Projects => &["id", "updated_at__gte"],
-            Kind::Datasets => &["id", "project_id", "updated_at__gte"],
-            Kind::Entries => &["id", "project_id", "dataset_id"],
-            Kind::Annotations => &["id", "project_id", "dataset_id", "entry_id"],
-            Kind::NoteFeeds => &[
-                "id",
-                "project_id",
-                "dataset_id",
-                "entry_id",
-                "updated_at__gte",
-            ],
-            Kind::NoteComments => &["id", "note_feed_id", "updated_at__gte"],
-            Kind::ProjectMembers => &["id", "project_id"],
-        }
+        crate::contract::jsonapi::filters(self.path())
     }
 }
 
@@ -498,7 +484,6 @@ impl JsonApi {
         let filters: Vec<(&str, &str)> = q
             .filters
             .iter()
-            .filter(|(n, _)| n != "updated_at__gte")
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         let matches = |i: u64| {
@@ -664,13 +649,7 @@ impl JsonApi {
     }
 }
 
-/// A JSON:API error document.
-pub fn error_doc(status: u16, title: &str, detail: &str) -> Vec<u8> {
-    serde_json::to_vec(
-        &json!({"errors": [{"status": status.to_string(), "title": title, "detail": detail}]}),
-    )
-    .expect("serializing JSON")
-}
+pub use crate::contract::jsonapi::error_doc;
 
 /// Now, in the simulator's seconds.
 pub fn now() -> u64 {

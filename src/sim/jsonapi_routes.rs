@@ -5,7 +5,8 @@ use axum::http::{Method, StatusCode};
 use reqwest::Url;
 
 use super::SimState;
-use super::jsonapi::{Kind, ListQuery, error_doc};
+use super::jsonapi::{Kind, ListQuery};
+use crate::contract::jsonapi::error_doc;
 use super::routes::Query;
 
 pub fn route(
@@ -54,71 +55,48 @@ fn bad_request(title: &str, detail: &str) -> (StatusCode, Vec<u8>) {
 }
 
 fn list(st: &SimState, k: Kind, q: &Query) -> (StatusCode, Vec<u8>) {
-    let num = |key: &str, default: u64| match q.get(key) {
-        None => Some(default),
-        Some(v) => v.parse::<u64>().ok().filter(|n| *n >= 1),
-    };
-    let (Some(number), Some(size)) = (num("page[number]", 1), num("page[size]", 1000)) else {
-        return bad_request(
-            "Invalid page",
-            "page[number] and page[size] are positive integers",
-        );
+    let list = match crate::contract::jsonapi::parse(k.path(), q) {
+        Ok(list) => list,
+        Err(answer) => return answer,
     };
     let faults = st.faults.lock().expect("faults lock").jsonapi.clone();
-    let mut query = ListQuery {
-        number,
-        size: size.min(faults.max_page_size.unwrap_or(1000)).min(1000),
-        by_updated: q.get("sort").is_some_and(|s| s.starts_with("updated_at")),
-        ..ListQuery::default()
-    };
-    for (key, value) in q {
-        let Some(name) = key
-            .strip_prefix("filter[")
-            .and_then(|k| k.strip_suffix(']'))
-        else {
-            continue;
-        };
-        if name == "updated_at__gte" {
-            if faults.refuse_since {
-                return bad_request("Invalid filter", "updated_at__gte is not supported here");
-            }
-            if faults.ignore_since {
-                continue;
-            }
-            match crate::time::instant(value) {
-                // `>=` a time with a fraction: from the next whole second
-                Some(n) => query.since = Some((n as u64).div_ceil(1_000_000_000)),
-                None => return bad_request("Invalid filter", "updated_at__gte is not a time"),
-            }
-        }
-        query.filters.push((name.to_string(), value.clone()));
+    if list.since.is_some() && faults.refuse_since {
+        return bad_request("Invalid filter", "updated_at__gte is not supported here");
     }
+    let query = ListQuery {
+        number: list.number,
+        size: list.size.min(faults.max_page_size.unwrap_or(1000)),
+        by_updated: list.by_updated,
+        filters: list.filters.clone(),
+        // `>=` a time with a fraction: from the next whole second
+        since: list
+            .since
+            .filter(|_| !faults.ignore_since)
+            .map(|n| (n.max(0) as u64).div_ceil(1_000_000_000)),
+    };
     let mut w = st.world.lock().expect("world lock");
     let (page, count) = match w.jsonapi.list(k, &query) {
         Ok(found) => found,
         Err(detail) => return bad_request("Invalid filter", &detail),
     };
-    let mut out = b"{\"data\":[".to_vec();
-    for (n, i) in page.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        w.jsonapi.write(k, *i, &mut out);
-    }
-    out.extend_from_slice(b"]");
-    if q.get("count").is_some_and(|c| c == "true") {
-        out.extend_from_slice(format!(",\"meta\":{{\"count\":{count}}}").as_bytes());
-    }
+    let records: Vec<Vec<u8>> = page
+        .iter()
+        .map(|i| {
+            let mut out = Vec::new();
+            w.jsonapi.write(k, *i, &mut out);
+            out
+        })
+        .collect();
     // links: this page and, when it was full, the next one (absolute)
     let mut url = Url::parse(&format!("{}/{}", st.jsonapi_base, k.path())).expect("valid URL");
     url.query_pairs_mut().extend_pairs(q.iter());
-    let this = url.to_string();
-    let next = (page.len() as u64 == query.size)
-        .then(|| crate::api::jsonapi::with_page(&url, number + 1).to_string());
-    let links = serde_json::json!({"self": this, "next": next});
-    out.extend_from_slice(format!(",\"links\":{links}}}").as_bytes());
+    let list = crate::contract::jsonapi::List {
+        size: query.size,
+        ..list
+    };
+    let out = crate::contract::jsonapi::page(&url, &list, records.iter().map(Vec::as_slice), count);
 
-    if number == 1 && !page.is_empty() {
+    if list.number == 1 && !page.is_empty() {
         let now = super::jsonapi::now();
         let mut f = st.faults.lock().expect("faults lock");
         if f.jsonapi.touch_after_first_page == Some(k) {

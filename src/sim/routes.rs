@@ -1,7 +1,6 @@
 //! The documented v1 paths, answered from the world. One handler parses the path,
 //! applies auth and faults, then dispatches on the path's segments.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -187,14 +186,9 @@ fn json_bytes(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("serializing JSON")
 }
 
-fn not_found() -> (StatusCode, Vec<u8>) {
-    (
-        StatusCode::NOT_FOUND,
-        json_bytes(&json!({"detail": "Not found."})),
-    )
-}
+use crate::contract::{matches_filters, not_found};
 
-pub(super) type Query = HashMap<String, String>;
+pub(super) use crate::contract::Query;
 
 fn route(
     st: &SimState,
@@ -205,11 +199,7 @@ fn route(
     body: &[u8],
 ) -> (StatusCode, Vec<u8>) {
     let mut w = st.world.lock().expect("world lock");
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(st.cfg.default_page_size)
-        .clamp(1, st.cfg.max_page_size);
+    let limit = crate::contract::limit(q, st.cfg.default_page_size, st.cfg.max_page_size);
     let ctx = PageCtx {
         base: &st.api_base,
         path,
@@ -407,15 +397,6 @@ fn create_export(w: &mut World, body: &[u8]) -> (StatusCode, Vec<u8>) {
     (StatusCode::CREATED, json_bytes(&w.export_json(e)))
 }
 
-/// `status`, `status__in` and `data_type` filters where the docs offer them.
-fn matches_filters(v: &Value, q: &Query) -> bool {
-    let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
-    q.get("status").is_none_or(|s| field("status") == s)
-        && q.get("status__in")
-            .is_none_or(|s| s.split(',').any(|x| x == field("status")))
-        && q.get("data_type").is_none_or(|s| field("data_type") == s)
-}
-
 struct PageCtx<'a> {
     base: &'a str,
     path: &'a str,
@@ -427,18 +408,11 @@ struct PageCtx<'a> {
 impl PageCtx<'_> {
     /// An absolute link to this listing with `key` set to `value`.
     fn link(&self, key: &str, value: &str) -> String {
-        let mut ser = url::form_urlencoded::Serializer::new(String::new());
-        let mut keys: Vec<_> = self
-            .q
-            .iter()
-            .filter(|(k, _)| *k != "page" && *k != "cursor")
-            .collect();
-        keys.sort();
-        for (k, v) in keys {
-            ser.append_pair(k, v);
-        }
-        ser.append_pair(key, value);
-        format!("{}{}?{}", self.base, self.path, ser.finish())
+        crate::contract::link(self.base, self.path, self.q, key, value)
+    }
+
+    fn at(&self) -> (&str, &str, &Query) {
+        (self.base, self.path, self.q)
     }
 
     /// With the `bad_records` fault, on a listing's first page: a record without
@@ -474,51 +448,35 @@ impl PageCtx<'_> {
 
     /// Page-number pagination with `count`, as the page-style lists answer.
     fn page_style(&self, recs: Vec<Value>) -> (StatusCode, Vec<u8>) {
-        let page: usize = self
-            .q
-            .get("page")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(1)
-            .max(1);
-        let start = (page - 1) * self.limit;
-        if start > recs.len() || (start == recs.len() && page > 1) {
-            return (
-                StatusCode::NOT_FOUND,
-                json_bytes(&json!({"detail": "Invalid page."})),
-            );
-        }
-        let end = (start + self.limit).min(recs.len());
-        let next = (end < recs.len()).then(|| self.link("page", &(page + 1).to_string()));
-        let previous = (page > 1).then(|| self.link("page", &(page - 1).to_string()));
-        let mut results: Vec<Value> = recs[start..end].to_vec();
-        results.extend(self.bad(page == 1));
-        let v =
-            json!({"count": recs.len(), "next": next, "previous": previous, "results": results});
-        (StatusCode::OK, json_bytes(&v))
+        let recs: Vec<Vec<u8>> = recs.iter().map(json_bytes).collect();
+        let bad: Vec<Vec<u8>> = self.bad(true).iter().map(json_bytes).collect();
+        crate::contract::page_style(self.at(), self.limit, &recs, &bad)
     }
 
     /// Keyset cursor pagination: records come with ascending keys; the cursor is the
     /// last key served, so removals and additions never shift a listing.
     fn cursor_style(&self, recs: Vec<(u64, Value)>) -> (StatusCode, Vec<u8>) {
-        let after: Option<u64> = self.q.get("cursor").and_then(|c| c.parse().ok());
+        let after = match crate::contract::cursor(self.q) {
+            Ok(after) => after,
+            Err(answer) => return answer,
+        };
         let mut rest = recs
             .into_iter()
             .filter(|(k, _)| after.is_none_or(|a| *k > a));
         let page: Vec<(u64, Value)> = rest.by_ref().take(self.limit).collect();
         let more = rest.next().is_some();
-        let next = match (more, page.last()) {
-            (true, Some((k, _))) => Some(self.link("cursor", &k.to_string())),
-            _ => None,
-        };
-        let mut results: Vec<Value> = page.into_iter().map(|(_, v)| v).collect();
-        results.extend(self.bad(after.is_none()));
-        let v = json!({"next": next, "previous": null, "results": results});
-        (StatusCode::OK, json_bytes(&v))
+        let last = page.last().map(|(k, _)| *k).filter(|_| more);
+        let mut results: Vec<Vec<u8>> = page.iter().map(|(_, v)| json_bytes(v)).collect();
+        results.extend(self.bad(after.is_none()).iter().map(json_bytes));
+        crate::contract::cursor_page(self.at(), results.iter().map(Vec::as_slice), last)
     }
 
     /// The items listing, written straight to bytes (the simulator's hot path).
     fn items_page(&self, w: &World, ds: usize) -> (StatusCode, Vec<u8>) {
-        let after: Option<u64> = self.q.get("cursor").and_then(|c| c.parse().ok());
+        let after = match crate::contract::cursor(self.q) {
+            Ok(after) => after,
+            Err(answer) => return answer,
+        };
         let mut i = after.map_or(0, |a| a + 1);
         let count = w.items[ds].listed_at_most.map_or(w.items[ds].count, |n| {
             // the index past the n-th present item

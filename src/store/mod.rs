@@ -19,6 +19,7 @@ pub mod lock;
 pub mod outbox;
 mod read;
 pub mod records;
+pub mod replica;
 pub mod report;
 pub mod retention;
 pub mod state;
