@@ -1640,6 +1640,61 @@ mod tests {
     }
 
     #[test]
+    fn serve_is_checked_and_refuses_the_network_without_client_keys() {
+        let env = [("AVALA_API_KEY", "k")];
+        assert_eq!(
+            load(MIN, &env).unwrap().serve,
+            None,
+            "run serves only when asked"
+        );
+        let c = load(
+            &format!("{MIN}[serve]\nlisten = \"localhost:8484\"\n"),
+            &env,
+        )
+        .unwrap();
+        let s = c.serve.unwrap();
+        assert_eq!(
+            (s.listen.port(), s.keys, s.max_connections),
+            (8484, None, 256)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "# nobody yet\n").unwrap();
+        for (serve, key) in [
+            ("listen = \"0.0.0.0:8484\"", "serve.api_keys_file"),
+            ("listen = \"nowhere\"", "serve.listen"),
+            (
+                "listen = \"127.0.0.1:1\"\nmax_connections = 0",
+                "serve.max_connections",
+            ),
+            (
+                "listen = \"127.0.0.1:1\"\napi_keys_file = \"/no/such/file\"",
+                "serve.api_keys_file",
+            ),
+            (
+                &format!(
+                    "listen = \"127.0.0.1:1\"\napi_keys_file = \"{}\"",
+                    empty.display()
+                ),
+                "holds no key",
+            ),
+        ] {
+            let err = load(&format!("{MIN}[serve]\n{serve}\n"), &env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{serve}: {err}");
+        }
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "a\n\n  b  \n# c\n").unwrap();
+        let toml = format!(
+            "{MIN}[serve]\nlisten = \"0.0.0.0:8484\"\napi_keys_file = \"{}\"\n",
+            keys.display()
+        );
+        let keys = load(&toml, &env).unwrap().serve.unwrap().keys.unwrap();
+        assert_eq!(keys, ["a", "b"].iter().map(|k| k.to_string()).collect());
+    }
+
+    #[test]
     fn http_listen_and_log_level_are_checked() {
         let env = [("AVALA_API_KEY", "k")];
         let c = load(MIN, &env).unwrap();

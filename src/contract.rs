@@ -111,7 +111,10 @@ pub fn page_style<R: AsRef<[u8]>>(
     )
     .into_bytes();
     let page = records[start..end].iter().map(AsRef::as_ref);
-    let extra = extra.iter().filter(|_| page_number(q) == 1).map(Vec::as_slice);
+    let extra = extra
+        .iter()
+        .filter(|_| page_number(q) == 1)
+        .map(Vec::as_slice);
     join(&mut out, page.chain(extra));
     out.extend_from_slice(b"]}");
     (StatusCode::OK, out)
@@ -125,7 +128,8 @@ pub fn cursor_page<'a>(
     last_when_more: Option<u64>,
 ) -> Answer {
     let next = last_when_more.map(|k| link(base, path, q, "cursor", &k.to_string()));
-    let mut out = format!("{{\"next\":{},\"previous\":null,\"results\":[", json!(next)).into_bytes();
+    let mut out =
+        format!("{{\"next\":{},\"previous\":null,\"results\":[", json!(next)).into_bytes();
     join(&mut out, records);
     out.extend_from_slice(b"]}");
     (StatusCode::OK, out)
@@ -230,7 +234,8 @@ pub mod jsonapi {
             else {
                 continue;
             };
-            let invalid = |detail: String| error(StatusCode::BAD_REQUEST, "Invalid filter", &detail);
+            let invalid =
+                |detail: String| error(StatusCode::BAD_REQUEST, "Invalid filter", &detail);
             if !filters(collection).contains(&name) {
                 return Err(invalid(format!(
                     "filter[{name}] is not a filter of {collection}"
@@ -298,21 +303,34 @@ mod tests {
         // an empty listing has one empty page
         let none: [&str; 0] = [];
         let (s, body) = page_style(("http://h", "/x/", &q(&[])), 2, &none, &[]);
-        assert_eq!((s, body), (StatusCode::OK, br#"{"count":0,"next":null,"previous":null,"results":[]}"#.to_vec()));
+        assert_eq!(
+            (s, body),
+            (
+                StatusCode::OK,
+                br#"{"count":0,"next":null,"previous":null,"results":[]}"#.to_vec()
+            )
+        );
     }
 
     #[test]
     fn a_cursor_is_ours_or_not_found() {
         assert_eq!(cursor(&q(&[])).unwrap(), None);
         assert_eq!(cursor(&q(&[("cursor", "17")])).unwrap(), Some(17));
-        assert_eq!(cursor(&q(&[("cursor", "cD0yMDI1")])).unwrap_err().0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            cursor(&q(&[("cursor", "cD0yMDI1")])).unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[test]
     fn jsonapi_listings_take_documented_filters_only() {
         let l = jsonapi::parse(
             "entries",
-            &q(&[("filter[project_id]", "7"), ("page[size]", "5000"), ("count", "true")]),
+            &q(&[
+                ("filter[project_id]", "7"),
+                ("page[size]", "5000"),
+                ("count", "true"),
+            ]),
         )
         .unwrap();
         assert_eq!((l.size, l.count), (1000, true));
@@ -322,9 +340,16 @@ mod tests {
             q(&[("page[number]", "0")]),
             q(&[("filter[wf_step]", "done")]),
         ] {
-            assert_eq!(jsonapi::parse("entries", &bad).unwrap_err().0, StatusCode::BAD_REQUEST);
+            assert_eq!(
+                jsonapi::parse("entries", &bad).unwrap_err().0,
+                StatusCode::BAD_REQUEST
+            );
         }
-        let l = jsonapi::parse("projects", &q(&[("filter[updated_at__gte]", "1970-01-01T00:00:01Z")])).unwrap();
+        let l = jsonapi::parse(
+            "projects",
+            &q(&[("filter[updated_at__gte]", "1970-01-01T00:00:01Z")]),
+        )
+        .unwrap();
         assert_eq!(l.since, Some(1_000_000_000));
     }
 }

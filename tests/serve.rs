@@ -64,7 +64,11 @@ fn local(link: &Value) -> Value {
     let q: BTreeMap<String, String> = u
         .query_pairs()
         .map(|(k, v)| {
-            let v = if k == "cursor" { "…".into() } else { v.into_owned() };
+            let v = if k == "cursor" {
+                "…".into()
+            } else {
+                v.into_owned()
+            };
             (k.into_owned(), v)
         })
         .collect();
@@ -97,7 +101,9 @@ fn next_of(v: &Value) -> Option<String> {
 /// returns how many records were listed.
 async fn assert_same_listing(env: &TestEnv, addr: SocketAddr, path: &str) -> usize {
     let sim_base = env.sim.base_url().to_string();
-    let sim_root = sim_base.trim_end_matches("/api/v1/").trim_end_matches("/api/v1");
+    let sim_root = sim_base
+        .trim_end_matches("/api/v1/")
+        .trim_end_matches("/api/v1");
     let (mut a, mut b) = (
         Some(format!("{sim_root}{path}")),
         Some(format!("http://{addr}{path}")),
@@ -107,8 +113,14 @@ async fn assert_same_listing(env: &TestEnv, addr: SocketAddr, path: &str) -> usi
     while let (Some(sim_url), Some(serve_url)) = (a.take(), b.take()) {
         let (s1, _, v1) = get(&sim_url, Some(KEY)).await;
         let (s2, h2, v2) = get(&serve_url, None).await;
-        assert_eq!(s1, s2, "{path}: status (page {pages})\nsim: {v1}\nserve: {v2}");
-        assert!(h2.contains_key("etag") && h2.contains_key(SYNCED_AT), "{path}: {h2:?}");
+        assert_eq!(
+            s1, s2,
+            "{path}: status (page {pages})\nsim: {v1}\nserve: {v2}"
+        );
+        assert!(
+            h2.contains_key("etag") && h2.contains_key(SYNCED_AT),
+            "{path}: {h2:?}"
+        );
         listed += v1
             .get("results")
             .or_else(|| v1.get("data"))
@@ -119,7 +131,11 @@ async fn assert_same_listing(env: &TestEnv, addr: SocketAddr, path: &str) -> usi
         pages += 1;
         assert!(pages < 1000, "{path}: no end");
     }
-    assert_eq!(a.is_some(), b.is_some(), "{path}: one server has more pages");
+    assert_eq!(
+        a.is_some(),
+        b.is_some(),
+        "{path}: one server has more pages"
+    );
     listed
 }
 
@@ -127,7 +143,9 @@ async fn assert_same_listing(env: &TestEnv, addr: SocketAddr, path: &str) -> usi
 async fn the_v1_read_paths_answer_as_the_api_does() {
     let (env, addr) = mirrored().await;
     let (ds, seq, item, slice, export) = env.sim.world(|w| {
-        let d = w.dataset_index("johndoe", &w.datasets[0].slug.clone()).unwrap();
+        let d = w
+            .dataset_index("johndoe", &w.datasets[0].slug.clone())
+            .unwrap();
         let s = w.sequences_of(d)[0];
         (
             w.datasets[d].slug.clone(),
@@ -138,8 +156,18 @@ async fn the_v1_read_paths_answer_as_the_api_does() {
         )
     });
     let other = env.sim.world(|w| w.datasets[1].slug.clone());
+    let (ds_uid, slice_item) = env.sim.world(|w| {
+        let members = w.slice_members(0);
+        (
+            w.datasets[0].uid.clone(),
+            w.item_uid(w.slices[0].dataset, members[1]),
+        )
+    });
     let listings = [
-        "/api/v1/datasets/johndoe/list/".to_string(),
+        // the SDK's workspace list
+        "/api/v1/datasets/?limit=2".to_string(),
+        "/api/v1/datasets/?name=BATCH&limit=1".into(),
+        "/api/v1/datasets/johndoe/list/".into(),
         "/api/v1/datasets/johndoe/list/?limit=1".into(),
         "/api/v1/datasets/johndoe/list/?status=created&limit=2".into(),
         "/api/v1/organizations/acme-ai/datasets/?limit=2".into(),
@@ -158,6 +186,9 @@ async fn the_v1_read_paths_answer_as_the_api_does() {
     }
     assert!(listed > 150, "the listings were nearly empty: {listed}");
     for path in [
+        format!("/api/v1/datasets/{ds_uid}/"),
+        format!("/api/v1/datasets/johndoe/{ds}/"),
+        format!("/api/v1/slices/johndoe/{slice}/items/{slice_item}/"),
         format!("/api/v1/datasets/johndoe/{ds}/items/{item}/"),
         format!("/api/v1/datasets/johndoe/{ds}/sequences/{seq}/"),
         format!("/api/v1/slices/johndoe/{slice}/"),
@@ -173,19 +204,37 @@ async fn the_v1_read_paths_answer_as_the_api_does() {
         assert_same_listing(&env, addr, &path).await;
     }
     // a cursor neither server handed out
-    let (status, _, v) = get(&format!("http://{addr}/api/v1/exports/?cursor=cD0yMDI1"), None).await;
-    assert_eq!((status, v), (StatusCode::NOT_FOUND, json!({"detail": "Invalid cursor"})));
+    let (status, _, v) = get(
+        &format!("http://{addr}/api/v1/exports/?cursor=cD0yMDI1"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v),
+        (StatusCode::NOT_FOUND, json!({"detail": "Invalid cursor"}))
+    );
 }
 
 #[tokio::test]
 async fn the_jsonapi_collections_answer_as_the_service_does() {
     let (env, addr) = mirrored().await;
     let (project, entry_project, feed) = env.sim.world(|w| {
-        let p = w.jsonapi.json(avala_mirror::sim::jsonapi::Kind::Projects, 0);
-        let f = w.jsonapi.json(avala_mirror::sim::jsonapi::Kind::NoteFeeds, 3);
-        (p["id"].as_str().unwrap().to_string(), p["id"].as_str().unwrap().to_string(), f)
+        let p = w
+            .jsonapi
+            .json(avala_mirror::sim::jsonapi::Kind::Projects, 0);
+        let f = w
+            .jsonapi
+            .json(avala_mirror::sim::jsonapi::Kind::NoteFeeds, 3);
+        (
+            p["id"].as_str().unwrap().to_string(),
+            p["id"].as_str().unwrap().to_string(),
+            f,
+        )
     });
-    let since = feed["attributes"]["updated_at"].as_str().unwrap().to_string();
+    let since = feed["attributes"]["updated_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut listed = 0;
     for path in [
         "/jsonapi/entries?sort=updated_at&page[size]=7&count=true".to_string(),
@@ -215,7 +264,15 @@ async fn the_jsonapi_collections_answer_as_the_service_does() {
                 .collect();
             ids
         };
-        let sim = ids(env.sim.jsonapi_url().to_string().trim_end_matches('/').into(), Some(KEY)).await;
+        let sim = ids(
+            env.sim
+                .jsonapi_url()
+                .to_string()
+                .trim_end_matches('/')
+                .into(),
+            Some(KEY),
+        )
+        .await;
         let served = ids(format!("http://{addr}/jsonapi"), None).await;
         assert!(!sim.is_empty());
         assert_eq!(sim, served, "{collection}");
@@ -256,7 +313,11 @@ async fn read_only_with_client_keys_validators_and_freshness() {
     assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
     assert!(again.bytes().await.unwrap().is_empty());
     // every other verb: 405 with a JSON detail, and nothing written
-    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
         let r = c
             .request(method.clone(), format!("http://{addr}/api/v1/exports/"))
             .header("x-avala-api-key", "client-key-1")
@@ -281,7 +342,10 @@ async fn read_only_with_client_keys_validators_and_freshness() {
     // the replica's requests are counted
     let (status, _, health) = get(&format!("http://{addr}/healthz"), Some("client-key-1")).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(health["serve"]["requests"].as_u64().unwrap() >= 9, "{health}");
+    assert!(
+        health["serve"]["requests"].as_u64().unwrap() >= 9,
+        "{health}"
+    );
     let metrics = c
         .get(format!("http://{addr}/metrics"))
         .header("x-avala-api-key", "client-key-1")
@@ -291,7 +355,10 @@ async fn read_only_with_client_keys_validators_and_freshness() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("avala_mirror_serve_requests_total{status=\"405\"}"), "{metrics}");
+    assert!(
+        metrics.contains("avala_mirror_serve_requests_total{status=\"405\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -305,7 +372,12 @@ async fn a_downloaded_archive_is_served_from_the_mirror_with_ranges() {
         KEY,
         &format!("[downloads]\nbackfill = true\ndir = \"{}\"\n", dl.display()),
     );
-    let (code, _, err) = run_binary(&["--config", cfg.to_str().unwrap(), "sync"], &[], env.dir.path()).await;
+    let (code, _, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     let (addr, _task) = avala_mirror::serve::start(settings(None), &env.cfg.store_path)
         .await
@@ -328,17 +400,33 @@ async fn a_downloaded_archive_is_served_from_the_mirror_with_ranges() {
     let c = reqwest::Client::new();
     let whole = c.get(link).send().await.unwrap();
     assert_eq!(whole.status(), StatusCode::OK);
-    assert_eq!(whole.headers()["etag"].to_str().unwrap(), format!("\"{sha}\""));
+    assert_eq!(
+        whole.headers()["etag"].to_str().unwrap(),
+        format!("\"{sha}\"")
+    );
     assert_eq!(whole.bytes().await.unwrap().as_ref(), on_disk.as_slice());
-    let part = c.get(link).header("range", "bytes=1000-1999").send().await.unwrap();
+    let part = c
+        .get(link)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         part.headers()["content-range"].to_str().unwrap(),
         format!("bytes 1000-1999/{}", on_disk.len())
     );
     assert_eq!(part.bytes().await.unwrap().as_ref(), &on_disk[1000..2000]);
-    let tail = c.get(link).header("range", "bytes=-10").send().await.unwrap();
-    assert_eq!(tail.bytes().await.unwrap().as_ref(), &on_disk[on_disk.len() - 10..]);
+    let tail = c
+        .get(link)
+        .header("range", "bytes=-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tail.bytes().await.unwrap().as_ref(),
+        &on_disk[on_disk.len() - 10..]
+    );
     let past = c
         .get(link)
         .header("range", format!("bytes={}-", on_disk.len()))
@@ -346,7 +434,12 @@ async fn a_downloaded_archive_is_served_from_the_mirror_with_ranges() {
         .await
         .unwrap();
     assert_eq!(past.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    let cached = c.get(link).header("if-none-match", format!("\"{sha}\"")).send().await.unwrap();
+    let cached = c
+        .get(link)
+        .header("if-none-match", format!("\"{sha}\""))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
     let (status, _, _) = get(&format!("http://{addr}/archives/no-such-export"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -356,7 +449,9 @@ async fn a_downloaded_archive_is_served_from_the_mirror_with_ranges() {
 async fn a_cursor_listing_stays_whole_while_the_daemon_writes() {
     let (env, addr) = mirrored().await;
     let (ds, before) = env.sim.world(|w| {
-        let d = w.dataset_index("johndoe", &w.datasets[0].slug.clone()).unwrap();
+        let d = w
+            .dataset_index("johndoe", &w.datasets[0].slug.clone())
+            .unwrap();
         let uids: HashSet<String> = (0..w.items[d].count).map(|i| w.item_uid(d, i)).collect();
         (w.datasets[d].slug.clone(), uids)
     });
@@ -384,12 +479,21 @@ async fn a_cursor_listing_stays_whole_while_the_daemon_writes() {
     }
     let unique: HashSet<String> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "a record listed twice");
-    let deleted = env.sim.world(|w| w.item_uid(w.dataset_index("johndoe", &ds).unwrap(), 40));
+    let deleted = env
+        .sim
+        .world(|w| w.item_uid(w.dataset_index("johndoe", &ds).unwrap(), 40));
     for uid in before.iter().filter(|u| **u != deleted) {
         assert!(unique.contains(uid), "{uid} was skipped");
     }
-    assert!(!unique.contains(&deleted), "an item deleted before its page was listed");
-    assert_eq!(unique.len(), before.len() - 1 + 25, "the new items are at the end");
+    assert!(
+        !unique.contains(&deleted),
+        "an item deleted before its page was listed"
+    );
+    assert_eq!(
+        unique.len(),
+        before.len() - 1 + 25,
+        "the new items are at the end"
+    );
 }
 
 #[tokio::test]
@@ -403,7 +507,10 @@ async fn serve_alone_needs_no_key_and_refuses_the_network_without_client_keys() 
     )
     .await;
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("serve.listen") && err.contains("serve.api_keys_file"), "{err}");
+    assert!(
+        err.contains("serve.listen") && err.contains("serve.api_keys_file"),
+        "{err}"
+    );
     let keys = env.dir.path().join("keys");
     std::fs::write(&keys, "# clients\nteam-key\n").unwrap();
     let port = nothing_listens().port();
@@ -419,13 +526,41 @@ async fn serve_alone_needs_no_key_and_refuses_the_network_without_client_keys() 
     let url = format!("http://{listen}/api/v1/exports/");
     let mut answered = None;
     for _ in 0..100 {
-        if let Ok(r) = reqwest::Client::new().get(&url).header("x-avala-api-key", "team-key").send().await {
+        if let Ok(r) = reqwest::Client::new()
+            .get(&url)
+            .header("x-avala-api-key", "team-key")
+            .send()
+            .await
+        {
             answered = Some(r.status());
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(answered, Some(StatusCode::OK));
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn run_serves_the_mirror_too_when_serve_listen_is_set() {
+    let env = start(small_world()).await;
+    let listen = format!("127.0.0.1:{}", nothing_listens().port());
+    let cfg = env.write_config(KEY, &format!("[serve]\nlisten = \"{listen}\"\n"));
+    let mut child = spawn_binary(&["--config", cfg.to_str().unwrap(), "run"]);
+    let url = format!("http://{listen}/api/v1/datasets/johndoe/list/");
+    let mut count = None;
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(&url).await {
+            let v: Value = r.json().await.unwrap();
+            if v["count"] == 3 {
+                count = Some(3);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(count, Some(3), "run did not serve the mirrored datasets");
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }

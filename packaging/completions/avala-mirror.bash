@@ -34,6 +34,9 @@ _avala__mirror() {
             avala__mirror,run)
                 cmd="avala__mirror__subcmd__run"
                 ;;
+            avala__mirror,serve)
+                cmd="avala__mirror__subcmd__serve"
+                ;;
             avala__mirror,simulate)
                 cmd="avala__mirror__subcmd__simulate"
                 ;;
@@ -97,6 +100,9 @@ _avala__mirror() {
             avala__mirror__subcmd__help,run)
                 cmd="avala__mirror__subcmd__help__subcmd__run"
                 ;;
+            avala__mirror__subcmd__help,serve)
+                cmd="avala__mirror__subcmd__help__subcmd__serve"
+                ;;
             avala__mirror__subcmd__help,simulate)
                 cmd="avala__mirror__subcmd__help__subcmd__simulate"
                 ;;
@@ -125,7 +131,7 @@ _avala__mirror() {
 
     case "${cmd}" in
         avala__mirror)
-            opts="-h -V --config --log-format --db --help --version run sync status events exports check demo simulate help"
+            opts="-h -V --config --log-format --db --help --version run sync status serve events exports check demo simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -523,7 +529,7 @@ _avala__mirror() {
             return 0
             ;;
         avala__subcmd__mirror__subcmd__help)
-            opts="run sync status events exports check demo simulate help"
+            opts="run sync status serve events exports check demo simulate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -676,6 +682,20 @@ _avala__mirror() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        avala__subcmd__mirror__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         avala__subcmd__mirror__subcmd__help__subcmd__simulate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -725,6 +745,36 @@ _avala__mirror() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        avala__subcmd__mirror__subcmd__serve)
+            opts="-h --listen --config --log-format --db --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

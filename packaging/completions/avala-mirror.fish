@@ -33,6 +33,7 @@ complete -c avala-mirror -n "__fish_avala_mirror_needs_command" -s V -l version 
 complete -c avala-mirror -n "__fish_avala_mirror_needs_command" -f -a "run" -d 'The daemon: every enabled resource on its schedule until SIGTERM/SIGINT'
 complete -c avala-mirror -n "__fish_avala_mirror_needs_command" -f -a "sync" -d 'One complete cycle of every enabled resource, then exit (cron-friendly)'
 complete -c avala-mirror -n "__fish_avala_mirror_needs_command" -f -a "status" -d 'Counts, last syncs and failures, from the local database only'
+complete -c avala-mirror -n "__fish_avala_mirror_needs_command" -f -a "serve" -d 'Answer the Avala API\'s read paths from the mirror, read-only, for scripts on the official SDK (AVALA_BASE_URL=http://127.0.0.1:8484/api/v1)'
 complete -c avala-mirror -n "__fish_avala_mirror_needs_command" -f -a "events" -d 'The change log from the database'
 complete -c avala-mirror -n "__fish_avala_mirror_needs_command" -f -a "exports" -d 'Export archives: list them, download one, or create one and wait for it'
 complete -c avala-mirror -n "__fish_avala_mirror_needs_command" -f -a "check" -d 'Validate the configuration and make one API call'
@@ -56,6 +57,12 @@ json\t''"
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand status" -l db -d 'The mirror database, for the commands that only read it (status, events, exports list); else `store.path` of the configuration. No API key needed' -r -F
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand status" -l json
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand status" -s h -l help -d 'Print help'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand serve" -l listen -d 'host:port to listen on (default: serve.listen, else 127.0.0.1:8484)' -r
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand serve" -l config -d 'Configuration file (else $AVALA_MIRROR_CONFIG, ./avala-mirror.toml, /etc/avala-mirror/config.toml)' -r -F
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand serve" -l log-format -d 'Log format on stderr: text, or json (the default under systemd, i.e. with $JOURNAL_STREAM)' -r -f -a "text\t''
+json\t''"
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand serve" -l db -d 'The mirror database, for the commands that only read it (status, events, exports list); else `store.path` of the configuration. No API key needed' -r -F
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand events; and not __fish_seen_subcommand_from redeliver help" -l since -d 'After this event id (evt_…) or sequence number' -r
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand events; and not __fish_seen_subcommand_from redeliver help" -l type -d 'Only types matching this glob, e.g. \'sequence.*\'' -r
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand events; and not __fish_seen_subcommand_from redeliver help" -l config -d 'Configuration file (else $AVALA_MIRROR_CONFIG, ./avala-mirror.toml, /etc/avala-mirror/config.toml)' -r -F
@@ -140,15 +147,16 @@ complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand simulate" -l l
 json\t''"
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand simulate" -l db -d 'The mirror database, for the commands that only read it (status, events, exports list); else `store.path` of the configuration. No API key needed' -r -F
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand simulate" -s h -l help -d 'Print help'
-complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status events exports check demo simulate help" -f -a "run" -d 'The daemon: every enabled resource on its schedule until SIGTERM/SIGINT'
-complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status events exports check demo simulate help" -f -a "sync" -d 'One complete cycle of every enabled resource, then exit (cron-friendly)'
-complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status events exports check demo simulate help" -f -a "status" -d 'Counts, last syncs and failures, from the local database only'
-complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status events exports check demo simulate help" -f -a "events" -d 'The change log from the database'
-complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status events exports check demo simulate help" -f -a "exports" -d 'Export archives: list them, download one, or create one and wait for it'
-complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status events exports check demo simulate help" -f -a "check" -d 'Validate the configuration and make one API call'
-complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status events exports check demo simulate help" -f -a "demo" -d 'Run the built-in simulator and the mirror against it, in a local folder'
-complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status events exports check demo simulate help" -f -a "simulate" -d 'The built-in Avala API simulator alone'
-complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status events exports check demo simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "run" -d 'The daemon: every enabled resource on its schedule until SIGTERM/SIGINT'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "sync" -d 'One complete cycle of every enabled resource, then exit (cron-friendly)'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "status" -d 'Counts, last syncs and failures, from the local database only'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "serve" -d 'Answer the Avala API\'s read paths from the mirror, read-only, for scripts on the official SDK (AVALA_BASE_URL=http://127.0.0.1:8484/api/v1)'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "events" -d 'The change log from the database'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "exports" -d 'Export archives: list them, download one, or create one and wait for it'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "check" -d 'Validate the configuration and make one API call'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "demo" -d 'Run the built-in simulator and the mirror against it, in a local folder'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "simulate" -d 'The built-in Avala API simulator alone'
+complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and not __fish_seen_subcommand_from run sync status serve events exports check demo simulate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and __fish_seen_subcommand_from events" -f -a "redeliver" -d 'Send failed deliveries again (and re-enable a sink disabled by 410 Gone)'
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and __fish_seen_subcommand_from exports" -f -a "list" -d 'Exports in the mirror with their download status, size and path'
 complete -c avala-mirror -n "__fish_avala_mirror_using_subcommand help; and __fish_seen_subcommand_from exports" -f -a "download" -d 'Download one export\'s archive now (resumes a partial one)'

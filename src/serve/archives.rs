@@ -124,7 +124,14 @@ fn range(header: &str, len: u64) -> Range {
             Some(n) => (len.saturating_sub(n), len),
             None => return Range::Ignored,
         },
-        (false, _) => match (num(a), if b.is_empty() { Some(u64::MAX - 1) } else { num(b) }) {
+        (false, _) => match (
+            num(a),
+            if b.is_empty() {
+                Some(u64::MAX - 1)
+            } else {
+                num(b)
+            },
+        ) {
             (Some(s), Some(e)) if s <= e => (s, e.saturating_add(1).min(len)),
             _ => return Range::Ignored,
         },

@@ -35,7 +35,12 @@ impl axum::serve::Listener for Limited {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Counted, std::net::SocketAddr) {
-        let place = self.open.clone().acquire_owned().await.expect("never closed");
+        let place = self
+            .open
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let (stream, addr) = axum::serve::Listener::accept(&mut self.tcp).await;
         (
             Counted {

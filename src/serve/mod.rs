@@ -101,9 +101,7 @@ async fn answer(st: &Serve, method: &Method, uri: &Uri, headers: &HeaderMap) -> 
         false => fail(contract::detail(status, text)),
     };
     if let Some(keys) = &st.settings.keys {
-        let sent = headers
-            .get("x-avala-api-key")
-            .and_then(|v| v.to_str().ok());
+        let sent = headers.get("x-avala-api-key").and_then(|v| v.to_str().ok());
         if !sent.is_some_and(|k| keys.contains(k)) {
             return refuse(StatusCode::UNAUTHORIZED, "Invalid API key.");
         }
@@ -141,7 +139,10 @@ async fn answer(st: &Serve, method: &Method, uri: &Uri, headers: &HeaderMap) -> 
         }
         Err(e) => {
             tracing::warn!("serve: reading the mirror: {e:#}");
-            refuse(StatusCode::SERVICE_UNAVAILABLE, "The mirror could not be read.")
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The mirror could not be read.",
+            )
         }
     }
 }
@@ -156,8 +157,28 @@ async fn v1(st: &Serve, segs: &[&str], path: &str, base: &str, q: &Query) -> Rou
     let owned = |s: &&str| s.to_string();
     let is_org = |o: &str| st.settings.organizations.iter().any(|x| x == o);
     let (listed, scope) = match segs {
+        ["datasets"] => {
+            // the SDK's workspace list: every dataset, by cursor
+            let after = match contract::cursor(q) {
+                Ok(after) => after.unwrap_or(0),
+                Err(answer) => return Ok((answer, None)),
+            };
+            let rows = st.replica.all(Listed::Workspace).await?;
+            let mut matching = filtered(rows, q)
+                .into_iter()
+                .filter(|r| r.key as u64 > after);
+            let page: Vec<Row> = matching.by_ref().take(limit).collect();
+            let last = page
+                .last()
+                .filter(|_| matching.next().is_some())
+                .map(|r| r.key as u64);
+            let answer = contract::cursor_page(at, page.iter().map(|r| r.raw.as_bytes()), last);
+            return Ok((answer, Some("datasets".into())));
+        }
         ["datasets", owner, "list"] if !is_org(owner) => (
-            Listed::Datasets { owner: owned(owner) },
+            Listed::Datasets {
+                owner: owned(owner),
+            },
             format!("datasets:{owner}"),
         ),
         ["organizations", org, "datasets"] if is_org(org) => (
@@ -183,30 +204,33 @@ async fn v1(st: &Serve, segs: &[&str], path: &str, base: &str, q: &Query) -> Rou
             )
         }
         ["slices", owner, "list"] => (
-            Listed::Slices { owner: owned(owner) },
+            Listed::Slices {
+                owner: owned(owner),
+            },
             format!("slices:{owner}"),
         ),
         _ => return v1_cursored(st, segs, at, limit).await,
     };
-    let mut records = st.replica.all(listed).await?;
-    let filtered = ["status", "status__in", "data_type", "visibility", "name"]
-        .iter()
-        .any(|k| q.contains_key(*k));
-    if filtered {
-        records.retain(|raw| {
-            serde_json::from_str::<Value>(raw).is_ok_and(|v| contract::matches_filters(&v, q))
-        });
-    }
+    let rows = filtered(st.replica.all(listed).await?, q);
+    let records: Vec<&[u8]> = rows.iter().map(|r| r.raw.as_bytes()).collect();
     Ok((contract::page_style(at, limit, &records, &[]), Some(scope)))
 }
 
+/// The rows that pass the request's filters (each parsed only when there are any).
+fn filtered(mut rows: Vec<Row>, q: &Query) -> Vec<Row> {
+    let any = ["status", "status__in", "data_type", "visibility", "name"]
+        .iter()
+        .any(|k| q.contains_key(*k));
+    if any {
+        rows.retain(|r| {
+            serde_json::from_str::<Value>(&r.raw).is_ok_and(|v| contract::matches_filters(&v, q))
+        });
+    }
+    rows
+}
+
 /// The v1 cursor listings and single records.
-async fn v1_cursored(
-    st: &Serve,
-    segs: &[&str],
-    at: (&str, &str, &Query),
-    limit: usize,
-) -> Routed {
+async fn v1_cursored(st: &Serve, segs: &[&str], at: (&str, &str, &Query), limit: usize) -> Routed {
     let (base, _, q) = at;
     let s = |s: &&str| s.to_string();
     let (cursored, scope) = match segs {
@@ -250,6 +274,22 @@ async fn v1_cursored(
 async fn v1_one(st: &Serve, segs: &[&str], base: &str) -> Routed {
     let s = |s: &&str| s.to_string();
     let (one, scope) = match segs {
+        ["datasets", uid] => (One::Dataset { uid: s(uid) }, "datasets".to_string()),
+        ["datasets", owner, slug] => (
+            One::DatasetBySlug {
+                owner: s(owner),
+                slug: s(slug),
+            },
+            format!("datasets:{owner}"),
+        ),
+        ["slices", owner, slug, "items", uid] => (
+            One::SliceItem {
+                owner: s(owner),
+                slug: s(slug),
+                uid: s(uid),
+            },
+            format!("slices:{owner}"),
+        ),
         ["datasets", owner, slug, "items", uid] => (
             One::Item {
                 owner: s(owner),

@@ -6,8 +6,8 @@ use reqwest::Url;
 
 use super::SimState;
 use super::jsonapi::{Kind, ListQuery};
-use crate::contract::jsonapi::error_doc;
 use super::routes::Query;
+use crate::contract::jsonapi::error_doc;
 
 pub fn route(
     st: &SimState,

@@ -272,6 +272,27 @@ fn route(
             }
             out
         }
+        // the SDK's workspace list and lookups (beyond the reference's paths)
+        (&Method::GET, ["datasets"]) => {
+            let mut ds: Vec<usize> = (0..w.datasets.len())
+                .filter(|&i| !w.datasets[i].deleted)
+                .collect();
+            ds.sort_by_key(|&i| w.datasets[i].order);
+            let recs = ds
+                .iter()
+                .map(|&i| (w.datasets[i].order as u64, w.dataset_json(i)))
+                .filter(|(_, v)| matches_filters(v, q))
+                .collect();
+            ctx.cursor_style(recs)
+        }
+        (&Method::GET, ["datasets", uid]) => one(w
+            .datasets
+            .iter()
+            .position(|d| !d.deleted && d.uid == *uid)
+            .map(|i| w.dataset_json(i))),
+        (&Method::GET, ["datasets", owner, slug]) => {
+            one(w.dataset_index(owner, slug).map(|i| w.dataset_json(i)))
+        }
         (&Method::GET, ["datasets", owner, slug, "sequences"]) => {
             match w.dataset_index(owner, slug) {
                 Some(ds) => {
@@ -328,6 +349,14 @@ fn route(
                 None => not_found(),
             }
         }
+        (&Method::GET, ["slices", owner, slug, "items", uid]) => one(find_slice(&w, owner, slug)
+            .and_then(|s| {
+                let ds = w.slices[s].dataset;
+                w.slice_members(s)
+                    .into_iter()
+                    .find(|&i| w.item_uid(ds, i) == *uid)
+                    .map(|i| w.item_json(ds, i))
+            })),
         (&Method::GET, ["exports"]) => {
             // most recent first: keys descend, so the cursor keeps working as exports are added
             let n = w.exports.len() as u64;

@@ -25,8 +25,14 @@ pub struct Row {
 /// A page-number listing of v1: every match, in order (the server pages them).
 #[derive(Debug, Clone)]
 pub enum Listed {
-    Datasets { owner: String },
-    Slices { owner: String },
+    /// Every dataset in the mirror (`GET /datasets/`, the SDK's workspace list).
+    Workspace,
+    Datasets {
+        owner: String,
+    },
+    Slices {
+        owner: String,
+    },
     /// An owner's sequences, across datasets or in the named ones.
     Sequences {
         owner: String,
@@ -38,9 +44,18 @@ pub enum Listed {
 /// not in the mirror).
 #[derive(Debug, Clone)]
 pub enum Cursored {
-    Items { owner: String, slug: String },
-    Sequences { owner: String, slug: String },
-    SliceItems { owner: String, slug: String },
+    Items {
+        owner: String,
+        slug: String,
+    },
+    Sequences {
+        owner: String,
+        slug: String,
+    },
+    SliceItems {
+        owner: String,
+        slug: String,
+    },
     /// Newest first.
     Exports,
 }
@@ -48,10 +63,35 @@ pub enum Cursored {
 /// One v1 record.
 #[derive(Debug, Clone)]
 pub enum One {
-    Item { owner: String, slug: String, uid: String },
-    Sequence { owner: String, slug: String, uid: String },
-    Slice { owner: String, slug: String },
-    Export { uid: String },
+    Dataset {
+        uid: String,
+    },
+    DatasetBySlug {
+        owner: String,
+        slug: String,
+    },
+    SliceItem {
+        owner: String,
+        slug: String,
+        uid: String,
+    },
+    Item {
+        owner: String,
+        slug: String,
+        uid: String,
+    },
+    Sequence {
+        owner: String,
+        slug: String,
+        uid: String,
+    },
+    Slice {
+        owner: String,
+        slug: String,
+    },
+    Export {
+        uid: String,
+    },
 }
 
 /// A downloaded archive.
@@ -111,14 +151,28 @@ impl Replica {
         })
         .await
         .expect("replica read panicked")?;
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
         Ok(out)
     }
 
     /// Every live record of a page-number listing, in the API's order.
-    pub async fn all(&self, l: Listed) -> anyhow::Result<Vec<String>> {
+    pub async fn all(&self, l: Listed) -> anyhow::Result<Vec<Row>> {
         self.read(move |c| {
+            let row = |r: &rusqlite::Row| {
+                Ok(Row {
+                    key: r.get(0)?,
+                    raw: r.get(1)?,
+                    archived: false,
+                })
+            };
             let (table, owner, slugs) = match &l {
+                Listed::Workspace => {
+                    let sql = "SELECT rowid, raw FROM datasets WHERE deleted_at IS NULL ORDER BY rowid";
+                    return c.prepare_cached(sql)?.query_map([], row)?.collect();
+                }
                 Listed::Datasets { owner } => ("datasets", owner, None),
                 Listed::Slices { owner } => ("slices", owner, None),
                 Listed::Sequences { owner, slugs } => (
@@ -129,18 +183,18 @@ impl Replica {
             };
             let Some(slugs) = slugs else {
                 let sql = format!(
-                    "SELECT raw FROM {table} WHERE owner_name = ?1 AND deleted_at IS NULL ORDER BY rowid"
+                    "SELECT rowid, raw FROM {table} WHERE owner_name = ?1 AND deleted_at IS NULL ORDER BY rowid"
                 );
-                return c.prepare_cached(&sql)?.query_map([owner], |r| r.get(0))?.collect();
+                return c.prepare_cached(&sql)?.query_map([owner], row)?.collect();
             };
             c.prepare_cached(
-                "SELECT s.raw FROM sequences s WHERE s.owner_name = ?1 AND s.deleted_at IS NULL
+                "SELECT s.rowid, s.raw FROM sequences s WHERE s.owner_name = ?1 AND s.deleted_at IS NULL
                    AND (?2 IS NULL OR s.dataset_slug IN (SELECT value FROM json_each(?2)))
                    AND EXISTS (SELECT 1 FROM datasets d WHERE d.owner_name = s.owner_name
                                AND d.slug = s.dataset_slug AND d.deleted_at IS NULL)
                  ORDER BY s.rowid",
             )?
-            .query_map(params![owner, slugs], |r| r.get(0))?
+            .query_map(params![owner, slugs], row)?
             .collect()
         })
         .await
@@ -224,6 +278,34 @@ impl Replica {
             };
             let live = "deleted_at IS NULL";
             match &o {
+                One::Dataset { uid } => c
+                    .query_row(
+                        &format!("SELECT rowid, raw, 0 FROM datasets WHERE uid = ?1 AND {live}"),
+                        [uid],
+                        row,
+                    )
+                    .optional(),
+                One::DatasetBySlug { owner, slug } => c
+                    .query_row(
+                        &format!(
+                            "SELECT rowid, raw, 0 FROM datasets WHERE owner_name = ?1 AND slug = ?2 AND {live}"
+                        ),
+                        params![owner, slug],
+                        row,
+                    )
+                    .optional(),
+                One::SliceItem { owner, slug, uid } => {
+                    let Some(slice) = slice_uid(c, owner, slug)? else {
+                        return Ok(None);
+                    };
+                    c.query_row(
+                        "SELECT i.rowid, i.raw, 0 FROM slice_items s JOIN items i ON i.uid = s.item_uid
+                         WHERE s.slice_uid = ?1 AND s.item_uid = ?2 AND i.deleted_at IS NULL",
+                        params![slice, uid],
+                        row,
+                    )
+                    .optional()
+                }
                 One::Item { owner, slug, uid } | One::Sequence { owner, slug, uid } => {
                     if !dataset_live(c, owner, slug)? {
                         return Ok(None);
@@ -275,7 +357,11 @@ impl Replica {
             let mut wheres = vec!["deleted_at IS NULL".to_string()];
             let mut args: Vec<String> = vec![];
             for (name, value) in &list.filters {
-                let column = if name == "id" { "uid" } else { column_name(name) };
+                let column = if name == "id" {
+                    "uid"
+                } else {
+                    column_name(name)
+                };
                 args.push(value.clone());
                 wheres.push(format!("{column} = ?{}", args.len()));
             }
@@ -304,10 +390,13 @@ impl Replica {
                 return Ok((page, count as u64));
             };
             // a time compared as a time, whatever its textual form
-            let mut st =
-                c.prepare_cached(&format!("SELECT rowid, updated_at FROM {table} WHERE {filter} ORDER BY {order}"))?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT rowid, updated_at FROM {table} WHERE {filter} ORDER BY {order}"
+            ))?;
             let matches: Vec<i64> = st
-                .query_map(params, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)))?
+                .query_map(params, |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+                })?
                 .filter_map(|r| match r {
                     Ok((rowid, at)) => at
                         .as_deref()
@@ -330,7 +419,11 @@ impl Replica {
     }
 
     /// One live record of a JSON:API collection.
-    pub async fn resource(&self, table: &'static str, id: String) -> anyhow::Result<Option<String>> {
+    pub async fn resource(
+        &self,
+        table: &'static str,
+        id: String,
+    ) -> anyhow::Result<Option<String>> {
         self.read(move |c| {
             c.query_row(
                 &format!("SELECT raw FROM {table} WHERE uid = ?1 AND deleted_at IS NULL"),
