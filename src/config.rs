@@ -397,6 +397,17 @@ pub struct DownloadsConfig {
     /// `downloads.proxy`: the one proxy storage requests go through (none from
     /// the environment: the download guard must see where they connect).
     pub proxy: Option<Url>,
+    /// `downloads.target`: archives end in object storage, not in `dir`.
+    pub target: Option<StorageTarget>,
+}
+
+/// Where archives are uploaded (SPEC §10).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageTarget {
+    pub url: Url,
+    pub region: Option<String>,
+    pub endpoint: Option<Url>,
+    pub allow_http: bool,
 }
 
 #[derive(Clone, Default, PartialEq)]
@@ -501,6 +512,68 @@ impl Default for RawServe {
             api_keys_file: None,
             max_connections: 256,
         }
+    }
+}
+
+impl RawDownloads {
+    fn storage_target(
+        &self,
+        p: &mut Vec<String>,
+        env: &HashMap<String, String>,
+    ) -> Option<StorageTarget> {
+        let target = self.target.trim();
+        let st = &self.storage;
+        if target.is_empty() {
+            if st.region.is_some() || st.endpoint.is_some() || st.allow_http {
+                p.push(
+                    "downloads.storage: set downloads.target too (s3://bucket/prefix, …)".into(),
+                );
+            }
+            return None;
+        }
+        let url = match crate::download::bucket::check_target(target) {
+            Ok(u) => u,
+            Err(e) => {
+                p.push(e);
+                return None;
+            }
+        };
+        let endpoint = match st.endpoint.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(e) => match Url::parse(e) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+                _ => {
+                    p.push(format!(
+                        "downloads.storage.endpoint: expected a URL such as \"http://127.0.0.1:9000\", got {e:?}"
+                    ));
+                    return None;
+                }
+            },
+        };
+        if st.allow_http {
+            // the endpoint in the config, else the one the environment names
+            let named = endpoint.clone().or_else(|| {
+                ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                    .iter()
+                    .find_map(|k| env.get(*k).and_then(|e| Url::parse(e).ok()))
+            });
+            if !named.as_ref().is_some_and(is_loopback) {
+                p.push(
+                    "downloads.storage.allow_http: only for an endpoint on loopback (downloads.storage.endpoint or AWS_ENDPOINT_URL); anywhere else archives and keys would cross the network unencrypted".into(),
+                );
+            }
+        }
+        let t = StorageTarget {
+            url,
+            region: st.region.clone().filter(|r| !r.trim().is_empty()),
+            endpoint,
+            allow_http: st.allow_http,
+        };
+        // what the store's own builder refuses (no network is touched)
+        if let Err(e) = crate::download::bucket::Bucket::open(&t) {
+            p.push(e);
+        }
+        Some(t)
     }
 }
 
@@ -734,6 +807,20 @@ struct RawDownloads {
     max_archive_bytes: String,
     min_free: String,
     proxy: Option<String>,
+    /// `s3://bucket/prefix`, `gs://…`, `az://…`, `file:///…`; "" for `dir` alone.
+    target: String,
+    storage: RawStorage,
+}
+
+/// `[downloads.storage]`: what a user prefers to write in the config rather
+/// than the environment the cloud's own tools read.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    region: Option<String>,
+    endpoint: Option<String>,
+    /// Plain http to the endpoint: for a loopback one only (a local MinIO).
+    allow_http: bool,
 }
 
 impl Default for RawDownloads {
@@ -746,6 +833,8 @@ impl Default for RawDownloads {
             backfill: false,
             max_archive_bytes: "64GiB".into(),
             min_free: "1GiB".into(),
+            target: String::new(),
+            storage: RawStorage::default(),
             proxy: None,
         }
     }
@@ -1407,6 +1496,7 @@ impl RawConfig {
                 }
             },
         };
+        let target = self.downloads.storage_target(&mut p, env);
         // an unusable path is the configuration's fault: exit 2 now, not 1 at the
         // first write (which systemd would restart every 10 s)
         let store_dir = match self.store.path.parent() {
@@ -1520,6 +1610,7 @@ impl RawConfig {
                 max_archive_bytes,
                 min_free,
                 proxy,
+                target,
             },
             emit_initial: self.events.emit_initial,
             events_retention,
@@ -1637,6 +1728,52 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
+    }
+
+    #[test]
+    fn a_storage_target_is_checked() {
+        let env = [("AVALA_API_KEY", "k")];
+        let c = load(MIN, &env).unwrap();
+        assert_eq!(c.downloads.target, None, "the local dir by default");
+        let ok = format!(
+            "{MIN}[downloads]\ntarget = \"s3://bucket/team/avala\"\n[downloads.storage]\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n"
+        );
+        let t = load(&ok, &env).unwrap().downloads.target.unwrap();
+        assert_eq!(t.url.as_str(), "s3://bucket/team/avala");
+        assert_eq!(
+            (t.region.as_deref(), t.allow_http),
+            (Some("eu-west-1"), true)
+        );
+        for (toml, says) in [
+            ("[downloads]\ntarget = \"ftp://host/x\"", "downloads.target"),
+            ("[downloads]\ntarget = \"s3:///x\"", "names no bucket"),
+            (
+                "[downloads.storage]\nregion = \"eu-west-1\"",
+                "set downloads.target too",
+            ),
+            (
+                "[downloads]\ntarget = \"s3://b/p\"\n[downloads.storage]\nendpoint = \"http://minio.internal:9000\"\nallow_http = true",
+                "downloads.storage.allow_http",
+            ),
+            (
+                "[downloads]\ntarget = \"s3://b/p\"\n[downloads.storage]\nendpoint = \"minio:9000\"",
+                "downloads.storage.endpoint",
+            ),
+        ] {
+            let err = load(&format!("{MIN}{toml}\n"), &env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+        // the endpoint may come from the environment, as the AWS tools read it
+        let env = [
+            ("AVALA_API_KEY", "k"),
+            ("AWS_ENDPOINT_URL", "http://localhost:9000"),
+        ];
+        let toml = format!(
+            "{MIN}[downloads]\ntarget = \"s3://b/p\"\n[downloads.storage]\nallow_http = true\n"
+        );
+        assert!(load(&toml, &env).is_ok());
     }
 
     #[test]

@@ -274,8 +274,9 @@ async fn fetch_archive(
     let (u, n) = (uid.clone(), now_rfc3339());
     let job = store
         .call(move |c| {
+            // on disk, or an object's URL (downloads.target)
             if let Some(path) = downloads::downloaded_path(c, &u)?
-                && std::path::Path::new(&path).exists()
+                && (path.contains("://") || std::path::Path::new(&path).exists())
             {
                 return Ok(Err(path));
             }

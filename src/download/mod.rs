@@ -4,6 +4,7 @@
 //! archive and SHA-256, then is fsynced and renamed into `<dir>`. Storage links are
 //! presigned: the storage client never carries the API key.
 
+pub mod bucket;
 mod fetch;
 pub mod guard;
 
@@ -77,6 +78,8 @@ pub struct Downloader {
     /// After a failure for lack of disk space: the first wait, and the longest.
     space_wait: (Duration, Duration),
     progress: Option<ProgressFn>,
+    /// `downloads.target`: archives are uploaded there, not kept in `dir`.
+    bucket: Option<bucket::Bucket>,
 }
 
 /// A download that met a full disk is tried again after a minute, then after
@@ -85,7 +88,7 @@ pub struct Downloader {
 const SPACE_WAIT: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(3600));
 
 impl Downloader {
-    pub fn new(cfg: &Config, store: Store, api: Arc<Client>) -> Result<Downloader, reqwest::Error> {
+    pub fn new(cfg: &Config, store: Store, api: Arc<Client>) -> anyhow::Result<Downloader> {
         let allow_private = cfg.downloads.allow_private;
         // no proxy from the environment: the guard must see where requests go
         let builder = match &cfg.downloads.proxy {
@@ -114,6 +117,10 @@ impl Downloader {
             backoff: (cfg.api.backoff_min, cfg.api.backoff_max),
             space_wait: SPACE_WAIT,
             progress: None,
+            bucket: match &cfg.downloads.target {
+                Some(t) => Some(bucket::Bucket::open(t).map_err(anyhow::Error::msg)?),
+                None => None,
+            },
         })
     }
 
@@ -144,6 +151,7 @@ impl Downloader {
     }
 
     async fn dispatch(&self, mut shutdown: Option<watch::Receiver<bool>>) -> Vec<Finished> {
+        self.abort_unfinished().await;
         let mut running: JoinSet<Finished> = JoinSet::new();
         let mut active: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut finished = Vec::new();
@@ -239,6 +247,10 @@ impl Downloader {
                 }
                 Err(f) => Err(f),
             };
+            let result = match (result, &self.bucket) {
+                (Ok(done), Some(b)) => self.upload(b, &uid, done).await,
+                (result, _) => result,
+            };
             let failure = match result {
                 Ok(done) => {
                     let (u, d, n) = (uid.clone(), done.clone(), now_rfc3339());
@@ -314,6 +326,69 @@ impl Downloader {
             if !link_changed {
                 tokio::time::sleep(self.delay(stalled.max(1))).await;
             }
+        }
+    }
+
+    /// Publishes a verified archive to `downloads.target`, then removes the
+    /// local copy; the multipart upload's id is in the row while it goes.
+    async fn upload(
+        &self,
+        b: &bucket::Bucket,
+        uid: &str,
+        done: Done,
+    ) -> Result<Done, fetch::Failure> {
+        let name = done
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let started = |u: Option<bucket::Unfinished>| {
+            let (uid, row) = (uid.to_string(), uid.to_string());
+            async move {
+                let r = self
+                    .store
+                    .call(move |c| {
+                        let u = u.as_ref().map(|u| (u.key.as_str(), u.id.as_str()));
+                        downloads::set_upload(c, &row, u)
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(export = %uid, "recording the upload: {e}");
+                }
+            }
+        };
+        match b.upload(&done.path, &name, &done.sha256, started).await {
+            Ok(url) => {
+                if let Err(e) = tokio::fs::remove_file(&done.path).await {
+                    tracing::warn!(path = %done.path.display(), "removing the uploaded archive's local copy: {e}");
+                }
+                Ok(Done {
+                    path: PathBuf::from(url),
+                    ..done
+                })
+            }
+            Err(bucket::UploadError::Refused(e)) => Err(fetch::Failure::Refused(e)),
+            Err(bucket::UploadError::Retry(e)) => Err(fetch::Failure::Retry(e)),
+        }
+    }
+
+    /// Aborts the multipart uploads a crash or stop left unfinished: nothing of
+    /// them was ever visible, and they cost storage until aborted.
+    async fn abort_unfinished(&self) {
+        let Some(b) = &self.bucket else {
+            return;
+        };
+        let left = match self.store.read(downloads::unfinished_uploads).await {
+            Ok(left) => left,
+            Err(e) => return tracing::warn!("reading unfinished uploads: {e}"),
+        };
+        for (uid, key, id) in left {
+            tracing::info!(export = %uid, %key, "aborting an upload left unfinished");
+            b.abort(&bucket::Unfinished { key, id }).await;
+            let _ = self
+                .store
+                .call(move |c| downloads::set_upload(c, &uid, None))
+                .await;
         }
     }
 

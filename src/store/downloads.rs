@@ -138,6 +138,31 @@ pub fn downloaded_path(conn: &Connection, export_uid: &str) -> rusqlite::Result<
         .flatten())
 }
 
+/// A multipart upload of the export's archive began (`Some((key, id))`), or
+/// ended, completed or aborted (`None`).
+pub fn set_upload(
+    conn: &Connection,
+    export_uid: &str,
+    upload: Option<(&str, &str)>,
+) -> rusqlite::Result<()> {
+    let (key, id) = upload.unzip();
+    conn.execute(
+        "UPDATE downloads SET upload_key = ?2, upload_id = ?3 WHERE export_uid = ?1",
+        params![export_uid, key, id],
+    )?;
+    Ok(())
+}
+
+/// Multipart uploads recorded as begun and never ended: (export, key, id).
+pub fn unfinished_uploads(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT export_uid, upload_key, upload_id FROM downloads
+         WHERE upload_id IS NOT NULL AND upload_key IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
+
 /// One more attempt begins.
 pub fn attempt(conn: &Connection, export_uid: &str, now: &str) -> rusqlite::Result<u32> {
     conn.query_row(

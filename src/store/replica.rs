@@ -441,7 +441,7 @@ impl Replica {
             c.query_row(
                 "SELECT d.path, d.sha256 FROM downloads d JOIN exports e ON e.uid = d.export_uid
                  WHERE d.export_uid = ?1 AND d.status = 'downloaded' AND d.path IS NOT NULL
-                   AND e.deleted_at IS NULL",
+                   AND d.path NOT LIKE '%://%' AND e.deleted_at IS NULL",
                 [&uid],
                 |r| {
                     Ok(Archive {
@@ -473,9 +473,10 @@ impl Replica {
     }
 }
 
-/// Whether an export's archive is on disk, as a column of an exports query.
+/// Whether an export's archive is on local disk (not in object storage, where
+/// `path` is a URL), as a column of an exports query.
 const ARCHIVED: &str = "EXISTS (SELECT 1 FROM downloads d WHERE d.export_uid = e.uid
-    AND d.status = 'downloaded' AND d.path IS NOT NULL)";
+    AND d.status = 'downloaded' AND d.path IS NOT NULL AND d.path NOT LIKE '%://%')";
 
 /// The column a documented JSON:API filter reads (the names are the reference's).
 fn column_name(filter: &str) -> &'static str {
