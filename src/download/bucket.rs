@@ -58,6 +58,8 @@ pub struct Bucket {
     prefix: Path,
     /// `scheme://bucket` (no trailing slash), for the URLs recorded.
     root: String,
+    /// `file://`: a directory, written to by hand (see [`Bucket::to_dir`]).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -128,17 +130,10 @@ impl Bucket {
                     .map_err(|()| format!("downloads.target {url}: not a local path"))?;
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| format!("downloads.target {url}: creating it: {e}"))?;
-                let s = Arc::new(
-                    object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(bad)?,
-                );
-                // a local directory takes files whole: no parts
                 let root = url.as_str().trim_end_matches('/').to_string();
-                return Ok(Bucket {
-                    store: s,
-                    parts: Arc::new(object_store::memory::InMemory::new()),
-                    prefix: Path::default(),
-                    root,
-                });
+                let mut b = Bucket::memory(&root, "");
+                b.dir = Some(dir);
+                return Ok(b);
             }
             other => return Err(format!("downloads.target: unknown scheme {other}://")),
         };
@@ -149,6 +144,7 @@ impl Bucket {
             parts,
             prefix,
             root,
+            dir: None,
         })
     }
 
@@ -160,11 +156,8 @@ impl Bucket {
             parts: s,
             prefix: Path::from(prefix),
             root: root.into(),
+            dir: None,
         }
-    }
-
-    fn local(&self) -> bool {
-        self.root.starts_with("file:")
     }
 
     /// The key of an archive named `name` (a file name from
@@ -193,6 +186,11 @@ impl Bucket {
         F: Fn(Option<Unfinished>) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        if let Some(dir) = &self.dir {
+            return to_dir(file, dir, name, sha256)
+                .await
+                .map(|()| format!("{}/{name}", self.root));
+        }
         let key = self.key(name);
         let bytes = tokio::fs::metadata(file)
             .await
@@ -205,17 +203,13 @@ impl Bucket {
             Attribute::Metadata("sha256".into()),
             object_store::AttributeValue::from(sha256.to_string()),
         )]);
-        if bytes <= MULTIPART_ABOVE || self.local() {
+        if bytes <= MULTIPART_ABOVE {
             let data = tokio::fs::read(file)
                 .await
                 .map_err(|e| UploadError::Retry(format!("reading {}: {e}", file.display())))?;
             let opts = PutOptions {
                 mode: PutMode::Create,
-                attributes: if self.local() {
-                    Attributes::new()
-                } else {
-                    attributes
-                },
+                attributes,
                 ..Default::default()
             };
             return match self
@@ -319,19 +313,63 @@ impl Bucket {
 
     /// An object already at `key`: this archive, or another one left alone.
     fn same(&self, key: &Path, existing: &str, sha256: &str) -> Result<String, UploadError> {
-        if existing == sha256 || (self.local() && existing.is_empty()) {
+        if existing == sha256 {
             return Ok(self.url(key));
         }
-        Err(UploadError::Refused(format!(
-            "{} already holds another archive (sha256 {}); it is not overwritten",
-            self.url(key),
-            if existing.is_empty() {
-                "unknown"
-            } else {
-                existing
-            }
-        )))
+        Err(another(&self.url(key), existing))
     }
+}
+
+fn another(url: &str, sha256: &str) -> UploadError {
+    UploadError::Refused(format!(
+        "{url} already holds another archive (sha256 {}); it is not overwritten",
+        if sha256.is_empty() { "unknown" } else { sha256 }
+    ))
+}
+
+/// `file://`: copied beside its place, made durable, then linked into place, which
+/// fails when a file is there (created only if absent, as on a bucket).
+async fn to_dir(file: &FsPath, dir: &FsPath, name: &str, sha256: &str) -> Result<(), UploadError> {
+    let (file, dir, name, sha256) = (
+        file.to_path_buf(),
+        dir.to_path_buf(),
+        name.to_string(),
+        sha256.to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let io = |what: &str, e: std::io::Error| {
+            UploadError::Retry(format!("{what} in {}: {e}", dir.display()))
+        };
+        let place = dir.join(&name);
+        let staged = dir.join(format!(".{name}.uploading"));
+        std::fs::copy(&file, &staged).map_err(|e| io("copying the archive", e))?;
+        std::fs::File::open(&staged)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing the copy", e))?;
+        let linked = std::fs::hard_link(&staged, &place);
+        let _ = std::fs::remove_file(&staged);
+        match linked {
+            Ok(()) => std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing the directory", e)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let theirs = sha256_of(&place).map_err(|e| io("reading the file in place", e))?;
+                match theirs == sha256 {
+                    true => Ok(()),
+                    false => Err(another(&place.display().to_string(), &theirs)),
+                }
+            }
+            Err(e) => Err(io("linking the archive into place", e)),
+        }
+    })
+    .await
+    .map_err(|e| UploadError::Retry(e.to_string()))?
+}
+
+fn sha256_of(path: &FsPath) -> std::io::Result<String> {
+    use sha2::Digest;
+    let (_, hasher) = super::fetch::hash_file(path, u64::MAX)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 async fn read_part(file: &FsPath, offset: u64, len: u64) -> Result<Vec<u8>, UploadError> {
@@ -468,6 +506,43 @@ mod tests {
         let (got, meta) = object(&b, "p/big.zip").await;
         assert!(got == body, "the parts were put together wrong");
         assert_eq!(meta, sha(&body));
+    }
+
+    #[tokio::test]
+    async fn a_directory_target_takes_a_copy_and_keeps_another_file_in_place() {
+        let target = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(target.path()).unwrap();
+        let b = Bucket::open(&StorageTarget {
+            url: url.clone(),
+            region: None,
+            endpoint: None,
+            allow_http: false,
+        })
+        .unwrap();
+        let body = b"PK archive".to_vec();
+        let (_d, file) = file_of(&body).await;
+        let got = b
+            .upload(&file, "x.zip", &sha(&body), nothing)
+            .await
+            .unwrap();
+        assert_eq!(got, format!("{}/x.zip", url.as_str().trim_end_matches('/')));
+        assert_eq!(std::fs::read(target.path().join("x.zip")).unwrap(), body);
+        // the same archive again is done; another is refused and the file kept
+        b.upload(&file, "x.zip", &sha(&body), nothing)
+            .await
+            .unwrap();
+        let (_d2, other) = file_of(b"PK other").await;
+        let err = b
+            .upload(&other, "x.zip", &sha(b"PK other"), nothing)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not overwritten"), "{err}");
+        assert_eq!(std::fs::read(target.path().join("x.zip")).unwrap(), body);
+        let names: Vec<_> = std::fs::read_dir(target.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["x.zip"], "a staged copy was left");
     }
 
     #[test]

@@ -331,7 +331,7 @@ fn write_partial(
 const SYNC_EVERY: u64 = 64 << 20;
 
 /// The SHA-256 state after the first `limit` bytes of a file, and how many there were.
-fn hash_file(path: &Path, limit: u64) -> io::Result<(u64, Sha256)> {
+pub(super) fn hash_file(path: &Path, limit: u64) -> io::Result<(u64, Sha256)> {
     let mut hasher = Sha256::new();
     let mut file = File::open(path)?.take(limit);
     let mut buf = vec![0u8; 1 << 20];
