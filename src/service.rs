@@ -166,7 +166,11 @@ async fn healthz(State(h): State<Arc<Health>>) -> Response {
 }
 
 async fn metrics(State(h): State<Arc<Health>>) -> Response {
-    let db = h.db();
+    metrics_of(h.db()).await
+}
+
+/// `/metrics`: this process's counters and what the database at `db` holds.
+pub async fn metrics_of(db: PathBuf) -> Response {
     match tokio::task::spawn_blocking(move || crate::metrics::render(&db)).await {
         Ok(text) => (
             [(

@@ -87,42 +87,33 @@ impl Bucket {
             .with_connect_timeout(Duration::from_secs(10))
             .with_timeout(Duration::from_secs(300));
         let bad = |e: object_store::Error| format!("downloads.target {url}: {e}");
-        let (store, parts): (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>) = match url.scheme() {
-            "s3" | "s3a" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
+        // each cloud's builder, from the environment, with the URL and our client settings
+        macro_rules! built {
+            ($builder:ty, $more:expr) => {{
+                let b = <$builder>::from_env()
                     .with_url(url.as_str())
                     .with_client_options(options)
                     .with_retry(retry);
-                if let Some(r) = &target.region {
-                    b = b.with_region(r);
-                }
-                if let Some(e) = &target.endpoint {
-                    b = b.with_endpoint(e.as_str());
-                }
-                let s = Arc::new(b.build().map_err(bad)?);
+                let s = Arc::new($more(b).build().map_err(bad)?);
                 (s.clone(), s)
-            }
-            "gs" => {
-                let s = Arc::new(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                        .with_url(url.as_str())
-                        .with_client_options(options)
-                        .with_retry(retry)
-                        .build()
-                        .map_err(bad)?,
-                );
-                (s.clone(), s)
-            }
+            }};
+        }
+        let (store, parts): (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>) = match url.scheme() {
+            "s3" | "s3a" => built!(
+                object_store::aws::AmazonS3Builder,
+                |mut b: object_store::aws::AmazonS3Builder| {
+                    if let Some(r) = &target.region {
+                        b = b.with_region(r);
+                    }
+                    if let Some(e) = &target.endpoint {
+                        b = b.with_endpoint(e.as_str());
+                    }
+                    b
+                }
+            ),
+            "gs" => built!(object_store::gcp::GoogleCloudStorageBuilder, |b| b),
             "az" | "azure" | "abfs" | "abfss" => {
-                let s = Arc::new(
-                    object_store::azure::MicrosoftAzureBuilder::from_env()
-                        .with_url(url.as_str())
-                        .with_client_options(options)
-                        .with_retry(retry)
-                        .build()
-                        .map_err(bad)?,
-                );
-                (s.clone(), s)
+                built!(object_store::azure::MicrosoftAzureBuilder, |b| b)
             }
             "file" => {
                 let dir = url

@@ -16,7 +16,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -388,18 +388,7 @@ async fn own(st: &Serve, path: &str) -> Response {
         let body = serde_json::json!({"status": "ok", "serve": {"requests": served}});
         return json_response(StatusCode::OK, body.to_string().into_bytes());
     }
-    let db = st.db.clone();
-    match tokio::task::spawn_blocking(move || crate::metrics::render(&db)).await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    crate::service::metrics_of(st.db.clone()).await
 }
 
 /// The request's `Host` when it is a plain authority, else the listen address:

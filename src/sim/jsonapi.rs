@@ -158,17 +158,6 @@ fn time(secs: u64) -> String {
         .to_string()
 }
 
-/// A request's listing parameters.
-#[derive(Debug, Default)]
-pub struct ListQuery {
-    pub number: u64,
-    pub size: u64,
-    pub by_updated: bool,
-    pub filters: Vec<(String, String)>,
-    /// `filter[updated_at__gte]`, in seconds (rounded up: `>=` a fraction).
-    pub since: Option<u64>,
-}
-
 impl JsonApi {
     pub fn new(seed: u64, sizes: &JsonApiSizes) -> JsonApi {
         let count = |n: u64| Coll {
@@ -474,7 +463,9 @@ impl JsonApi {
 
     /// The page a listing asks for, and the count of what matches: the
     /// indices in order (`created_at,id`, or `updated_at,id`).
-    pub fn list(&self, k: Kind, q: &ListQuery) -> Result<(Vec<u64>, u64), String> {
+    pub fn list(&self, k: Kind, q: &List) -> Result<(Vec<u64>, u64), String> {
+        // `>=` a time with a fraction: from the next whole second
+        let since = q.since.map(|n| (n.max(0) as u64).div_ceil(1_000_000_000));
         for (name, _) in &q.filters {
             if !k.filters().contains(&name.as_str()) {
                 return Err(format!("filter[{name}] is not a filter of {}", k.path()));
@@ -487,7 +478,7 @@ impl JsonApi {
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         let matches = |i: u64| {
-            q.since.is_none_or(|s| self.updated(k, i) >= s)
+            since.is_none_or(|s| self.updated(k, i) >= s)
                 && filters
                     .iter()
                     .all(|(n, v)| self.field(k, i, n).as_deref() == Some(*v))
@@ -507,7 +498,7 @@ impl JsonApi {
                 .collect();
             return Ok((page, all.len() as u64));
         }
-        if filters.is_empty() && q.since.is_none() {
+        if filters.is_empty() && since.is_none() {
             // the whole collection: the page starts where `offset` present records are before it
             let count = c.count - c.deleted.len() as u64;
             let mut start = offset;
@@ -649,7 +640,7 @@ impl JsonApi {
     }
 }
 
-pub use crate::contract::jsonapi::error_doc;
+pub use crate::contract::jsonapi::{List, error_doc};
 
 /// Now, in the simulator's seconds.
 pub fn now() -> u64 {

@@ -5,7 +5,7 @@ use axum::http::{Method, StatusCode};
 use reqwest::Url;
 
 use super::SimState;
-use super::jsonapi::{Kind, ListQuery};
+use super::jsonapi::Kind;
 use super::routes::Query;
 use crate::contract::jsonapi::error_doc;
 
@@ -63,19 +63,13 @@ fn list(st: &SimState, k: Kind, q: &Query) -> (StatusCode, Vec<u8>) {
     if list.since.is_some() && faults.refuse_since {
         return bad_request("Invalid filter", "updated_at__gte is not supported here");
     }
-    let query = ListQuery {
-        number: list.number,
+    let list = crate::contract::jsonapi::List {
         size: list.size.min(faults.max_page_size.unwrap_or(1000)),
-        by_updated: list.by_updated,
-        filters: list.filters.clone(),
-        // `>=` a time with a fraction: from the next whole second
-        since: list
-            .since
-            .filter(|_| !faults.ignore_since)
-            .map(|n| (n.max(0) as u64).div_ceil(1_000_000_000)),
+        since: list.since.filter(|_| !faults.ignore_since),
+        ..list
     };
     let mut w = st.world.lock().expect("world lock");
-    let (page, count) = match w.jsonapi.list(k, &query) {
+    let (page, count) = match w.jsonapi.list(k, &list) {
         Ok(found) => found,
         Err(detail) => return bad_request("Invalid filter", &detail),
     };
@@ -90,10 +84,6 @@ fn list(st: &SimState, k: Kind, q: &Query) -> (StatusCode, Vec<u8>) {
     // links: this page and, when it was full, the next one (absolute)
     let mut url = Url::parse(&format!("{}/{}", st.jsonapi_base, k.path())).expect("valid URL");
     url.query_pairs_mut().extend_pairs(q.iter());
-    let list = crate::contract::jsonapi::List {
-        size: query.size,
-        ..list
-    };
     let out = crate::contract::jsonapi::page(&url, &list, records.iter().map(Vec::as_slice), count);
 
     if list.number == 1 && !page.is_empty() {
@@ -106,11 +96,11 @@ fn list(st: &SimState, k: Kind, q: &Query) -> (StatusCode, Vec<u8>) {
             let at = now.max(w.jsonapi.updated(k, first)) + 1;
             w.jsonapi.edit(k, first, "edited while being listed", at);
         }
-        if f.jsonapi.create_after_first_page == Some(k) && !query.by_updated {
+        if f.jsonapi.create_after_first_page == Some(k) && !list.by_updated {
             f.jsonapi.create_after_first_page = None;
             w.jsonapi.create(k, now);
         }
-        if f.jsonapi.delete_after_first_page == Some(k) && !query.by_updated {
+        if f.jsonapi.delete_after_first_page == Some(k) && !list.by_updated {
             f.jsonapi.delete_after_first_page = None;
             w.jsonapi.delete(k, page[0]);
         }

@@ -161,16 +161,9 @@ impl Replica {
     /// Every live record of a page-number listing, in the API's order.
     pub async fn all(&self, l: Listed) -> anyhow::Result<Vec<Row>> {
         self.read(move |c| {
-            let row = |r: &rusqlite::Row| {
-                Ok(Row {
-                    key: r.get(0)?,
-                    raw: r.get(1)?,
-                    archived: false,
-                })
-            };
             let (table, owner, slugs) = match &l {
                 Listed::Workspace => {
-                    let sql = "SELECT rowid, raw FROM datasets WHERE deleted_at IS NULL ORDER BY rowid";
+                    let sql = "SELECT rowid, raw, 0 FROM datasets WHERE deleted_at IS NULL ORDER BY rowid";
                     return c.prepare_cached(sql)?.query_map([], row)?.collect();
                 }
                 Listed::Datasets { owner } => ("datasets", owner, None),
@@ -183,12 +176,12 @@ impl Replica {
             };
             let Some(slugs) = slugs else {
                 let sql = format!(
-                    "SELECT rowid, raw FROM {table} WHERE owner_name = ?1 AND deleted_at IS NULL ORDER BY rowid"
+                    "SELECT rowid, raw, 0 FROM {table} WHERE owner_name = ?1 AND deleted_at IS NULL ORDER BY rowid"
                 );
                 return c.prepare_cached(&sql)?.query_map([owner], row)?.collect();
             };
             c.prepare_cached(
-                "SELECT s.rowid, s.raw FROM sequences s WHERE s.owner_name = ?1 AND s.deleted_at IS NULL
+                "SELECT s.rowid, s.raw, 0 FROM sequences s WHERE s.owner_name = ?1 AND s.deleted_at IS NULL
                    AND (?2 IS NULL OR s.dataset_slug IN (SELECT value FROM json_each(?2)))
                    AND EXISTS (SELECT 1 FROM datasets d WHERE d.owner_name = s.owner_name
                                AND d.slug = s.dataset_slug AND d.deleted_at IS NULL)
@@ -211,13 +204,6 @@ impl Replica {
         self.read(move |c| {
             let after = after.unwrap_or(0);
             let n = limit as i64 + 1;
-            let row = |r: &rusqlite::Row| {
-                Ok(Row {
-                    key: r.get(0)?,
-                    raw: r.get(1)?,
-                    archived: r.get(2)?,
-                })
-            };
             let mut rows: Vec<Row> = match &l {
                 Cursored::Items { owner, slug } | Cursored::Sequences { owner, slug } => {
                     if !dataset_live(c, owner, slug)? {
@@ -269,13 +255,6 @@ impl Replica {
     /// One live v1 record.
     pub async fn one(&self, o: One) -> anyhow::Result<Option<Row>> {
         self.read(move |c| {
-            let row = |r: &rusqlite::Row| {
-                Ok(Row {
-                    key: r.get(0)?,
-                    raw: r.get(1)?,
-                    archived: r.get(2)?,
-                })
-            };
             let live = "deleted_at IS NULL";
             match &o {
                 One::Dataset { uid } => c
@@ -471,6 +450,15 @@ impl Replica {
         })
         .await
     }
+}
+
+/// A [`Row`] from `(position, raw, archived)`.
+fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
+    Ok(Row {
+        key: r.get(0)?,
+        raw: r.get(1)?,
+        archived: r.get(2)?,
+    })
 }
 
 /// Whether an export's archive is on local disk (not in object storage, where
