@@ -256,34 +256,26 @@ impl Replica {
     pub async fn one(&self, o: One) -> anyhow::Result<Option<Row>> {
         self.read(move |c| {
             let live = "deleted_at IS NULL";
-            match &o {
-                One::Dataset { uid } => c
-                    .query_row(
-                        &format!("SELECT rowid, raw, 0 FROM datasets WHERE uid = ?1 AND {live}"),
-                        [uid],
-                        row,
-                    )
-                    .optional(),
-                One::DatasetBySlug { owner, slug } => c
-                    .query_row(
-                        &format!(
-                            "SELECT rowid, raw, 0 FROM datasets WHERE owner_name = ?1 AND slug = ?2 AND {live}"
-                        ),
-                        params![owner, slug],
-                        row,
-                    )
-                    .optional(),
+            let s = |v: &String| v.clone();
+            let (sql, args) = match &o {
+                One::Dataset { uid } => (
+                    format!("SELECT rowid, raw, 0 FROM datasets WHERE uid = ?1 AND {live}"),
+                    vec![s(uid)],
+                ),
+                One::DatasetBySlug { owner, slug } => (
+                    format!("SELECT rowid, raw, 0 FROM datasets WHERE owner_name = ?1 AND slug = ?2 AND {live}"),
+                    vec![s(owner), s(slug)],
+                ),
                 One::SliceItem { owner, slug, uid } => {
                     let Some(slice) = slice_uid(c, owner, slug)? else {
                         return Ok(None);
                     };
-                    c.query_row(
+                    (
                         "SELECT i.rowid, i.raw, 0 FROM slice_items s JOIN items i ON i.uid = s.item_uid
-                         WHERE s.slice_uid = ?1 AND s.item_uid = ?2 AND i.deleted_at IS NULL",
-                        params![slice, uid],
-                        row,
+                         WHERE s.slice_uid = ?1 AND s.item_uid = ?2 AND i.deleted_at IS NULL"
+                            .to_string(),
+                        vec![slice, s(uid)],
                     )
-                    .optional()
                 }
                 One::Item { owner, slug, uid } | One::Sequence { owner, slug, uid } => {
                     if !dataset_live(c, owner, slug)? {
@@ -293,35 +285,25 @@ impl Replica {
                         One::Item { .. } => "items",
                         _ => "sequences",
                     };
-                    c.query_row(
-                        &format!(
+                    (
+                        format!(
                             "SELECT rowid, raw, 0 FROM {table} WHERE uid = ?1 AND owner_name = ?2
                              AND dataset_slug = ?3 AND {live}"
                         ),
-                        params![uid, owner, slug],
-                        row,
+                        vec![s(uid), s(owner), s(slug)],
                     )
-                    .optional()
                 }
-                One::Slice { owner, slug } => c
-                    .query_row(
-                        &format!(
-                            "SELECT rowid, raw, 0 FROM slices WHERE owner_name = ?1 AND slug = ?2 AND {live}"
-                        ),
-                        params![owner, slug],
-                        row,
-                    )
-                    .optional(),
-                One::Export { uid } => c
-                    .query_row(
-                        &format!(
-                            "SELECT e.rowid, e.raw, {ARCHIVED} FROM exports e WHERE e.uid = ?1 AND e.{live}"
-                        ),
-                        [uid],
-                        row,
-                    )
-                    .optional(),
-            }
+                One::Slice { owner, slug } => (
+                    format!("SELECT rowid, raw, 0 FROM slices WHERE owner_name = ?1 AND slug = ?2 AND {live}"),
+                    vec![s(owner), s(slug)],
+                ),
+                One::Export { uid } => (
+                    format!("SELECT e.rowid, e.raw, {ARCHIVED} FROM exports e WHERE e.uid = ?1 AND e.{live}"),
+                    vec![s(uid)],
+                ),
+            };
+            c.query_row(&sql, rusqlite::params_from_iter(args), row)
+                .optional()
         })
         .await
     }
