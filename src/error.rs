@@ -57,7 +57,7 @@ pub enum ApiError {
     /// Reading or writing the mirror failed: that scope's cycle fails (and is
     /// retried next cycle) unless the store itself is unusable ([`ApiError::is_fatal`]).
     #[error("local database error: {0}")]
-    Store(#[from] rusqlite::Error),
+    Store(#[from] crate::store::Error),
     /// Not a fault of the API's nor of the mirror's: a resource the
     /// configuration cannot list, or a task of the daemon that died.
     #[error("{0}")]
@@ -109,20 +109,10 @@ impl ApiError {
     pub fn is_fatal(&self) -> bool {
         match self {
             ApiError::Unauthorized(_) | ApiError::Internal(_) => true,
-            ApiError::Store(e) => store_unusable(e),
+            ApiError::Store(e) => e.is_unusable(),
             _ => false,
         }
     }
-}
-
-/// A database that no retry can help: gone, not a database, corrupt, or not
-/// writable (permissions, a read-only file system).
-pub fn store_unusable(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::*;
-    matches!(
-        e.sqlite_error_code(),
-        Some(CannotOpen | NotADatabase | DatabaseCorrupt | ReadOnly | PermissionDenied)
-    )
 }
 
 /// Maps any command error to its exit code: config errors 2, a rejected key 3, else 1.

@@ -129,10 +129,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     let mut after = 0i64;
     let mut shown = 0u64;
     loop {
-        let batch = syncer
-            .store
-            .call(move |c| events::list(c, after, "*", 500))
-            .await?;
+        let batch = syncer.store.events_after(after, "*", 500).await?;
         for e in &batch {
             after = e.seq;
             shown += 1;
@@ -153,10 +150,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
 
     println!();
     println!("summary: {shown} events");
-    let status = syncer
-        .store
-        .call(|c| crate::store::report::status(c))
-        .await?;
+    let status = syncer.store.status().await?;
     for res in Resource::ALL {
         let r = &status["resources"][res.table()];
         println!(

@@ -3,18 +3,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
-
 use crate::config::Config;
 use crate::error::EXIT_OK;
-use crate::store::{Store, events, open_read_only};
+use crate::store::{ReadOnly, Store, events};
 
-fn since_seq(c: &Connection, since: Option<&str>) -> anyhow::Result<i64> {
+/// `--since`, as a sequence number (0: from the start).
+fn since_seq(
+    since: Option<&str>,
+    seq_of: impl FnOnce(&str) -> crate::store::Result<Option<i64>>,
+) -> anyhow::Result<i64> {
     match since {
         None => Ok(0),
-        Some(s) => {
-            events::seq_of(c, s)?.ok_or_else(|| anyhow::anyhow!("--since {s}: no such event"))
-        }
+        Some(s) => seq_of(s)?.ok_or_else(|| anyhow::anyhow!("--since {s}: no such event")),
     }
 }
 
@@ -29,13 +29,13 @@ pub fn redeliver(cfg: &Config, sink: Option<&str>, since: Option<&str>) -> anyho
         );
     }
     let store = Store::open_existing(&cfg.store_path)?;
-    let after = store.with(|c| since_seq(c, since))?;
-    let n = store.with(|c| crate::store::outbox::redeliver(c, sink, after))?;
+    let after = since_seq(since, |s| store.seq_of(s))?;
+    let n = store.redeliver(sink, after)?;
     println!("{n} failed deliveries will be sent again by the next `sync` or the running daemon");
     Ok(EXIT_OK)
 }
 
-/// The change log, read-only (see [`open_read_only`]); `--follow` opens the
+/// The change log, read-only (see [`ReadOnly`]); `--follow` opens the
 /// database again for every look, so it reads through a daemon started meanwhile.
 pub async fn events(
     db: &Path,
@@ -44,10 +44,10 @@ pub async fn events(
     follow: bool,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let mut conn = open_read_only(db)?;
-    let mut after = since_seq(&conn, since)?;
+    let mut mirror = ReadOnly::open(db)?;
+    let mut after = since_seq(since, |s| mirror.seq_of(s))?;
     loop {
-        let batch = events::list(&conn, after, glob, 1000)?;
+        let batch = mirror.events(after, glob, 1000)?;
         for e in &batch {
             if json {
                 println!("{}", e.payload);
@@ -72,6 +72,6 @@ pub async fn events(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = tokio::signal::ctrl_c() => return Ok(EXIT_OK),
         }
-        conn = open_read_only(db)?;
+        mirror.reopen()?;
     }
 }

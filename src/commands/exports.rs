@@ -44,9 +44,9 @@ pub fn bars() -> Option<ProgressFn> {
     }))
 }
 
-/// Read-only (see [`open_read_only`]): no key, no migration, no file written.
+/// Read-only (see [`crate::store::ReadOnly`]): no key, no migration, no file written.
 pub fn list(db: &std::path::Path, as_json: bool) -> anyhow::Result<u8> {
-    let rows = downloads::list(&crate::store::open_read_only(db)?)?;
+    let rows = crate::store::ReadOnly::open(db)?.exports()?;
     if as_json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
@@ -125,9 +125,7 @@ async fn follow(store: &Store, uid: &str, daemon: &Locked) -> anyhow::Result<u8>
     let mut last = String::new();
     loop {
         let u = uid.to_string();
-        let Some((status, path, bytes, sha256, error)) =
-            store.read(move |c| downloads::outcome(c, &u)).await?
-        else {
+        let Some((status, path, bytes, sha256, error)) = store.download_outcome(&u).await? else {
             bail!("the download of export {uid} is no longer queued");
         };
         if status != last {
@@ -271,21 +269,7 @@ async fn fetch_archive(
         );
     };
     let name = download::file_name(&uid, export["name"].as_str(), &link);
-    let (u, n) = (uid.clone(), now_rfc3339());
-    let job = store
-        .call(move |c| {
-            // on disk, or an object's URL (downloads.target)
-            if let Some(path) = downloads::downloaded_path(c, &u)?
-                && (path.contains("://") || std::path::Path::new(&path).exists())
-            {
-                return Ok(Err(path));
-            }
-            // a name already given (say, to a partial file) is kept
-            let file_name = downloads::get(c, &u)?.map_or(name, |j| j.file_name);
-            downloads::request(c, &u, &link, &file_name, &n)?;
-            downloads::get(c, &u).map(|j| Ok(j.expect("just queued")))
-        })
-        .await?;
+    let job = store.request_download(&uid, &link, &name).await?;
     let job = match job {
         Ok(job) => job,
         Err(path) => {

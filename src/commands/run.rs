@@ -108,12 +108,7 @@ impl Prepared {
                     std::time::UNIX_EPOCH + Duration::from_secs(until),
                 )
                 .to_string();
-                let now = crate::store::now_rfc3339();
-                let written = store
-                    .call(move |c| {
-                        crate::store::state::set_service(c, "api_paused_until", Some(&at), &now)
-                    })
-                    .await;
+                let written = store.set_service_state("api_paused_until", Some(at)).await;
                 if written.is_ok() {
                     shown = until;
                 }
@@ -336,7 +331,7 @@ async fn watchdog(store: watch::Receiver<Store>) {
     loop {
         ticks.tick().await;
         let s = store.borrow().clone();
-        let ping = s.call(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)));
+        let ping = s.ping();
         match tokio::time::timeout(period, ping).await {
             Ok(Ok(_)) => service::notify(&[NotifyState::Watchdog]),
             // waiting out store.max_wal for a reader, and looking each second

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use crate::config::Resource;
 use crate::error::{EXIT_OK, EXIT_WORK_FAILED};
-use crate::store::open_read_only;
+use crate::store::ReadOnly;
 
-/// Read-only (see [`open_read_only`]): no key, no migration, no file written.
+/// Read-only (see [`ReadOnly`]): no key, no migration, no file written.
 pub fn status(db: &Path, as_json: bool) -> anyhow::Result<u8> {
-    let report = crate::store::report::status(&open_read_only(db)?)?;
+    let report = ReadOnly::open(db)?.status()?;
     let failing = report["resources"].as_object().is_some_and(|m| {
         m.values()
             .any(|r| r["failing_scopes"].as_u64().unwrap_or(0) > 0)

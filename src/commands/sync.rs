@@ -96,9 +96,11 @@ pub fn progress(total: Option<u64>) -> (ProgressBar, ProgressFn) {
 }
 
 /// Prunes settled events past `events.retention` and tombstones past `store.keep_deleted`.
-pub async fn prune(store: &Store, cfg: &Config) -> rusqlite::Result<(usize, usize)> {
+pub async fn prune(store: &Store, cfg: &Config) -> crate::store::Result<(usize, usize)> {
     let sinks = cfg.sinks.iter().map(|s| s.name.clone()).collect();
-    crate::store::retention::prune(store, cfg.events_retention, cfg.keep_deleted, sinks).await
+    store
+        .prune(cfg.events_retention, cfg.keep_deleted, sinks)
+        .await
 }
 
 /// How long `sync` keeps delivering pending events before it exits.

@@ -20,8 +20,8 @@ use tokio::task::JoinSet;
 use crate::api::{Client, Priority, json_value, v1};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::store::downloads::{self, Job};
-use crate::store::{Store, now_rfc3339};
+use crate::store::Store;
+use crate::store::downloads::Job;
 
 pub use fetch::{Done, PARTIAL_DIR};
 
@@ -51,7 +51,7 @@ pub enum DownloadError {
     WaitingForSpace(String),
     /// The queue could not be read or written: tried again next time.
     #[error("local database error: {0}")]
-    Store(#[from] rusqlite::Error),
+    Store(#[from] crate::store::Error),
 }
 
 /// How one download ended.
@@ -161,8 +161,7 @@ impl Downloader {
                 break;
             }
             if running.len() < self.concurrency {
-                let now = now_rfc3339();
-                match self.store.read(move |c| downloads::due(c, &now)).await {
+                match self.store.downloads_due().await {
                     Ok(due) => {
                         let busy: HashSet<&String> = active.values().collect();
                         let free = self.concurrency - running.len();
@@ -229,11 +228,7 @@ impl Downloader {
         let partial_len = || std::fs::metadata(&target.partial_path).map_or(0, |m| m.len());
         loop {
             let before = partial_len();
-            let (u, n) = (uid.clone(), now_rfc3339());
-            let attempts = self
-                .store
-                .call(move |c| downloads::attempt(c, &u, &n))
-                .await?;
+            let attempts = self.store.download_attempt(&uid).await?;
             let progress = self.progress.clone();
             let on_bytes = |got: u64, total: Option<u64>| {
                 if let Some(p) = &progress {
@@ -253,12 +248,9 @@ impl Downloader {
             };
             let failure = match result {
                 Ok(done) => {
-                    let (u, d, n) = (uid.clone(), done.clone(), now_rfc3339());
+                    let path = done.path.to_string_lossy();
                     self.store
-                        .call(move |c| {
-                            let path = d.path.to_string_lossy();
-                            downloads::complete(c, &u, &path, d.bytes, &d.sha256, &n)
-                        })
+                        .download_complete(&uid, &path, done.bytes, &done.sha256)
                         .await?;
                     tracing::info!(export = %uid, path = %done.path.display(), bytes = done.bytes, "export downloaded");
                     export_event_counted();
@@ -290,11 +282,7 @@ impl Downloader {
                     Ok(fresh) => {
                         link_changed = fresh != url;
                         url = fresh;
-                        let (u, l) = (uid.clone(), url.clone());
-                        let _ = self
-                            .store
-                            .call(move |c| downloads::set_url(c, &u, &l))
-                            .await;
+                        let _ = self.store.download_set_url(&uid, &url).await;
                     }
                     Err(Refresh::Gone(why)) => {
                         error = format!("{error}; {why}");
@@ -305,24 +293,18 @@ impl Downloader {
                     }
                 }
             }
-            let (u, e, n) = (uid.clone(), error.clone(), now_rfc3339());
             if give_up {
                 tracing::error!(export = %uid, attempts, "download failed: {error}");
                 crate::metrics::METRICS.download_failures.inc();
                 export_event_counted();
-                self.store
-                    .call(move |c| downloads::fail(c, &u, &e, &n))
-                    .await?;
+                self.store.download_fail(&uid, &error).await?;
                 return Err(DownloadError::Failed {
                     error,
                     cause: failure,
                 });
             }
             tracing::warn!(export = %uid, attempts, "download attempt failed, will retry: {error}");
-            let _ = self
-                .store
-                .call(move |c| downloads::attempt_failed(c, &u, &e, &n))
-                .await;
+            let _ = self.store.download_attempt_failed(&uid, &error).await;
             if !link_changed {
                 tokio::time::sleep(self.delay(stalled.max(1))).await;
             }
@@ -342,19 +324,13 @@ impl Downloader {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let started = |u: Option<bucket::Unfinished>| {
-            let (uid, row) = (uid.to_string(), uid.to_string());
-            async move {
-                let r = self
-                    .store
-                    .call(move |c| {
-                        let u = u.as_ref().map(|u| (u.key.as_str(), u.id.as_str()));
-                        downloads::set_upload(c, &row, u)
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::warn!(export = %uid, "recording the upload: {e}");
-                }
+        let started = |u: Option<bucket::Unfinished>| async move {
+            let r = self
+                .store
+                .download_set_upload(uid, u.map(|u| (u.key, u.id)))
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(export = %uid, "recording the upload: {e}");
             }
         };
         match b.upload(&done.path, &name, &done.sha256, started).await {
@@ -378,17 +354,14 @@ impl Downloader {
         let Some(b) = &self.bucket else {
             return;
         };
-        let left = match self.store.read(downloads::unfinished_uploads).await {
+        let left = match self.store.unfinished_uploads().await {
             Ok(left) => left,
             Err(e) => return tracing::warn!("reading unfinished uploads: {e}"),
         };
         for (uid, key, id) in left {
             tracing::info!(export = %uid, %key, "aborting an upload left unfinished");
             b.abort(&bucket::Unfinished { key, id }).await;
-            let _ = self
-                .store
-                .call(move |c| downloads::set_upload(c, &uid, None))
-                .await;
+            let _ = self.store.download_set_upload(&uid, None).await;
         }
     }
 
@@ -432,10 +405,7 @@ impl Downloader {
         let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + wait).to_string();
         let error = format!("{why}; waiting for space, next attempt at {at}");
         tracing::warn!(export = %uid, attempts, "download waits for disk space: {why}");
-        let (u, e, n) = (uid.to_string(), error.clone(), now_rfc3339());
-        self.store
-            .call(move |c| downloads::wait_for_space(c, &u, &e, &at, &n))
-            .await?;
+        self.store.download_wait_for_space(uid, &error, &at).await?;
         Err(DownloadError::WaitingForSpace(error))
     }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use rand::Rng;
 
 use super::sinks::{SendError, Sink};
-use crate::store::outbox::{self, Outcome, Place, advance, attempt_state, place};
-use crate::store::{Store, events, now_rfc3339};
+use crate::store::outbox::{Outcome, Place};
+use crate::store::{Store, now_rfc3339};
 
 /// Standard Webhooks: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
 pub fn standard_schedule() -> Vec<Duration> {
@@ -64,9 +64,9 @@ impl Deliverer {
 
     /// Records `o` for `sink`; when the database refuses, keeps it to record
     /// first on the next drain.
-    async fn settle(&self, sink: &str, o: Outcome) -> rusqlite::Result<()> {
-        let (s, kept) = (sink.to_string(), o.clone());
-        let r = self.store.call(move |c| outbox::record(c, &s, &o)).await;
+    async fn settle(&self, sink: &str, o: Outcome) -> crate::store::Result<()> {
+        let kept = o.clone();
+        let r = self.store.record_delivery(sink, o).await;
         if r.is_err() {
             self.unrecorded
                 .lock()
@@ -78,18 +78,18 @@ impl Deliverer {
 
     /// Gives each sink its place in the outbox before any event can be written
     /// past it (see [`register`]).
-    pub fn register(&self) -> rusqlite::Result<()> {
+    pub fn register(&self) -> crate::store::Result<()> {
         let sinks: Vec<(String, bool, Option<String>)> = self
             .sinks
             .iter()
             .map(|s| (s.name.clone(), s.from_start, s.legacy_name.clone()))
             .collect();
-        self.store.with(|c| outbox::register(c, &sinks))
+        self.store.register_sinks(&sinks)
     }
 
     /// Sends what is due for one sink, in order, until its queue is empty or its
     /// head must wait.
-    pub async fn drain(&self, sink: &Sink) -> rusqlite::Result<Drained> {
+    pub async fn drain(&self, sink: &Sink) -> crate::store::Result<Drained> {
         let name = sink.name.clone();
         let held = self
             .unrecorded
@@ -100,19 +100,15 @@ impl Deliverer {
             self.settle(&name, o).await?;
         }
         loop {
-            let n = name.clone();
             let Place {
                 cursor,
                 disabled,
                 rewinds,
-            } = self.store.read(move |c| place(c, &n)).await?;
+            } = self.store.sink_place(&name).await?;
             if disabled {
                 return Ok(Drained::Disabled);
             }
-            let batch = self
-                .store
-                .read(move |c| events::list(c, cursor, "*", 200))
-                .await?;
+            let batch = self.store.events_after(cursor, "*", 200).await?;
             if batch.is_empty() {
                 return Ok(Drained::Idle);
             }
@@ -122,9 +118,8 @@ impl Deliverer {
                     pos = e.seq;
                     continue;
                 }
-                let (n, seq) = (name.clone(), e.seq);
-                let (attempts, next_at, settled) =
-                    self.store.read(move |c| attempt_state(c, &n, seq)).await?;
+                let seq = e.seq;
+                let (attempts, next_at, settled) = self.store.delivery_state(&name, seq).await?;
                 if settled {
                     pos = seq;
                     continue;
@@ -134,7 +129,7 @@ impl Deliverer {
                     return Ok(Drained::Waiting(wait));
                 }
                 let result = sink.send(&self.http, &e).await;
-                let (n, now) = (name.clone(), now_rfc3339());
+                let now = now_rfc3339();
                 let outcome = |status, attempts, error, next_at, past| Outcome {
                     seq,
                     status,
@@ -153,9 +148,7 @@ impl Deliverer {
                     }
                     Err(SendError::Gone) => {
                         self.store
-                            .call(move |c| {
-                                outbox::disable(c, &n, pos, "the receiver answered 410 Gone")
-                            })
+                            .disable_sink(&name, pos, "the receiver answered 410 Gone")
                             .await?;
                         tracing::warn!(sink = %name, "410 Gone: sink disabled");
                         return Ok(Drained::Disabled);
@@ -195,9 +188,8 @@ impl Deliverer {
         }
     }
 
-    async fn save_cursor(&self, sink: &str, pos: i64, rewinds: i64) -> rusqlite::Result<()> {
-        let s = sink.to_string();
-        self.store.call(move |c| advance(c, &s, pos, rewinds)).await
+    async fn save_cursor(&self, sink: &str, pos: i64, rewinds: i64) -> crate::store::Result<()> {
+        self.store.advance_sink(sink, pos, rewinds).await
     }
 
     /// Drains every sink until each is idle, waiting or disabled, or `limit` passes

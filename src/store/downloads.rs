@@ -7,7 +7,134 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::events::{self, NewEvent};
+use super::{Result as StoreResult, Store};
 use crate::config::Resource;
+use crate::time::now_rfc3339;
+
+/// The download queue, as the downloader and the commands use it.
+impl Store {
+    /// Downloads due now (`pending`, `downloading`, or done waiting for space).
+    pub async fn downloads_due(&self) -> StoreResult<Vec<Job>> {
+        let now = now_rfc3339();
+        Ok(self.read(move |c| due(c, &now)).await?)
+    }
+
+    /// One more attempt of an export's download begins: the attempts so far.
+    pub async fn download_attempt(&self, uid: &str) -> StoreResult<u32> {
+        let (u, n) = (uid.to_string(), now_rfc3339());
+        Ok(self.call(move |c| attempt(c, &u, &n)).await?)
+    }
+
+    /// An attempt failed and another will come.
+    pub async fn download_attempt_failed(&self, uid: &str, error: &str) -> StoreResult<()> {
+        let (u, e, n) = (uid.to_string(), error.to_string(), now_rfc3339());
+        Ok(self.call(move |c| attempt_failed(c, &u, &e, &n)).await?)
+    }
+
+    /// The archive is in place (`path`: a file or an object's URL), with its event.
+    pub async fn download_complete(
+        &self,
+        uid: &str,
+        path: &str,
+        bytes: u64,
+        sha256: &str,
+    ) -> StoreResult<()> {
+        let (u, p, h, n) = (
+            uid.to_string(),
+            path.to_string(),
+            sha256.to_string(),
+            now_rfc3339(),
+        );
+        Ok(self
+            .call(move |c| complete(c, &u, &p, bytes, &h, &n))
+            .await?)
+    }
+
+    /// Given up: `failed`, with its event.
+    pub async fn download_fail(&self, uid: &str, error: &str) -> StoreResult<()> {
+        let (u, e, n) = (uid.to_string(), error.to_string(), now_rfc3339());
+        Ok(self.call(move |c| fail(c, &u, &e, &n)).await?)
+    }
+
+    /// Waits for disk space until `retry_at`.
+    pub async fn download_wait_for_space(
+        &self,
+        uid: &str,
+        error: &str,
+        retry_at: &str,
+    ) -> StoreResult<()> {
+        let (u, e, a, n) = (
+            uid.to_string(),
+            error.to_string(),
+            retry_at.to_string(),
+            now_rfc3339(),
+        );
+        Ok(self
+            .call(move |c| wait_for_space(c, &u, &e, &a, &n))
+            .await?)
+    }
+
+    /// A fresh link for the download.
+    pub async fn download_set_url(&self, uid: &str, url: &str) -> StoreResult<()> {
+        let (u, l) = (uid.to_string(), url.to_string());
+        Ok(self.call(move |c| set_url(c, &u, &l)).await?)
+    }
+
+    /// A multipart upload began (`Some((key, id))`) or ended (`None`).
+    pub async fn download_set_upload(
+        &self,
+        uid: &str,
+        upload: Option<(String, String)>,
+    ) -> StoreResult<()> {
+        let u = uid.to_string();
+        Ok(self
+            .call(move |c| {
+                let upload = upload.as_ref().map(|(k, i)| (k.as_str(), i.as_str()));
+                set_upload(c, &u, upload)
+            })
+            .await?)
+    }
+
+    /// Multipart uploads begun and never ended: (export, key, id).
+    pub async fn unfinished_uploads(&self) -> StoreResult<Vec<(String, String, String)>> {
+        Ok(self.read(unfinished_uploads).await?)
+    }
+
+    /// How an export's download ended, if it did.
+    pub async fn download_outcome(&self, uid: &str) -> StoreResult<Option<Outcome>> {
+        let u = uid.to_string();
+        Ok(self.read(move |c| outcome(c, &u)).await?)
+    }
+
+    /// Queues an export's archive now (`exports download`), unless it is
+    /// already downloaded (`Err(path)`: on disk, or an object's URL). A name
+    /// already given (to a partial file, say) is kept.
+    pub async fn request_download(
+        &self,
+        uid: &str,
+        link: &str,
+        name: &str,
+    ) -> StoreResult<std::result::Result<Job, String>> {
+        let (u, l, f, n) = (
+            uid.to_string(),
+            link.to_string(),
+            name.to_string(),
+            now_rfc3339(),
+        );
+        Ok(self
+            .call(move |c| {
+                if let Some(path) = downloaded_path(c, &u)?
+                    && (path.contains("://") || std::path::Path::new(&path).exists())
+                {
+                    return Ok(Err(path));
+                }
+                let file_name = get(c, &u)?.map_or(f, |j| j.file_name);
+                request(c, &u, &l, &file_name, &n)?;
+                get(c, &u).map(|j| Ok(j.expect("just queued")))
+            })
+            .await?)
+    }
+}
 
 pub const PENDING: &str = "pending";
 pub const DOWNLOADING: &str = "downloading";

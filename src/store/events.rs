@@ -141,6 +141,24 @@ pub fn list(
     rows.collect()
 }
 
+impl super::Store {
+    /// Up to `limit` events after `after` whose type matches `glob`.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        glob: &str,
+        limit: u32,
+    ) -> super::Result<Vec<Event>> {
+        let g = glob.to_string();
+        Ok(self.read(move |c| list(c, after, &g, limit)).await?)
+    }
+
+    /// The sequence number `--since` names (an event id or a number).
+    pub fn seq_of(&self, since: &str) -> super::Result<Option<i64>> {
+        Ok(self.with(|c| seq_of(c, since))?)
+    }
+}
+
 /// Resolves `--since`: an event id (`evt_…`) or a sequence number.
 pub fn seq_of(conn: &Connection, since: &str) -> rusqlite::Result<Option<i64>> {
     if let Ok(n) = since.parse::<i64>() {

@@ -14,6 +14,7 @@
 //! A second thread checkpoints the WAL after each commit, on the other core.
 
 pub mod downloads;
+mod error;
 pub mod events;
 pub mod lock;
 pub mod outbox;
@@ -38,7 +39,8 @@ use include_dir::{Dir, include_dir};
 use rusqlite::Connection;
 use rusqlite_migration::Migrations;
 
-pub use read::open_read_only;
+pub use error::{Error, Result};
+pub use read::{ReadOnly, open_read_only};
 pub use wal::MAX_WAL_BYTES;
 pub use writer::Batch;
 
@@ -177,6 +179,13 @@ impl Store {
 }
 
 impl Store {
+    /// A round trip through the writer (the watchdog's proof of life).
+    pub async fn ping(&self) -> Result<()> {
+        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await?;
+        Ok(())
+    }
+
     fn send(&self, job: Job) {
         assert!(self.try_send(job), "store thread alive");
     }

@@ -114,6 +114,57 @@ pub fn attempt_state(
 /// `events redeliver`: failed deliveries (of one sink, from one event on) go back
 /// to pending, the sink's cursor moves back to the first of them, and a sink
 /// disabled by 410 is enabled again. Returns how many deliveries were reset.
+/// Delivery state, as the deliverer uses it.
+impl super::Store {
+    /// A sink's place in the outbox.
+    pub async fn sink_place(&self, sink: &str) -> super::Result<Place> {
+        let s = sink.to_string();
+        Ok(self.read(move |c| place(c, &s)).await?)
+    }
+
+    /// Moves a sink's cursor to `pos`, unless `events redeliver` rewound it since
+    /// (`rewinds` is the count the caller read).
+    pub async fn advance_sink(&self, sink: &str, pos: i64, rewinds: i64) -> super::Result<()> {
+        let s = sink.to_string();
+        Ok(self.call(move |c| advance(c, &s, pos, rewinds)).await?)
+    }
+
+    /// Gives each sink (name, from the start, its former name) its place in the
+    /// outbox before any event can be written past it.
+    pub fn register_sinks(&self, sinks: &[(String, bool, Option<String>)]) -> super::Result<()> {
+        Ok(self.with(|c| register(c, sinks))?)
+    }
+
+    /// (attempts, next attempt, settled) of one event for one sink.
+    pub async fn delivery_state(
+        &self,
+        sink: &str,
+        seq: i64,
+    ) -> super::Result<(u32, Option<std::time::SystemTime>, bool)> {
+        let s = sink.to_string();
+        Ok(self.read(move |c| attempt_state(c, &s, seq)).await?)
+    }
+
+    /// Records a delivery's outcome.
+    pub async fn record_delivery(&self, sink: &str, o: Outcome) -> super::Result<()> {
+        let s = sink.to_string();
+        Ok(self.call(move |c| record(c, &s, &o)).await?)
+    }
+
+    /// Disables a sink (a 410 Gone) at `pos`.
+    pub async fn disable_sink(&self, sink: &str, pos: i64, reason: &str) -> super::Result<()> {
+        let (s, r) = (sink.to_string(), reason.to_string());
+        self.call(move |c| disable(c, &s, pos, &r)).await?;
+        Ok(())
+    }
+
+    /// Failed deliveries after `since_seq` back to pending, for one sink or all
+    /// (a sink disabled by a 410 enabled again): how many.
+    pub fn redeliver(&self, sink: Option<&str>, since_seq: i64) -> super::Result<usize> {
+        Ok(self.with(|c| redeliver(c, sink, since_seq))?)
+    }
+}
+
 pub fn redeliver(
     c: &mut Connection,
     sink: Option<&str>,

@@ -71,6 +71,53 @@ pub fn open_read_only(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// A mirror opened read-only (see [`open_read_only`]): what the commands that
+/// only read it ask of it.
+pub struct ReadOnly {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl ReadOnly {
+    pub fn open(path: &Path) -> anyhow::Result<ReadOnly> {
+        Ok(ReadOnly {
+            conn: open_read_only(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens the mirror again: reads through a daemon started since.
+    pub fn reopen(&mut self) -> anyhow::Result<()> {
+        self.conn = open_read_only(&self.path)?;
+        Ok(())
+    }
+
+    /// What `status` reports.
+    pub fn status(&self) -> super::Result<serde_json::Value> {
+        Ok(super::report::status(&self.conn)?)
+    }
+
+    /// Present exports and their downloads (`exports list`).
+    pub fn exports(&self) -> super::Result<Vec<super::downloads::Listed>> {
+        Ok(super::downloads::list(&self.conn)?)
+    }
+
+    /// Up to `limit` events after `after` whose type matches `glob`.
+    pub fn events(
+        &self,
+        after: i64,
+        glob: &str,
+        limit: u32,
+    ) -> super::Result<Vec<super::events::Event>> {
+        Ok(super::events::list(&self.conn, after, glob, limit)?)
+    }
+
+    /// The sequence number `--since` names (an event id or a number).
+    pub fn seq_of(&self, since: &str) -> super::Result<Option<i64>> {
+        Ok(super::events::seq_of(&self.conn, since)?)
+    }
+}
+
 impl Store {
     /// Runs `f` on a read-only connection of its own, on a blocking thread: a read
     /// never ends the writer's open batch early (as a job on the writer's thread

@@ -814,6 +814,137 @@ pub fn finish_slice_items(
     )
 }
 
+/// The records, as `sync` reads and changes them.
+impl super::Store {
+    /// The datasets whose items and sequences are listed (`scope.datasets`, or all).
+    pub async fn datasets_in_scope(&self, slugs: &[String]) -> super::Result<Vec<DatasetRef>> {
+        let slugs = slugs.to_vec();
+        Ok(self.read(move |c| datasets_in_scope(c, &slugs)).await?)
+    }
+
+    /// Slices whose memberships were last listed before `stale_before`: (uid, owner, slug).
+    pub async fn slices_to_relist(
+        &self,
+        stale_before: &str,
+    ) -> super::Result<Vec<(String, String, String)>> {
+        let s = stale_before.to_string();
+        Ok(self.read(move |c| slices_to_relist(c, &s)).await?)
+    }
+
+    /// One page of a slice's membership, under `generation`.
+    pub async fn put_slice_items(
+        &self,
+        slice: &str,
+        items: Vec<String>,
+        generation: i64,
+    ) -> super::Result<()> {
+        let s = slice.to_string();
+        Ok(self
+            .call(move |c| put_slice_items(c, &s, &items, generation))
+            .await?)
+    }
+
+    /// A slice's membership listing completed: members it no longer returned go,
+    /// and its scope succeeded.
+    pub async fn slice_listed(
+        &self,
+        slice: &str,
+        generation: i64,
+        scope: &str,
+        now: &str,
+        total: u64,
+    ) -> super::Result<()> {
+        let (sl, s, n) = (slice.to_string(), scope.to_string(), now.to_string());
+        Ok(self
+            .call(move |c| {
+                finish_slice_items(c, &sl, generation)?;
+                super::state::success(c, &s, &n, total, 0)
+            })
+            .await?)
+    }
+
+    /// Live rows of `res` in a scope.
+    pub async fn live_count(&self, res: Resource, filter: ScopeFilter) -> super::Result<u64> {
+        Ok(self.read(move |c| live_count(c, res, &filter)).await?)
+    }
+
+    /// The uids of every live row of `res`.
+    pub async fn present_uids(
+        &self,
+        res: Resource,
+    ) -> super::Result<std::collections::HashSet<String>> {
+        Ok(self.read(move |c| present_uids(c, res)).await?)
+    }
+
+    /// Live rows of a scope that a complete listing did not return (their
+    /// positions, not in `seen`).
+    pub async fn missing(
+        &self,
+        res: Resource,
+        filter: ScopeFilter,
+        seen: RoaringTreemap,
+    ) -> super::Result<Vec<i64>> {
+        Ok(self.read(move |c| missing(c, res, &filter, &seen)).await?)
+    }
+
+    /// What a deletion check needs of the rows at `rows` (from [`Store::missing`]).
+    pub async fn missing_detail(
+        &self,
+        res: Resource,
+        rows: Vec<i64>,
+    ) -> super::Result<Vec<Missing>> {
+        Ok(self.read(move |c| missing_detail(c, res, &rows)).await?)
+    }
+
+    /// Tombstones a row (and writes its deletion event when `emit`): whether it
+    /// was live.
+    pub async fn tombstone(
+        &self,
+        res: Resource,
+        uid: &str,
+        emit: bool,
+        now: &str,
+    ) -> super::Result<bool> {
+        let (u, n) = (uid.to_string(), now.to_string());
+        Ok(self.call(move |c| tombstone(c, res, &u, emit, &n)).await?)
+    }
+}
+
+/// What one [`super::Batch::apply_pages`] did, and what it hands back.
+pub struct Applied {
+    pub outcome: PageOutcome,
+    pub seen: RoaringTreemap,
+    /// The pages, to be freed where they were allocated.
+    pub pages: Vec<Vec<Incoming>>,
+}
+
+impl super::Batch {
+    /// [`apply_pages`] in this batch's transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_pages(
+        &self,
+        res: Resource,
+        pages: Vec<Vec<Incoming>>,
+        emit: impl Fn(&Incoming) -> bool + Send + 'static,
+        queue: Option<QueueRule>,
+        mostly_new: bool,
+        now: &str,
+        mut seen: RoaringTreemap,
+    ) -> super::Result<Applied> {
+        let n = now.to_string();
+        Ok(self
+            .call(move |c| {
+                let outcome = apply_pages(c, res, &pages, &emit, queue, mostly_new, &n, &mut seen)?;
+                Ok(Applied {
+                    outcome,
+                    seen,
+                    pages,
+                })
+            })
+            .await?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

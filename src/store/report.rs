@@ -11,6 +11,13 @@ use crate::config::Resource;
 /// `status --json`: per collection its counts by status, scopes, last success,
 /// failures and (JSON:API) listing state; the database's size; events,
 /// downloads and deliveries.
+impl super::Store {
+    /// What `status` reports, read beside the writer.
+    pub async fn status(&self) -> super::Result<Value> {
+        Ok(self.read(status).await?)
+    }
+}
+
 pub fn status(c: &Connection) -> rusqlite::Result<Value> {
     let mut resources = serde_json::Map::new();
     for res in Resource::ALL {

@@ -89,44 +89,48 @@ pub fn size(c: &Connection) -> rusqlite::Result<(i64, i64)> {
     Ok((pages * page, free * page))
 }
 
-/// Prunes what is due (in chunks, each its own short job on the writer) now:
-/// `run` calls this once a minute and `sync` once at its end. Returns (events,
-/// tombstoned rows) pruned.
-pub async fn prune(
-    store: &super::Store,
-    retention: std::time::Duration,
-    keep_deleted: std::time::Duration,
-    sinks: Vec<String>,
-) -> rusqlite::Result<(usize, usize)> {
-    let ago = |d: std::time::Duration| {
-        let at = std::time::SystemTime::now()
-            .checked_sub(d)
-            .unwrap_or(std::time::UNIX_EPOCH);
-        humantime::format_rfc3339_seconds(at).to_string()
-    };
-    let (events_before, rows_before) = (ago(retention), ago(keep_deleted));
-    let sinks = std::sync::Arc::new(sinks);
-    let (mut events, mut rows) = (0, 0);
-    loop {
-        let (b, s) = (events_before.clone(), sinks.clone());
-        let n = store.call(move |c| prune_events(c, &b, &s)).await?;
-        events += n;
-        if n < CHUNK {
-            break;
+impl super::Store {
+    /// Prunes what is due now, in chunks (each its own short job on the writer):
+    /// settled events older than `retention` (every one of `sinks` done with
+    /// them) and tombstones older than `keep_deleted`. `run` calls this once a
+    /// minute and `sync` once at its end. Returns (events, tombstoned rows) pruned.
+    pub async fn prune(
+        &self,
+        retention: std::time::Duration,
+        keep_deleted: std::time::Duration,
+        sinks: Vec<String>,
+    ) -> super::Result<(usize, usize)> {
+        let store = self;
+        let ago = |d: std::time::Duration| {
+            let at = std::time::SystemTime::now()
+                .checked_sub(d)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            humantime::format_rfc3339_seconds(at).to_string()
+        };
+        let (events_before, rows_before) = (ago(retention), ago(keep_deleted));
+        let sinks = std::sync::Arc::new(sinks);
+        let (mut events, mut rows) = (0, 0);
+        loop {
+            let (b, s) = (events_before.clone(), sinks.clone());
+            let n = store.call(move |c| prune_events(c, &b, &s)).await?;
+            events += n;
+            if n < CHUNK {
+                break;
+            }
         }
-    }
-    loop {
-        let b = rows_before.clone();
-        let n = store.call(move |c| prune_tombstones(c, &b)).await?;
-        rows += n;
-        if n < CHUNK {
-            break;
+        loop {
+            let b = rows_before.clone();
+            let n = store.call(move |c| prune_tombstones(c, &b)).await?;
+            rows += n;
+            if n < CHUNK {
+                break;
+            }
         }
+        if events + rows > 0 {
+            tracing::info!(events, rows, "pruned what retention no longer keeps");
+        }
+        Ok((events, rows))
     }
-    if events + rows > 0 {
-        tracing::info!(events, rows, "pruned what retention no longer keeps");
-    }
-    Ok((events, rows))
 }
 
 #[cfg(test)]

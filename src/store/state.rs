@@ -3,6 +3,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use std::collections::HashMap;
+
 use crate::config::Resource;
 
 /// Whether the scope has had its first complete listing (the silent baseline).
@@ -190,4 +192,143 @@ pub fn service(c: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
         |r| r.get(0),
     )
     .optional()
+}
+
+/// The listings' bookkeeping in `sync_state`, as `sync` uses it. `now` is when
+/// the listing began: its success is dated then.
+impl super::Store {
+    /// A listing of `scope` begins.
+    pub async fn scope_attempt(&self, scope: &str, res: Resource, now: &str) -> super::Result<()> {
+        let (s, n) = (scope.to_string(), now.to_string());
+        Ok(self.call(move |c| attempt(c, &s, res, &n)).await?)
+    }
+
+    /// A listing of `scopes` begins: which are past their silent baseline (by
+    /// the dataset slug after a scope's `/`), and how many records their last
+    /// complete listings had; with `live`, the scope's live rows instead.
+    pub async fn listing_begins(
+        &self,
+        scopes: &[String],
+        res: Resource,
+        now: &str,
+        live: Option<super::records::ScopeFilter>,
+    ) -> super::Result<(HashMap<Option<String>, bool>, Option<u64>)> {
+        let (sc, n) = (scopes.to_vec(), now.to_string());
+        Ok(self
+            .call(move |c| {
+                let mut m: HashMap<Option<String>, bool> = HashMap::new();
+                let mut last: Option<u64> = None;
+                for s in &sc {
+                    attempt(c, s, res, &n)?;
+                    let slug = s.split_once('/').map(|(_, slug)| slug.to_string());
+                    m.insert(slug, baseline_done(c, s)?);
+                    if let Some(n) = last_size(c, s)? {
+                        last = Some(last.unwrap_or(0).saturating_add(n));
+                    }
+                }
+                if let Some(filter) = live {
+                    last = Some(super::records::live_count(c, res, &filter)?);
+                }
+                Ok::<_, rusqlite::Error>((m, last))
+            })
+            .await?)
+    }
+
+    /// A slice's membership listing begins: the size of its last complete one.
+    pub async fn slice_listing_begins(&self, scope: &str, now: &str) -> super::Result<Option<u64>> {
+        let (s, n) = (scope.to_string(), now.to_string());
+        Ok(self
+            .call(move |c| {
+                attempt(c, &s, Resource::Slices, &n)?;
+                last_size(c, &s)
+            })
+            .await?)
+    }
+
+    /// Complete listings of `scopes`.
+    pub async fn scopes_succeeded(
+        &self,
+        scopes: &[String],
+        now: &str,
+        listed: u64,
+        skipped: u64,
+    ) -> super::Result<()> {
+        let (sc, n) = (scopes.to_vec(), now.to_string());
+        Ok(self
+            .call(move |c| {
+                sc.iter()
+                    .try_for_each(|s| success(c, s, &n, listed, skipped))
+            })
+            .await?)
+    }
+
+    /// Failed listings of `scopes`; `outran`: the records received past the
+    /// listing's bound.
+    pub async fn scopes_failed(
+        &self,
+        scopes: &[String],
+        error: &str,
+        skipped: u64,
+        outran: Option<u64>,
+    ) -> super::Result<()> {
+        let (sc, m) = (scopes.to_vec(), error.to_string());
+        Ok(self
+            .call(move |c| {
+                sc.iter().try_for_each(|s| {
+                    if let Some(n) = outran {
+                        self::outran(c, s, n)?;
+                    }
+                    failure(c, s, &m, skipped)
+                })
+            })
+            .await?)
+    }
+
+    /// A JSON:API scope's watermark and full-listing state.
+    pub async fn incremental_state(&self, scope: &str) -> super::Result<Incremental> {
+        let s = scope.to_string();
+        Ok(self.read(move |c| incremental(c, &s)).await?)
+    }
+
+    /// A JSON:API listing completed, with the newest `updated_at` it saw; an
+    /// incremental one that worked clears an earlier filter failure.
+    pub async fn jsonapi_listed(
+        &self,
+        scope: &str,
+        newest: Option<String>,
+        how: Listed,
+        clear_filter_failure: bool,
+        now: &str,
+    ) -> super::Result<()> {
+        let (s, n) = (scope.to_string(), now.to_string());
+        Ok(self
+            .call(move |c| {
+                if clear_filter_failure {
+                    filter_failed(c, &s, None)?;
+                }
+                listed(c, &s, newest.as_deref(), how, &n)
+            })
+            .await?)
+    }
+
+    /// The server ignored or refused `filter[updated_at__gte]` for `scope`.
+    pub async fn jsonapi_filter_failed(
+        &self,
+        scope: &str,
+        error: &str,
+        now: &str,
+    ) -> super::Result<()> {
+        let (s, e, n) = (scope.to_string(), error.to_string(), now.to_string());
+        Ok(self
+            .call(move |c| filter_failed(c, &s, Some((&n, &e))))
+            .await?)
+    }
+
+    /// Daemon state worth showing (`api_paused_until`), or `None` to clear it.
+    pub async fn set_service_state(&self, key: &str, value: Option<String>) -> super::Result<()> {
+        let (k, n) = (key.to_string(), crate::time::now_rfc3339());
+        Ok(self
+            .call(move |c| set_service(c, &k, value.as_deref(), &n))
+            .await?)
+    }
 }

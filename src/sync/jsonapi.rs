@@ -20,7 +20,7 @@ use crate::api::page::{Keyed, Paging};
 use crate::api::{Client, Priority};
 use crate::config::Resource;
 use crate::error::ApiError;
-use crate::store::records::{self, ScopeFilter};
+use crate::store::records::ScopeFilter;
 use crate::store::{now_rfc3339, state};
 use crate::time::{instant, nanos};
 
@@ -69,7 +69,7 @@ impl Syncer {
             Resource::NoteComments => {
                 let feeds = self
                     .store
-                    .read(|c| records::present_uids(c, Resource::NoteFeeds))
+                    .present_uids(Resource::NoteFeeds)
                     .await
                     .map_err(db_error)?;
                 ("note_feed_id", feeds)
@@ -98,10 +98,9 @@ impl Syncer {
             Some(p) => format!("{}:{p}", res.table()),
             None => res.table().to_string(),
         };
-        let s = scope.clone();
         let st = self
             .store
-            .read(move |c| state::incremental(c, &s))
+            .incremental_state(&scope)
             .await
             .map_err(db_error)?;
         let now = SystemTime::now();
@@ -123,16 +122,16 @@ impl Syncer {
             let l = self.jsonapi_listing(client, res, &project, &narrowing, Some(&bound));
             match self.run_listing(&l, report).await {
                 Ok(ListingEnd::Done(listed)) => {
-                    let (s, n) = (scope.clone(), now_rfc3339());
                     let newest = listed.newest.map(|n| n.1);
                     let cleared = st.filter_failed_at.is_some();
                     self.store
-                        .call(move |c| {
-                            if cleared {
-                                state::filter_failed(c, &s, None)?;
-                            }
-                            state::listed(c, &s, newest.as_deref(), state::Listed::Incremental, &n)
-                        })
+                        .jsonapi_listed(
+                            &scope,
+                            newest,
+                            state::Listed::Incremental,
+                            cleared,
+                            &now_rfc3339(),
+                        )
                         .await
                         .map_err(db_error)?;
                     if narrowing.is_none() {
@@ -148,9 +147,8 @@ impl Syncer {
                         scope,
                         "{msg}; listing in full, and on full listings for a day"
                     );
-                    let (s, n) = (scope.clone(), now_rfc3339());
                     self.store
-                        .call(move |c| state::filter_failed(c, &s, Some((&n, &msg))))
+                        .jsonapi_filter_failed(&scope, &msg, &now_rfc3339())
                         .await
                         .map_err(db_error)?;
                     full = true;
@@ -168,15 +166,12 @@ impl Syncer {
         let l = self.jsonapi_listing(client, res, &project, &narrowing, None);
         match self.run_listing(&l, report).await {
             Ok(ListingEnd::Done(listed)) => {
-                let n = now_rfc3339();
                 let newest = listed.newest.map(|n| n.1);
+                let how = state::Listed::Full {
+                    stable: listed.stable,
+                };
                 self.store
-                    .call(move |c| {
-                        let how = state::Listed::Full {
-                            stable: listed.stable,
-                        };
-                        state::listed(c, &scope, newest.as_deref(), how, &n)
-                    })
+                    .jsonapi_listed(&scope, newest, how, false, &now_rfc3339())
                     .await
                     .map_err(db_error)?;
             }
@@ -271,11 +266,7 @@ impl Syncer {
             project_id: project.clone(),
             ..ScopeFilter::default()
         };
-        let mirror = self
-            .store
-            .read(move |c| records::live_count(c, res, &filter))
-            .await
-            .map_err(db_error)?;
+        let mirror = self.store.live_count(res, filter).await.map_err(db_error)?;
         if server < mirror {
             tracing::info!(
                 scope,

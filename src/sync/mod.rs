@@ -25,7 +25,7 @@ use crate::api::{Client, Priority, v1};
 use crate::config::{Config, Resource};
 use crate::error::ApiError;
 use crate::store::records::{self, Missing, ScopeFilter};
-use crate::store::{Store, now_rfc3339, state};
+use crate::store::{Store, now_rfc3339};
 use diff::{Head, Incoming, Rejected};
 
 /// How many dataset slugs go in one `dataset__slug__in` listing.
@@ -255,13 +255,8 @@ impl Syncer {
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 let mut report = CycleReport::default();
-                let (scope, now) = (res.table().to_string(), now_rfc3339());
-                let s = scope.clone();
-                if let Err(db) = self
-                    .store
-                    .call(move |c| state::attempt(c, &s, res, &now))
-                    .await
-                {
+                let scope = res.table().to_string();
+                if let Err(db) = self.store.scope_attempt(&scope, res, &now_rfc3339()).await {
                     tracing::error!("recording the failure: {db}");
                 }
                 self.record_failure(&mut report, &[scope], &e).await;
@@ -395,9 +390,8 @@ impl Syncer {
     }
 
     async fn datasets(&self) -> Result<Vec<records::DatasetRef>, ApiError> {
-        let slugs = self.cfg.scope.datasets.clone();
         self.store
-            .read(move |c| records::datasets_in_scope(c, &slugs))
+            .datasets_in_scope(&self.cfg.scope.datasets)
             .await
             .map_err(db_error)
     }
@@ -516,7 +510,7 @@ impl Syncer {
         .to_string();
         let stale = self
             .store
-            .read(move |c| records::slices_to_relist(c, &stale_before))
+            .slices_to_relist(&stale_before)
             .await
             .map_err(db_error)?;
         let members = stale.into_iter().map(|(uid, owner, slug)| async move {
@@ -545,14 +539,9 @@ impl Syncer {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let s = scope.to_string();
-        let n = now.clone();
         let last = self
             .store
-            .call(move |c| {
-                state::attempt(c, &s, Resource::Slices, &n)?;
-                state::last_size(c, &s)
-            })
+            .slice_listing_begins(scope, &now)
             .await
             .map_err(db_error)?;
         let url = v1::slice_items(&self.client, owner, slug);
@@ -571,18 +560,13 @@ impl Syncer {
                 held: _held,
             } = page?;
             total += uids.len() as u64;
-            let slice = uid.to_string();
             self.store
-                .call(move |c| records::put_slice_items(c, &slice, &uids, generation))
+                .put_slice_items(uid, uids, generation)
                 .await
                 .map_err(db_error)?;
         }
-        let (slice, s) = (uid.to_string(), scope.to_string());
         self.store
-            .call(move |c| {
-                records::finish_slice_items(c, &slice, generation)?;
-                state::success(c, &s, &now, total, 0)
-            })
+            .slice_listed(uid, generation, scope, &now, total)
             .await
             .map_err(db_error)
     }
@@ -611,23 +595,13 @@ impl Syncer {
         } else {
             tracing::error!(scopes = ?scopes, "listing failed, nothing deleted: {msg}");
         }
-        let skipped = report.skipped;
-        let scopes_owned = scopes.to_vec();
-        let m = msg.clone();
         let outran = match e {
             ApiError::TooLong { received, .. } => Some(*received),
             _ => None,
         };
         let res = self
             .store
-            .call(move |c| {
-                scopes_owned.iter().try_for_each(|s| {
-                    if let Some(n) = outran {
-                        state::outran(c, s, n)?;
-                    }
-                    state::failure(c, s, &m, skipped)
-                })
-            })
+            .scopes_failed(scopes, &msg, report.skipped, outran)
             .await;
         if let Err(db) = res {
             tracing::error!("recording the failure: {db}");
@@ -648,7 +622,6 @@ impl Syncer {
         let scopes = l.scopes();
         let now = now_rfc3339();
         let (res, emit_initial) = (l.resource, self.cfg.emit_initial);
-        let (sc, n) = (scopes.clone(), now.clone());
         let paging = (l.paging)(&l.url);
         // a listing by key is bounded by the scope's live rows (SPEC §6), the
         // others by their last complete size
@@ -657,22 +630,7 @@ impl Syncer {
         // and how many records their last complete listings had.
         let (baseline, last_size) = self
             .store
-            .call(move |c| {
-                let mut m: HashMap<Option<String>, bool> = HashMap::new();
-                let mut last: Option<u64> = None;
-                for s in &sc {
-                    state::attempt(c, s, res, &n)?;
-                    let slug = s.split_once('/').map(|(_, slug)| slug.to_string());
-                    m.insert(slug, state::baseline_done(c, s)?);
-                    if let Some(n) = state::last_size(c, s)? {
-                        last = Some(last.unwrap_or(0).saturating_add(n));
-                    }
-                }
-                if let Some(filter) = live {
-                    last = Some(records::live_count(c, res, &filter)?);
-                }
-                Ok::<_, rusqlite::Error>((m, last))
-            })
+            .listing_begins(&scopes, res, &now, live)
             .await
             .map_err(db_error)?;
         let first_listing = !baseline.values().any(|done| *done);
@@ -741,27 +699,16 @@ impl Syncer {
             }
             let count: u64 = batches.iter().map(|b| b.len() as u64).sum();
             let emit = emit_by_slug.clone();
-            let n = now.clone();
-            let (outcome, s, applied) = writes
-                .call(move |c| {
-                    let mut seen = seen;
-                    let on =
-                        |r: &Incoming| emit.get(&r.dataset_slug).copied().unwrap_or(emit_initial);
-                    let out = records::apply_pages(
-                        c,
-                        res,
-                        &batches,
-                        &on,
-                        queue,
-                        first_listing,
-                        &n,
-                        &mut seen,
-                    )?;
-                    // the records go back to be freed where they were allocated
-                    Ok((out, seen, batches))
-                })
+            let on = move |r: &Incoming| emit.get(&r.dataset_slug).copied().unwrap_or(emit_initial);
+            let records::Applied {
+                outcome,
+                seen: s,
+                pages: applied,
+            } = writes
+                .apply_pages(res, batches, on, queue, first_listing, &now, seen)
                 .await
                 .map_err(db_error)?;
+            // the records are freed here, where they were allocated
             drop((applied, held));
             seen = s;
             // (a listing by key meets a record again when it changed meanwhile)
@@ -787,12 +734,8 @@ impl Syncer {
         writes.commit().await.map_err(db_error)?;
         let unstable = pages.finish().await || duplicates > 0;
         report.scopes_ok += scopes.len() as u64;
-        let (sc, n) = (scopes.clone(), now.clone());
         self.store
-            .call(move |c| {
-                sc.iter()
-                    .try_for_each(|s| state::success(c, s, &n, listed, skipped))
-            })
+            .scopes_succeeded(&scopes, &now, listed, skipped)
             .await
             .map_err(db_error)?;
         let listed = Listed {
@@ -829,7 +772,7 @@ impl Syncer {
         } = f;
         let missing = self
             .store
-            .read(move |c| records::missing(c, res, &filter, &seen))
+            .missing(res, filter, seen)
             .await
             .map_err(db_error)?;
         let total = missing.len();
@@ -837,10 +780,9 @@ impl Syncer {
         // tombstones in the listing's order
         let (mut checked, mut gone) = (0usize, 0usize);
         for chunk in missing.chunks(DETAIL_CHUNK) {
-            let rowids = chunk.to_vec();
             let rows = self
                 .store
-                .read(move |c| records::missing_detail(c, res, &rowids))
+                .missing_detail(res, chunk.to_vec())
                 .await
                 .map_err(db_error)?;
             let mut checks = futures_util::stream::iter(rows)
@@ -865,10 +807,9 @@ impl Syncer {
                     .get(&m.dataset_slug.as_deref().map(ByteString::from))
                     .copied()
                     .unwrap_or(self.cfg.emit_initial);
-                let n = now.clone();
                 let deleted = self
                     .store
-                    .call(move |c| records::tombstone(c, res, &m.uid, emit, &n))
+                    .tombstone(res, &m.uid, emit, &now)
                     .await
                     .map_err(db_error)?;
                 if deleted {
@@ -1009,7 +950,7 @@ fn convert(
     out
 }
 
-fn db_error(e: rusqlite::Error) -> ApiError {
+fn db_error(e: impl Into<crate::store::Error>) -> ApiError {
     // Ends the listing; the batch was rolled back to its last commit, nothing half-applied.
-    ApiError::Store(e)
+    ApiError::Store(e.into())
 }
