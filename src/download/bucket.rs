@@ -58,8 +58,12 @@ pub struct Bucket {
     prefix: Path,
     /// `scheme://bucket` (no trailing slash), for the URLs recorded.
     root: String,
-    /// `file://`: a directory, written to by hand (see [`Bucket::to_dir`]).
+    /// `file://`: a directory, written to by hand (see [`to_dir`]).
     dir: Option<std::path::PathBuf>,
+    /// Azure: its multipart uploads have no id to abort (uncommitted blocks
+    /// are invisible and expire by themselves) and take no metadata at their
+    /// start, so they go through the streaming API instead.
+    blocks: bool,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -113,7 +117,17 @@ impl Bucket {
             ),
             "gs" => built!(object_store::gcp::GoogleCloudStorageBuilder, |b| b),
             "az" | "azure" | "abfs" | "abfss" => {
-                built!(object_store::azure::MicrosoftAzureBuilder, |b| b)
+                let built = built!(object_store::azure::MicrosoftAzureBuilder, |b| b);
+                let prefix = Path::from_url_path(url.path()).map_err(|e| bad(e.into()))?;
+                let root = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+                return Ok(Bucket {
+                    store: built.0,
+                    parts: built.1,
+                    prefix,
+                    root,
+                    dir: None,
+                    blocks: true,
+                });
             }
             "file" => {
                 let dir = url
@@ -136,6 +150,7 @@ impl Bucket {
             prefix,
             root,
             dir: None,
+            blocks: false,
         })
     }
 
@@ -148,6 +163,7 @@ impl Bucket {
             prefix: Path::from(prefix),
             root: root.into(),
             dir: None,
+            blocks: false,
         }
     }
 
@@ -216,6 +232,12 @@ impl Bucket {
                 Err(e) => Err(classify(&key, e)),
             };
         }
+        let part = PART_BYTES.max(bytes.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
+        if self.blocks {
+            return self
+                .upload_blocks(file, &key, (bytes, part), attributes, sha256)
+                .await;
+        }
         let id = self
             .parts
             .create_multipart_opts(
@@ -232,7 +254,6 @@ impl Bucket {
             id: id.clone(),
         }))
         .await;
-        let part = PART_BYTES.max(bytes.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
         let count = bytes.div_ceil(part);
         let sent = futures_util::stream::iter(0..count)
             .map(|i| {
@@ -272,6 +293,64 @@ impl Bucket {
         }
         started(None).await;
         done
+    }
+
+    /// A large archive in blocks through the streaming API (Azure): parts read
+    /// from the file, [`PARTS_IN_FLIGHT`] at a time, the metadata given at the
+    /// end; nothing visible until then.
+    async fn upload_blocks(
+        &self,
+        file: &FsPath,
+        key: &Path,
+        (bytes, part): (u64, u64),
+        attributes: Attributes,
+        sha256: &str,
+    ) -> Result<String, UploadError> {
+        let opts = PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        };
+        let mut upload = self
+            .store
+            .put_multipart_opts(key, opts)
+            .await
+            .map_err(|e| classify(key, e))?;
+        let mut sending = futures_util::stream::FuturesOrdered::new();
+        let mut sent = Ok(());
+        for i in 0..bytes.div_ceil(part) {
+            if sending.len() >= PARTS_IN_FLIGHT {
+                sent = sending.next().await.expect("not empty");
+                if sent.is_err() {
+                    break;
+                }
+            }
+            let data = match read_part(file, i * part, part.min(bytes - i * part)).await {
+                Ok(data) => data,
+                Err(e) => {
+                    let _ = upload.abort().await;
+                    return Err(e);
+                }
+            };
+            sending.push_back(upload.put_part(PutPayload::from(data)));
+        }
+        while let Some(r) = sending.next().await {
+            sent = sent.and(r);
+        }
+        if let Err(e) = sent {
+            let _ = upload.abort().await;
+            return Err(classify(key, e));
+        }
+        match self.existing(key).await? {
+            None => upload
+                .complete()
+                .await
+                .map(|_| self.url(key))
+                .map_err(|e| classify(key, e)),
+            Some(existing) => {
+                let _ = upload.abort().await;
+                self.same(key, &existing, sha256)
+            }
+        }
     }
 
     /// Aborts a multipart upload (one a crash left, or one that failed).
@@ -534,6 +613,36 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec!["x.zip"], "a staged copy was left");
+    }
+
+    #[tokio::test]
+    async fn blocks_without_an_upload_id_go_through_the_streaming_api() {
+        // as on Azure, whose low-level multipart API takes no metadata
+        let mut b = Bucket::memory("az://container", "p");
+        b.blocks = true;
+        let body: Vec<u8> = (0..MULTIPART_ABOVE + 5 * PART_BYTES + 7)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let (_d, file) = file_of(&body).await;
+        let told = std::sync::Mutex::new(0);
+        let url = b
+            .upload(&file, "big.zip", &sha(&body), |_| {
+                *told.lock().unwrap() += 1;
+                async {}
+            })
+            .await
+            .unwrap();
+        assert_eq!(url, "az://container/p/big.zip");
+        assert_eq!(*told.lock().unwrap(), 0, "no upload id to record");
+        let (got, meta) = object(&b, "p/big.zip").await;
+        assert!(got == body, "the blocks were put together wrong");
+        assert_eq!(meta, sha(&body));
+        // and never over another archive
+        let err = b
+            .upload(&file, "big.zip", "0000", nothing)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not overwritten"), "{err}");
     }
 
     #[test]
