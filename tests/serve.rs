@@ -443,6 +443,37 @@ async fn a_downloaded_archive_is_served_from_the_mirror_with_ranges() {
     assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
     let (status, _, _) = get(&format!("http://{addr}/archives/no-such-export"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // with client keys, the link an answer gives is signed: it downloads without a key
+    let (keyed, _task) =
+        avala_mirror::serve::start(settings(Some(&["team-key"])), &env.cfg.store_path)
+            .await
+            .unwrap();
+    let (_, _, export) = get(
+        &format!("http://{keyed}/api/v1/exports/{uid}/"),
+        Some("team-key"),
+    )
+    .await;
+    let signed = export["download_url"].as_str().unwrap();
+    assert!(
+        signed.starts_with(&format!("http://{keyed}/archives/{uid}?token=")),
+        "{signed}"
+    );
+    let got = c.get(signed).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), on_disk.as_slice());
+    // nothing else is let through: no token, a changed one, or one moved to the listing
+    let token = signed.split("token=").nth(1).unwrap();
+    let mut changed = token.to_string();
+    changed.replace_range(0..1, if token.starts_with('0') { "1" } else { "0" });
+    for url in [
+        format!("http://{keyed}/archives/{uid}"),
+        format!("http://{keyed}/archives/{uid}?token={changed}"),
+        format!("http://{keyed}/api/v1/exports/?token={token}"),
+    ] {
+        let (status, _, _) = get(&url, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{url}");
+    }
 }
 
 #[tokio::test]

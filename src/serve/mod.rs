@@ -45,6 +45,10 @@ struct Serve {
     replica: Replica,
     settings: Settings,
     db: std::path::PathBuf,
+    /// With client keys: what signs archive links, so that a client that got a
+    /// link from an answer downloads it without sending a key (as it does
+    /// from the API's presigned storage links).
+    link_secret: Option<Vec<u8>>,
 }
 
 /// Binds `settings.listen` and answers until the task is aborted.
@@ -58,10 +62,23 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("cannot serve on {} (serve.listen): {e}", settings.listen))?;
     let bound = tcp.local_addr()?;
     let limited = listener::Limited::new(tcp, settings.max_connections);
+    // stable while the keys are: links outlive a restart, not a key change
+    let link_secret = settings.keys.as_ref().map(|keys| {
+        let mut sorted: Vec<&String> = keys.iter().collect();
+        sorted.sort();
+        let mut h = Sha256::new();
+        h.update(b"avala-mirror serve archive links\n");
+        for k in sorted {
+            h.update(k.as_bytes());
+            h.update(b"\n");
+        }
+        h.finalize().to_vec()
+    });
     let st = Arc::new(Serve {
         replica,
         settings,
         db: db.to_path_buf(),
+        link_secret,
     });
     let app = Router::new().fallback(handle).with_state(st);
     let task = tokio::spawn(async move {
@@ -102,7 +119,7 @@ async fn answer(st: &Serve, method: &Method, uri: &Uri, headers: &HeaderMap) -> 
     };
     if let Some(keys) = &st.settings.keys {
         let sent = headers.get("x-avala-api-key").and_then(|v| v.to_str().ok());
-        if !sent.is_some_and(|k| keys.contains(k)) {
+        if !sent.is_some_and(|k| keys.contains(k)) && !signed_archive_link(st, uri) {
             return refuse(StatusCode::UNAUTHORIZED, "Invalid API key.");
         }
     }
@@ -265,7 +282,7 @@ async fn v1_cursored(st: &Serve, segs: &[&str], at: (&str, &str, &Query), limit:
     let Some((rows, more)) = st.replica.after(cursored, after, limit).await? else {
         return Ok((contract::not_found(), None));
     };
-    let texts: Vec<String> = rows.iter().map(|r| export_link(r, base)).collect();
+    let texts: Vec<String> = rows.iter().map(|r| export_link(st, r, base)).collect();
     let last = rows.last().filter(|_| more).map(|r| r.key as u64);
     let answer = contract::cursor_page(at, texts.iter().map(|t| t.as_bytes()), last);
     Ok((answer, Some(scope)))
@@ -318,7 +335,7 @@ async fn v1_one(st: &Serve, segs: &[&str], base: &str) -> Routed {
     };
     Ok(match st.replica.one(one).await? {
         Some(row) => (
-            (StatusCode::OK, export_link(&row, base).into_bytes()),
+            (StatusCode::OK, export_link(st, &row, base).into_bytes()),
             Some(scope),
         ),
         None => (contract::not_found(), None),
@@ -326,18 +343,49 @@ async fn v1_one(st: &Serve, segs: &[&str], base: &str) -> Routed {
 }
 
 /// A record as the API sent it; an export whose archive is on disk links to it
-/// here instead of to the upstream storage.
-fn export_link(row: &Row, base: &str) -> String {
+/// here instead of to the upstream storage (signed when clients need keys).
+fn export_link(st: &Serve, row: &Row, base: &str) -> String {
     if !row.archived {
         return row.raw.clone();
     }
     match serde_json::from_str::<Value>(&row.raw) {
         Ok(mut v) => {
             let uid = v["uid"].as_str().unwrap_or_default().to_string();
-            v["download_url"] = Value::String(format!("{base}/archives/{uid}"));
+            let mut link = format!("{base}/archives/{uid}");
+            if let Some(mac) = link_mac(st, &uid) {
+                let token = hex::encode(&hmac::Mac::finalize(mac).into_bytes()[..16]);
+                link = format!("{link}?token={token}");
+            }
+            v["download_url"] = Value::String(link);
             v.to_string()
         }
         Err(_) => row.raw.clone(),
+    }
+}
+
+/// What signs the archive link of export `uid`.
+fn link_mac(st: &Serve, uid: &str) -> Option<hmac::Hmac<Sha256>> {
+    use hmac::{KeyInit, Mac};
+    let secret = st.link_secret.as_ref()?;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(uid.as_bytes());
+    Some(mac)
+}
+
+/// An `/archives/{uid}` request whose `token` this replica signed (compared in
+/// constant time).
+fn signed_archive_link(st: &Serve, uri: &Uri) -> bool {
+    use hmac::Mac;
+    let Some(uid) = uri.path().strip_prefix("/archives/") else {
+        return false;
+    };
+    let token = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "token")
+        .and_then(|(_, v)| hex::decode(v.as_bytes()).ok())
+        .filter(|t| t.len() == 16);
+    match (token, link_mac(st, uid)) {
+        (Some(sent), Some(mac)) => mac.verify_truncated_left(&sent).is_ok(),
+        _ => false,
     }
 }
 
