@@ -461,3 +461,42 @@ async fn a_403_fails_at_once_and_a_5xx_is_retried_with_backoff() {
         assert_eq!(files_in(&env.dir.path().join("archives")).len(), 1);
     }
 }
+
+#[tokio::test]
+async fn exports_download_puts_the_archive_in_the_bucket_too() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    moto.create_bucket().await;
+    let (env, cfg) = world(1, 80_000, &format!("s3://{BUCKET}/{PREFIX}"), &moto.url("")).await;
+    // the mirror knows the export; nothing downloads it by itself (no backfill)
+    let toml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("backfill = true", "backfill = false");
+    std::fs::write(&cfg, toml).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (code, _, err) = binary(&["--config", cfg, "sync"], &moto.env(), env.dir.path()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(moto.keys().await, Vec::<String>::new());
+    let uid = env.sim.world(|w| w.exports[0].uid.clone());
+    let (code, out, err) = binary(
+        &["--config", cfg, "exports", "download", &uid],
+        &moto.env(),
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("s3://{BUCKET}/{PREFIX}/")), "{out}");
+    let keys = moto.keys().await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].contains(&uid));
+    // asked again, it is already there: nothing fetched or uploaded twice
+    let (code, out, _) = binary(
+        &["--config", cfg, "exports", "download", &uid],
+        &moto.env(),
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("already downloaded: s3://"), "{out}");
+}
