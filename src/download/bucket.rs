@@ -117,17 +117,7 @@ impl Bucket {
             ),
             "gs" => built!(object_store::gcp::GoogleCloudStorageBuilder, |b| b),
             "az" | "azure" | "abfs" | "abfss" => {
-                let built = built!(object_store::azure::MicrosoftAzureBuilder, |b| b);
-                let prefix = Path::from_url_path(url.path()).map_err(|e| bad(e.into()))?;
-                let root = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
-                return Ok(Bucket {
-                    store: built.0,
-                    parts: built.1,
-                    prefix,
-                    root,
-                    dir: None,
-                    blocks: true,
-                });
+                built!(object_store::azure::MicrosoftAzureBuilder, |b| b)
             }
             "file" => {
                 let dir = url
@@ -150,7 +140,7 @@ impl Bucket {
             prefix,
             root,
             dir: None,
-            blocks: false,
+            blocks: matches!(url.scheme(), "az" | "azure" | "abfs" | "abfss"),
         })
     }
 
