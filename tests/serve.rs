@@ -595,3 +595,30 @@ async fn run_serves_the_mirror_too_when_serve_listen_is_set() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn connections_past_max_connections_wait_for_one_to_close() {
+    let (env, _) = mirrored().await;
+    let mut one = settings(None);
+    one.max_connections = 1;
+    let (addr, _task) = avala_mirror::serve::start(one, &env.cfg.store_path)
+        .await
+        .unwrap();
+    let url = format!("http://{addr}/api/v1/exports/");
+    // an idle client holds the only place
+    let held = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let waiting = tokio::spawn(async move { reqwest::get(&url).await.map(|r| r.status()) });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second connection was served beside the first"
+    );
+    drop(held);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("served once the first closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
