@@ -113,6 +113,17 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
             .map(|c| c.stats.requests.load(std::sync::atomic::Ordering::Relaxed))
             .sum::<u64>()
     );
+    // the mirror as the API, for scripts on the official SDK (SPEC §11)
+    let settings = crate::serve::Settings {
+        listen: "127.0.0.1:0".parse()?,
+        keys: None,
+        max_connections: 64,
+        organizations: cfg.scope.organizations.clone(),
+    };
+    let (served, serving) = crate::serve::start(settings, &cfg.store_path).await?;
+    println!(
+        "the mirror answers the API's read paths too: curl http://{served}/api/v1/exports/  (scripts on the SDK: AVALA_BASE_URL=http://{served}/api/v1 AVALA_ALLOW_INSECURE_BASE_URL=true)"
+    );
     println!(
         "watching for changes for {}s (Ctrl-C to stop early)...",
         duration.as_secs()
@@ -144,6 +155,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
     }
     let _ = stop_tx.send(true);
     let _ = daemon.await;
+    serving.abort();
     if let Some(d) = downloads {
         let _ = d.await;
     }
