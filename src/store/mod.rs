@@ -48,9 +48,10 @@ use read::MAX_READERS;
 use wal::{WAL_CAP_BYTES, WalCap, WalWait, checkpoint_loop, millis_now, note_wal_frames};
 use writer::{Job, Lent, serve};
 
-static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
-static MIGRATIONS: LazyLock<Migrations<'static>> =
-    LazyLock::new(|| Migrations::from_directory(&MIGRATIONS_DIR).expect("valid migrations/"));
+static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations/sqlite");
+static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
+    Migrations::from_directory(&MIGRATIONS_DIR).expect("valid migrations/sqlite/")
+});
 
 /// How long a batch's transaction stays open at most: the lag readers see.
 pub const BATCH_WINDOW: Duration = Duration::from_secs(1);

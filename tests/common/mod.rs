@@ -2,6 +2,8 @@
 //! readers for what a user would look at (rows, events, sync_state).
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,153 @@
+//! A throwaway PostgreSQL cluster for the tests that need one: `initdb` in a
+//! temporary directory (as the unprivileged `postgres` or `nobody` user when
+//! the tests run as root), listening on a socket in that directory only, stopped
+//! and removed when dropped. Skipped with a note where PostgreSQL is not
+//! installed (`.ci/run` installs it).
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// The user the server runs as, when the tests run as root.
+    user: Option<String>,
+}
+
+/// `name` on PATH, else in Debian's versioned directory.
+fn program(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name));
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(name));
+    on_path.chain(debian).find(|p| p.is_file())
+}
+
+impl Cluster {
+    pub fn start() -> Option<Cluster> {
+        let Some(initdb) = program("initdb") else {
+            eprintln!("SKIPPED: PostgreSQL (initdb) is not installed");
+            return None;
+        };
+        let bin = initdb.parent().expect("a directory").to_path_buf();
+        let dir = tempfile::tempdir().unwrap();
+        let root =
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+        let user = root.then(|| {
+            let postgres = Command::new("id").arg("postgres").output();
+            match postgres {
+                Ok(o) if o.status.success() => "postgres".to_string(),
+                _ => "nobody".to_string(),
+            }
+        });
+        if let Some(u) = &user {
+            let ids = |flag: &str| -> u32 {
+                let o = Command::new("id").args([flag, u]).output().unwrap();
+                String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+            };
+            chown(dir.path(), Some(ids("-u")), Some(ids("-g"))).unwrap();
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let c = Cluster {
+            dir,
+            bin,
+            port,
+            user,
+        };
+        let data = c.data();
+        let out = c.as_server(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "avala",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let options = format!(
+            "-k {} -c listen_addresses='' -p {} -c fsync=off",
+            c.dir.path().display(),
+            c.port
+        );
+        let log = format!("{}/log", c.dir.path().display());
+        let out = c.as_server(
+            "pg_ctl",
+            &["-D", &data, "-o", &options, "-l", &log, "-w", "start"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Some(c)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn as_server(&self, program: &str, args: &[&str]) -> Output {
+        let path = self.bin.join(program);
+        let mut cmd = match &self.user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(&path);
+                c
+            }
+            None => Command::new(&path),
+        };
+        cmd.args(args).output().unwrap()
+    }
+
+    /// The socket directory and port, as libpq's `host` and `port`.
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=avala dbname={db}",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
+    /// Runs `sql` (statements, or a file with `-f`) through psql; its unaligned output.
+    pub fn psql(&self, args: &[&str], options: Option<&str>) -> String {
+        let mut cmd = Command::new(program("psql").expect("psql beside initdb"));
+        cmd.arg(self.conninfo("postgres"))
+            .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-At"])
+            .args(args);
+        if let Some(o) = options {
+            cmd.env("PGOPTIONS", o);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "psql {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self.as_server("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
+    }
+}
