@@ -32,12 +32,7 @@ pub fn open_read_only(path: &Path) -> anyhow::Result<Connection> {
             path.display()
         );
     }
-    let beside = |suffix: &str| {
-        let mut p = path.as_os_str().to_os_string();
-        p.push(suffix);
-        PathBuf::from(p).exists()
-    };
-    let writer_gone = !beside("-wal") && !beside("-shm");
+    let writer_gone = writer_gone(path);
     let abs = std::path::absolute(path)?;
     let mut uri = url::Url::from_file_path(&abs)
         .map_err(|()| anyhow::anyhow!("{} is not a file path", abs.display()))?;
@@ -116,6 +111,17 @@ impl ReadOnly {
     pub fn seq_of(&self, since: &str) -> super::Result<Option<i64>> {
         Ok(super::events::seq_of(&self.conn, since)?)
     }
+}
+
+/// Neither the `-wal` nor the `-shm` file of the database at `path` exists: no
+/// daemon has it open, and [`open_read_only`] opens it `immutable`.
+pub(super) fn writer_gone(path: &Path) -> bool {
+    let beside = |suffix: &str| {
+        let mut p = path.as_os_str().to_os_string();
+        p.push(suffix);
+        PathBuf::from(p).exists()
+    };
+    !beside("-wal") && !beside("-shm")
 }
 
 impl Store {

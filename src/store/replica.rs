@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::open_read_only;
+use super::read::writer_gone;
 
 /// Reads at once; more wait their turn.
 const READERS: usize = 4;
@@ -137,7 +138,7 @@ impl Replica {
         let path = self.path.clone();
         let (out, conn) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let pooled = match pooled {
-                Some(p) if !(p.immutable && Pooled::wal_exists(&path)) => p,
+                Some(p) if !p.immutable || writer_gone(&path) => p,
                 _ => Pooled::open(&path)?,
             };
             match f(&pooled.conn) {
@@ -477,17 +478,10 @@ fn slice_uid(c: &Connection, owner: &str, slug: &str) -> rusqlite::Result<Option
 
 impl Pooled {
     fn open(path: &Path) -> anyhow::Result<Pooled> {
+        // looked at first: a daemon starting meanwhile makes it stale, not missed
+        let immutable = writer_gone(path);
         let conn = open_read_only(path)?;
         conn.pragma_update(None, "cache_size", -8192)?;
-        Ok(Pooled {
-            conn,
-            immutable: !Self::wal_exists(path),
-        })
-    }
-
-    fn wal_exists(path: &Path) -> bool {
-        let mut p = path.as_os_str().to_os_string();
-        p.push("-wal");
-        Path::new(&p).exists()
+        Ok(Pooled { conn, immutable })
     }
 }
