@@ -313,6 +313,32 @@ mod tests {
     }
 
     #[test]
+    fn a_page_holds_at_most_max_records_whatever_is_asked() {
+        for (asked, got) in [
+            ("5000", 1000),
+            ("0", 1),
+            ("-3", 100),
+            ("many", 100),
+            ("99999999999999999999999", 100),
+            ("250", 250),
+        ] {
+            assert_eq!(
+                limit(&q(&[("limit", asked)]), 100, MAX_PAGE),
+                got,
+                "{asked}"
+            );
+        }
+        assert_eq!(page_number(&q(&[("page", "0")])), 1);
+        // a page far past the end is refused, not computed into an overflow
+        let recs = ["1"];
+        let huge = q(&[("page", &usize::MAX.to_string())]);
+        assert_eq!(
+            page_style(("h", "/", &huge), 1000, &recs, &[]).0,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
     fn a_cursor_is_ours_or_not_found() {
         assert_eq!(cursor(&q(&[])).unwrap(), None);
         assert_eq!(cursor(&q(&[("cursor", "17")])).unwrap(), Some(17));
