@@ -401,9 +401,10 @@ impl Replica {
     pub async fn archive(&self, uid: String) -> anyhow::Result<Option<Archive>> {
         self.read(move |c| {
             c.query_row(
-                "SELECT d.path, d.sha256 FROM downloads d JOIN exports e ON e.uid = d.export_uid
-                 WHERE d.export_uid = ?1 AND d.status = 'downloaded' AND d.path IS NOT NULL
-                   AND d.path NOT LIKE '%://%' AND e.deleted_at IS NULL",
+                &format!(
+                    "SELECT d.path, d.sha256 FROM downloads d JOIN exports e ON e.uid = d.export_uid
+                     WHERE d.export_uid = ?1 AND {ON_DISK} AND e.deleted_at IS NULL"
+                ),
                 [&uid],
                 |r| {
                     Ok(Archive {
@@ -444,10 +445,21 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
     })
 }
 
-/// Whether an export's archive is on local disk (not in object storage, where
-/// `path` is a URL), as a column of an exports query.
-const ARCHIVED: &str = "EXISTS (SELECT 1 FROM downloads d WHERE d.export_uid = e.uid
-    AND d.status = 'downloaded' AND d.path IS NOT NULL AND d.path NOT LIKE '%://%')";
+/// A `downloads d` row whose archive is on local disk (not in object storage,
+/// where `path` is a URL).
+macro_rules! on_disk {
+    () => {
+        "d.status = 'downloaded' AND d.path IS NOT NULL AND d.path NOT LIKE '%://%'"
+    };
+}
+const ON_DISK: &str = on_disk!();
+
+/// Whether an export's archive is on local disk, as a column of an exports query.
+const ARCHIVED: &str = concat!(
+    "EXISTS (SELECT 1 FROM downloads d WHERE d.export_uid = e.uid AND ",
+    on_disk!(),
+    ")"
+);
 
 /// The column a documented JSON:API filter reads (the names are the reference's).
 fn column_name(filter: &str) -> &'static str {
