@@ -219,12 +219,12 @@ fn load(
 async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> {
     let cfg_path = cli.config.as_deref();
     // the commands that only read: --db, or store.path alone (no key, nothing else checked)
-    let db = || -> anyhow::Result<PathBuf> {
+    let db = || -> anyhow::Result<crate::store::Location> {
         match &cli.db {
-            Some(db) => Ok(db.clone()),
+            Some(db) => Ok(crate::store::Location::Sqlite(db.clone())),
             None => {
                 let path = config::find_config_path(cfg_path, &env)?;
-                Ok(Config::load_store_path(path.as_deref(), &env)?)
+                Ok(Config::load_location(path.as_deref(), &env)?)
             }
         }
     };
@@ -234,7 +234,7 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
             commands::run::run(reload()?, reload).await
         }
         Command::Sync { only } => commands::sync::sync(load(cfg_path, &env)?, only).await,
-        Command::Status { json } => commands::status::status(&db()?, json),
+        Command::Status { json } => commands::status::status(&db()?, json).await,
         Command::Serve { listen } => {
             let mut env = env.clone();
             if let Some(listen) = listen {
@@ -254,6 +254,7 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
             ..
         } => {
             commands::events::redeliver(&*load(cfg_path, &env)?, sink.as_deref(), since.as_deref())
+                .await
         }
         Command::Events {
             action: None,
@@ -264,7 +265,7 @@ async fn dispatch(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<u8> 
         } => commands::events::events(&db()?, since.as_deref(), &kind, follow, json).await,
         Command::Exports {
             action: ExportsAction::List { json },
-        } => commands::exports::list(&db()?, json),
+        } => commands::exports::list(&db()?, json).await,
         Command::Exports {
             action: ExportsAction::Download { uid },
         } => commands::exports::download(&*load(cfg_path, &env)?, &uid).await,

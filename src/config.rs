@@ -320,7 +320,10 @@ pub struct Config {
     pub schedule: HashMap<Resource, Duration>,
     /// `[jsonapi]`: the second service, when its `base_url` is set.
     pub jsonapi: Option<JsonApiConfig>,
+    /// `store.path`: the SQLite mirror (when `store_pg` is None).
     pub store_path: PathBuf,
+    /// `store.url` (with `store.schema` and the password): the mirror in PostgreSQL.
+    pub store_pg: Option<crate::store::postgres::Target>,
     pub downloads: DownloadsConfig,
     pub emit_initial: bool,
     /// `events.retention`: settled events older than this are pruned.
@@ -778,10 +781,19 @@ impl Default for RawSchedule {
     }
 }
 
+/// `serve` reads SQLite's file; on PostgreSQL the mirror is already a
+/// database others query (a replica API over it is not in this version).
+const SERVE_NEEDS_SQLITE: &str = "serve: answers from a SQLite mirror (store.path); with store.url, \
+     query PostgreSQL directly, or serve a SQLite mirror kept beside it";
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
-    path: PathBuf,
+    /// None: `mirror.db`, unless `url` is set.
+    path: Option<PathBuf>,
+    url: String,
+    schema: String,
+    password_file: Option<PathBuf>,
     keep_deleted: String,
     max_wal: String,
 }
@@ -789,9 +801,48 @@ struct RawStore {
 impl Default for RawStore {
     fn default() -> Self {
         RawStore {
-            path: "mirror.db".into(),
+            path: None,
+            url: String::new(),
+            schema: "avala_mirror".into(),
+            password_file: None,
             keep_deleted: "30d".into(),
             max_wal: "1GiB".into(),
+        }
+    }
+}
+
+impl RawStore {
+    fn path(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| "mirror.db".into())
+    }
+
+    /// Where the mirror is: `store.url` (PostgreSQL) or `store.path`.
+    fn location(
+        &self,
+        p: &mut Vec<String>,
+        env: &HashMap<String, String>,
+    ) -> Option<crate::store::Location> {
+        use crate::store::{Location, postgres};
+        if self.url.is_empty() {
+            return Some(Location::Sqlite(self.path()));
+        }
+        if let Some(path) = &self.path {
+            p.push(format!(
+                "store.path ({}) and store.url are both set: the mirror is in one place; remove one",
+                path.display()
+            ));
+            return None;
+        }
+        let password = postgres::Password {
+            file: self.password_file.as_deref(),
+            env,
+        };
+        match postgres::Target::parse(&self.url, &self.schema, password) {
+            Ok(t) => Some(Location::Postgres(t)),
+            Err(e) => {
+                p.push(e);
+                None
+            }
         }
     }
 }
@@ -957,19 +1008,28 @@ impl Config {
         let raw = RawConfig::read(path, env)?;
         let mut p = vec![];
         let settings = raw.serve.settings(&mut p, &raw.scope.organizations, true);
+        if !raw.store.url.is_empty() {
+            p.push(SERVE_NEEDS_SQLITE.into());
+        }
         match settings {
-            Some(s) if p.is_empty() => Ok((raw.store.path, s)),
+            Some(s) if p.is_empty() => Ok((raw.store.path(), s)),
             _ => Err(ConfigError(p)),
         }
     }
 
-    /// Only `store.path`, for the commands that only read the mirror: no key is
-    /// needed, and nothing else is checked.
-    pub fn load_store_path(
+    /// Only where the mirror is (`store.path`, or `store.url` and its
+    /// password), for the commands that only read it: no key is needed, and
+    /// nothing else is checked.
+    pub fn load_location(
         path: Option<&Path>,
         env: &HashMap<String, String>,
-    ) -> Result<PathBuf, ConfigError> {
-        Ok(RawConfig::read(path, env)?.store.path)
+    ) -> Result<crate::store::Location, ConfigError> {
+        let raw = RawConfig::read(path, env)?;
+        let mut p = vec![];
+        match raw.store.location(&mut p, env) {
+            Some(at) if p.is_empty() => Ok(at),
+            _ => Err(ConfigError(p)),
+        }
     }
 }
 
@@ -1040,6 +1100,16 @@ fn section<T: serde::de::DeserializeOwned>(
 }
 
 impl Config {
+    /// Where the mirror is: `store.url`'s PostgreSQL, else the SQLite file.
+    pub fn location(&self) -> crate::store::Location {
+        match &self.store_pg {
+            Some(t) => crate::store::Location::Postgres(t.clone()),
+            None => crate::store::Location::Sqlite(self.store_path.clone()),
+        }
+    }
+}
+
+impl Config {
     /// Every key at its default, for an API, a key, a scope and a database
     /// (the demo, the tests and the benchmarks start from this).
     pub fn defaults(
@@ -1053,7 +1123,7 @@ impl Config {
         raw.api.base_url = base_url.to_string();
         raw.scope.owners = owners.iter().map(|s| s.to_string()).collect();
         raw.scope.organizations = organizations.iter().map(|s| s.to_string()).collect();
-        raw.store.path = store_path.to_path_buf();
+        raw.store.path = Some(store_path.to_path_buf());
         raw.http.listen = "off".into();
         raw.validate(&HashMap::from([(
             "AVALA_API_KEY".to_string(),
@@ -1381,6 +1451,9 @@ impl RawConfig {
         let serve = self
             .serve
             .settings(&mut p, &self.scope.organizations, false);
+        if serve.is_some() && !self.store.url.is_empty() {
+            p.push(SERVE_NEEDS_SQLITE.into());
+        }
 
         let rps = self.api.requests_per_second;
         if !(rps.is_finite() && rps > 0.0) {
@@ -1413,6 +1486,10 @@ impl RawConfig {
         let events_retention = duration(&mut p, "events.retention", &self.events.retention);
         let keep_deleted = duration(&mut p, "store.keep_deleted", &self.store.keep_deleted);
         let max_wal = byte_size(&mut p, "store.max_wal", &self.store.max_wal);
+        let store_pg = match self.store.location(&mut p, env) {
+            Some(crate::store::Location::Postgres(t)) => Some(t),
+            _ => None,
+        };
         let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);
         let backoff_max = duration(&mut p, "api.backoff_max", &self.api.backoff_max);
         if backoff_min > backoff_max {
@@ -1499,11 +1576,14 @@ impl RawConfig {
         let target = self.downloads.storage_target(&mut p, env);
         // an unusable path is the configuration's fault: exit 2 now, not 1 at the
         // first write (which systemd would restart every 10 s)
-        let store_dir = match self.store.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        usable_dir(&mut p, "store.path", store_dir);
+        if self.store.url.is_empty() {
+            let path = self.store.path();
+            let store_dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            usable_dir(&mut p, "store.path", store_dir);
+        }
         if self.downloads.enabled {
             let dir = &self.downloads.dir;
             match dir.parent() {
@@ -1600,7 +1680,8 @@ impl RawConfig {
                 resources,
             },
             schedule,
-            store_path: self.store.path,
+            store_path: self.store.path(),
+            store_pg,
             downloads: DownloadsConfig {
                 enabled: self.downloads.enabled,
                 allow_private,

@@ -3,7 +3,6 @@
 //! success per resource) is read at scrape time through a read-only connection,
 //! so a scrape never waits on the writer.
 
-use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use prometheus_client::collector::Collector;
@@ -51,8 +50,9 @@ pub fn label(k: &'static str, v: impl Into<String>) -> Labels {
     vec![(k, v.into())]
 }
 
-/// The text exposition of every metric, with the database at `db` read now.
-pub fn render(db: &Path) -> String {
+/// The text exposition of every metric, with what was just read from the
+/// mirror (`None`: it could not be read; the process's own metrics still are).
+pub fn render(db: Option<crate::store::report::Snapshot>) -> String {
     let m = &*METRICS;
     let mut r = Registry::with_prefix("avala_mirror");
     r.register(
@@ -97,7 +97,7 @@ pub fn render(db: &Path) -> String {
         "Requests the read-only API replica (serve) answered, by HTTP status",
         m.serve_requests.clone(),
     );
-    r.register_collector(Box::new(FromDatabase(db.to_path_buf())));
+    r.register_collector(Box::new(FromDatabase(std::sync::Mutex::new(db))));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");
     out
@@ -105,16 +105,12 @@ pub fn render(db: &Path) -> String {
 
 /// Values read from the mirror database at scrape time.
 #[derive(Debug)]
-struct FromDatabase(PathBuf);
+struct FromDatabase(std::sync::Mutex<Option<crate::store::report::Snapshot>>);
 
 impl Collector for FromDatabase {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = match crate::store::report::metrics(&self.0) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("metrics: reading the database: {e}");
-                return Ok(());
-            }
+        let Some(s) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
         };
         let mut family = |name: &str,
                           help: &str,

@@ -121,6 +121,15 @@ impl Health {
         // writes wait for a reader past store.max_wal: healthy but paused (SPEC
         // §7); a pause that lasts makes the resources stale, and that is a 503
         let wal = h.store.as_ref().map_or(0, Store::wal_waiting);
+        // a lost PostgreSQL connection: nothing is written until it is back
+        if let Some((why, since)) = h.store.as_ref().and_then(Store::unavailable) {
+            body["status"] = json!("database_unavailable");
+            body["database"] = json!({
+                "error": why,
+                "since": humantime::format_rfc3339_seconds(since).to_string(),
+            });
+            return (false, body);
+        }
         if wal > 0 {
             body["status"] = json!(if ok { "paused" } else { "stale" });
             body["writes_waiting_for_a_reader"] = json!({"wal_bytes": wal});
@@ -166,12 +175,27 @@ async fn healthz(State(h): State<Arc<Health>>) -> Response {
 }
 
 async fn metrics(State(h): State<Arc<Health>>) -> Response {
-    metrics_of(h.db()).await
+    let store = h.inner.lock().expect("health lock").store.clone();
+    let snapshot = match store {
+        Some(store) => store.metrics().await.map_err(anyhow::Error::from),
+        None => snapshot_of(h.db()).await,
+    };
+    metrics_of(snapshot).await
 }
 
-/// `/metrics`: this process's counters and what the database at `db` holds.
-pub async fn metrics_of(db: PathBuf) -> Response {
-    match tokio::task::spawn_blocking(move || crate::metrics::render(&db)).await {
+/// What `/metrics` shows of the SQLite mirror at `db`, read beside any writer.
+pub async fn snapshot_of(db: PathBuf) -> anyhow::Result<crate::store::report::Snapshot> {
+    tokio::task::spawn_blocking(move || crate::store::report::metrics(&db))
+        .await?
+        .map_err(Into::into)
+}
+
+/// `/metrics`: this process's counters and what the mirror holds.
+pub async fn metrics_of(snapshot: anyhow::Result<crate::store::report::Snapshot>) -> Response {
+    let snapshot = snapshot
+        .map_err(|e| tracing::warn!("metrics: reading the database: {e:#}"))
+        .ok();
+    match tokio::task::spawn_blocking(move || crate::metrics::render(snapshot)).await {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

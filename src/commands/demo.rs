@@ -99,7 +99,7 @@ pub async fn demo(dir: &Path, duration: Duration, seed: u64) -> anyhow::Result<(
             + (w.datasets.len() + w.sequences.len() + w.slices.len() + w.exports.len()) as u64
     });
     let (bar, progress) = super::sync::progress(Some(total));
-    let syncer = super::sync::syncer(cfg.clone(), Some(progress))?;
+    let syncer = super::sync::syncer(cfg.clone(), Some(progress)).await?;
     let started = std::time::Instant::now();
     let reports = super::sync::cycle(&syncer, &cfg.resources()).await?;
     bar.finish_and_clear();

@@ -1,24 +1,23 @@
 //! `events`: the change log from the database, optionally followed.
 
-use std::path::Path;
-use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::EXIT_OK;
-use crate::store::{ReadOnly, Store, events};
+use crate::store::{Location, ReadOnly, Store, events};
 
 /// `--since`, as a sequence number (0: from the start).
-fn since_seq(
-    since: Option<&str>,
-    seq_of: impl FnOnce(&str) -> crate::store::Result<Option<i64>>,
-) -> anyhow::Result<i64> {
+fn since_seq(since: Option<&str>, seq: Option<i64>) -> anyhow::Result<i64> {
     match since {
         None => Ok(0),
-        Some(s) => seq_of(s)?.ok_or_else(|| anyhow::anyhow!("--since {s}: no such event")),
+        Some(s) => seq.ok_or_else(|| anyhow::anyhow!("--since {s}: no such event")),
     }
 }
 
-pub fn redeliver(cfg: &Config, sink: Option<&str>, since: Option<&str>) -> anyhow::Result<u8> {
+pub async fn redeliver(
+    cfg: &Config,
+    sink: Option<&str>,
+    since: Option<&str>,
+) -> anyhow::Result<u8> {
     if let Some(name) = sink
         && !cfg.sinks.iter().any(|s| s.name == name)
     {
@@ -28,26 +27,37 @@ pub fn redeliver(cfg: &Config, sink: Option<&str>, since: Option<&str>) -> anyho
             names.join(", ")
         );
     }
-    let store = Store::open_existing(&cfg.store_path)?;
-    let after = since_seq(since, |s| store.seq_of(s))?;
-    let n = store.redeliver(sink, after)?;
+    let store = match &cfg.store_pg {
+        None => Store::open_existing(&cfg.store_path)?,
+        Some(_) => Store::open_config(cfg).await?,
+    };
+    let seq = match since {
+        Some(s) => store.seq_of(s).await?,
+        None => None,
+    };
+    let after = since_seq(since, seq)?;
+    let n = store.redeliver(sink, after).await?;
     println!("{n} failed deliveries will be sent again by the next `sync` or the running daemon");
     Ok(EXIT_OK)
 }
 
-/// The change log, read-only (see [`ReadOnly`]); `--follow` opens the
-/// database again for every look, so it reads through a daemon started meanwhile.
+/// The change log, read-only (see [`ReadOnly`]); `--follow` waits for new
+/// events ([`ReadOnly::changed`]) and reads on.
 pub async fn events(
-    db: &Path,
+    at: &Location,
     since: Option<&str>,
     glob: &str,
     follow: bool,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let mut mirror = ReadOnly::open(db)?;
-    let mut after = since_seq(since, |s| mirror.seq_of(s))?;
+    let mut mirror = ReadOnly::open(at).await?;
+    let seq = match since {
+        Some(s) => mirror.seq_of(s).await?,
+        None => None,
+    };
+    let mut after = since_seq(since, seq)?;
     loop {
-        let batch = mirror.events(after, glob, 1000)?;
+        let batch = mirror.events(after, glob, 1000).await?;
         for e in &batch {
             if json {
                 println!("{}", e.payload);
@@ -69,9 +79,8 @@ pub async fn events(
             return Ok(EXIT_OK);
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            changed = mirror.changed() => changed?,
             _ = tokio::signal::ctrl_c() => return Ok(EXIT_OK),
         }
-        mirror.reopen()?;
     }
 }

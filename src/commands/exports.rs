@@ -45,8 +45,8 @@ pub fn bars() -> Option<ProgressFn> {
 }
 
 /// Read-only (see [`crate::store::ReadOnly`]): no key, no migration, no file written.
-pub fn list(db: &std::path::Path, as_json: bool) -> anyhow::Result<u8> {
-    let rows = crate::store::ReadOnly::open(db)?.exports()?;
+pub async fn list(at: &crate::store::Location, as_json: bool) -> anyhow::Result<u8> {
+    let rows = crate::store::ReadOnly::open(at).await?.exports().await?;
     if as_json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
@@ -84,8 +84,8 @@ pub fn list(db: &std::path::Path, as_json: bool) -> anyhow::Result<u8> {
 /// the daemon uses (resume, checks, rename, row and event). Beside a running
 /// daemon, the daemon does the download and this follows it.
 pub async fn download(cfg: &Config, uid: &str) -> anyhow::Result<u8> {
-    let who = Downloads::take(cfg)?;
-    let (store, client) = open(cfg)?;
+    let who = Downloads::take(cfg).await?;
+    let (store, client) = open(cfg).await?;
     let export = get_export(&client, uid).await?;
     fetch_archive(cfg, &store, &client, &export, who).await
 }
@@ -101,8 +101,8 @@ enum Downloads {
 }
 
 impl Downloads {
-    fn take(cfg: &Config) -> anyhow::Result<Downloads> {
-        match WriterLock::acquire(&cfg.store_path, "exports download") {
+    async fn take(cfg: &Config) -> anyhow::Result<Downloads> {
+        match WriterLock::acquire_at(&cfg.location(), "exports download").await {
             Ok(lock) => Ok(Downloads::Here { _lock: lock }),
             Err(LockError::Locked(l)) if l.is_daemon => Ok(Downloads::Daemon(l)),
             Err(e) => Err(e.into()),
@@ -178,11 +178,11 @@ pub async fn create(cfg: &Config, a: CreateArgs) -> anyhow::Result<u8> {
         bail!("nothing to export: give at least one --dataset, --project or --slice");
     }
     let who = if a.download {
-        Some(Downloads::take(cfg)?)
+        Some(Downloads::take(cfg).await?)
     } else {
         None
     };
-    let (store, client) = open(cfg)?;
+    let (store, client) = open(cfg).await?;
     let name = a
         .name
         .unwrap_or_else(|| format!("avala-mirror {}", now_rfc3339()));
@@ -237,8 +237,8 @@ pub async fn create(cfg: &Config, a: CreateArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn open(cfg: &Config) -> anyhow::Result<(Store, Arc<Client>)> {
-    let store = Store::open(&cfg.store_path)?;
+async fn open(cfg: &Config) -> anyhow::Result<(Store, Arc<Client>)> {
+    let store = Store::open_config(cfg).await?;
     let client = Client::new(&cfg.api).context("building the HTTP client")?;
     Ok((store, client))
 }

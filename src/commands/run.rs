@@ -43,9 +43,9 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(cfg: Arc<Config>) -> anyhow::Result<Prepared> {
-        let syncer = super::sync::syncer(cfg, None)?;
-        let deliverer = super::sync::deliverer(&syncer.cfg, &syncer.store)?;
+    async fn new(cfg: Arc<Config>) -> anyhow::Result<Prepared> {
+        let syncer = super::sync::syncer(cfg, None).await?;
+        let deliverer = super::sync::deliverer(&syncer.cfg, &syncer.store).await?;
         let downloader = super::sync::downloader(&syncer)?;
         Ok(Prepared {
             syncer,
@@ -190,10 +190,10 @@ pub async fn run(
 ) -> anyhow::Result<u8> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let writer = WriterLock::acquire(&cfg.store_path, "run")?;
+    let writer = WriterLock::acquire_at(&cfg.location(), "run").await?;
     let health = Health::new(&cfg);
     let http = start_http(cfg.http_listen, &health).await?;
-    let generation = Prepared::new(cfg.clone())?.start(&health);
+    let generation = Prepared::new(cfg.clone()).await?.start(&health);
     let serve = start_serve(&cfg).await?;
     let mut running = Running {
         cfg,
@@ -266,8 +266,8 @@ impl Running {
             return Ok(None);
         }
         service::notify(&[NotifyState::Reloading, monotonic_now()]);
-        let writer = if new.store_path != self.cfg.store_path {
-            match WriterLock::acquire(&new.store_path, "run") {
+        let writer = if new.location() != self.cfg.location() {
+            match WriterLock::acquire_at(&new.location(), "run").await {
                 Ok(lock) => Some(lock),
                 Err(e) => return Ok(Some(e.to_string())),
             }
@@ -282,7 +282,7 @@ impl Running {
         } else {
             None
         };
-        let prepared = match Prepared::new(new.clone()) {
+        let prepared = match Prepared::new(new.clone()).await {
             Ok(p) => p,
             Err(e) => {
                 if let Some(Some((_, task))) = http {

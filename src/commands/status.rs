@@ -2,15 +2,14 @@
 
 use serde_json::Value;
 
-use std::path::Path;
 
 use crate::config::Resource;
 use crate::error::{EXIT_OK, EXIT_WORK_FAILED};
-use crate::store::ReadOnly;
+use crate::store::{Location, ReadOnly};
 
 /// Read-only (see [`ReadOnly`]): no key, no migration, no file written.
-pub fn status(db: &Path, as_json: bool) -> anyhow::Result<u8> {
-    let report = ReadOnly::open(db)?.status()?;
+pub async fn status(at: &Location, as_json: bool) -> anyhow::Result<u8> {
+    let report = ReadOnly::open(at).await?.status().await?;
     let failing = report["resources"].as_object().is_some_and(|m| {
         m.values()
             .any(|r| r["failing_scopes"].as_u64().unwrap_or(0) > 0)

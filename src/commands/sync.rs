@@ -17,8 +17,8 @@ use crate::store::lock::WriterLock;
 use crate::sync::{CycleReport, ProgressFn, Syncer};
 
 /// Opens the store and the client for a command that syncs.
-pub fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<Syncer> {
-    let store = Store::open_with_max_wal(&cfg.store_path, cfg.max_wal)?;
+pub async fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<Syncer> {
+    let store = Store::open_config(&cfg).await?;
     let syncer = Syncer::new(cfg, store).context("building the HTTP client")?;
     Ok(Syncer { progress, ..syncer })
 }
@@ -26,7 +26,7 @@ pub fn syncer(cfg: Arc<Config>, progress: Option<ProgressFn>) -> anyhow::Result<
 /// The configured sinks' delivery queues (none when no sink is configured), each
 /// sink registered in the outbox before anything is synced (a new one starts
 /// after the newest event).
-pub fn deliverer(cfg: &Config, store: &Store) -> anyhow::Result<Option<Deliverer>> {
+pub async fn deliverer(cfg: &Config, store: &Store) -> anyhow::Result<Option<Deliverer>> {
     if cfg.sinks.is_empty() {
         return Ok(None);
     }
@@ -36,7 +36,7 @@ pub fn deliverer(cfg: &Config, store: &Store) -> anyhow::Result<Option<Deliverer
         .map(Sink::from_config)
         .collect::<Result<Vec<_>, _>>()?;
     let d = Deliverer::new(store.clone(), sinks, standard_schedule());
-    d.register().context("registering the sinks")?;
+    d.register().await.context("registering the sinks")?;
     Ok(Some(d))
 }
 
@@ -117,11 +117,11 @@ pub async fn sync(cfg: Arc<Config>, only: Option<Resource>) -> anyhow::Result<u8
         Some(r) => vec![r],
         None => cfg.resources(),
     };
-    let _writer = WriterLock::acquire(&cfg.store_path, "sync")?;
+    let _writer = WriterLock::acquire_at(&cfg.location(), "sync").await?;
     // a counter on a terminal (SPEC §1: long work shows progress)
     let bar = std::io::stderr().is_terminal().then(|| progress(None));
-    let syncer = syncer(cfg, bar.as_ref().map(|(_, f)| f.clone()))?;
-    let deliverer = deliverer(&syncer.cfg, &syncer.store)?;
+    let syncer = syncer(cfg, bar.as_ref().map(|(_, f)| f.clone())).await?;
+    let deliverer = deliverer(&syncer.cfg, &syncer.store).await?;
     let reports = cycle(&syncer, &resources).await;
     if let Some((bar, _)) = &bar {
         bar.finish_and_clear();

@@ -78,13 +78,13 @@ impl Deliverer {
 
     /// Gives each sink its place in the outbox before any event can be written
     /// past it (see [`register`]).
-    pub fn register(&self) -> crate::store::Result<()> {
+    pub async fn register(&self) -> crate::store::Result<()> {
         let sinks: Vec<(String, bool, Option<String>)> = self
             .sinks
             .iter()
             .map(|s| (s.name.clone(), s.from_start, s.legacy_name.clone()))
             .collect();
-        self.store.register_sinks(&sinks)
+        self.store.register_sinks(&sinks).await
     }
 
     /// Sends what is due for one sink, in order, until its queue is empty or its

@@ -436,7 +436,7 @@ async fn own(st: &Serve, path: &str) -> Response {
         let body = serde_json::json!({"status": "ok", "serve": {"requests": served}});
         return json_response(StatusCode::OK, body.to_string().into_bytes());
     }
-    crate::service::metrics_of(st.db.clone()).await
+    crate::service::metrics_of(crate::service::snapshot_of(st.db.clone()).await).await
 }
 
 /// The request's `Host` when it is a plain authority, else the listen address:

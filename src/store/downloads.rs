@@ -15,18 +15,27 @@ use crate::time::now_rfc3339;
 impl Store {
     /// Downloads due now (`pending`, `downloading`, or done waiting for space).
     pub async fn downloads_due(&self) -> StoreResult<Vec<Job>> {
+        if let Some(pg) = self.pg() {
+            return pg.downloads_due().await;
+        }
         let now = now_rfc3339();
         Ok(self.read(move |c| due(c, &now)).await?)
     }
 
     /// One more attempt of an export's download begins: the attempts so far.
     pub async fn download_attempt(&self, uid: &str) -> StoreResult<u32> {
+        if let Some(pg) = self.pg() {
+            return pg.download_attempt(uid).await;
+        }
         let (u, n) = (uid.to_string(), now_rfc3339());
         Ok(self.call(move |c| attempt(c, &u, &n)).await?)
     }
 
     /// An attempt failed and another will come.
     pub async fn download_attempt_failed(&self, uid: &str, error: &str) -> StoreResult<()> {
+        if let Some(pg) = self.pg() {
+            return pg.download_attempt_failed(uid, error).await;
+        }
         let (u, e, n) = (uid.to_string(), error.to_string(), now_rfc3339());
         Ok(self.call(move |c| attempt_failed(c, &u, &e, &n)).await?)
     }
@@ -39,6 +48,9 @@ impl Store {
         bytes: u64,
         sha256: &str,
     ) -> StoreResult<()> {
+        if let Some(pg) = self.pg() {
+            return pg.download_complete(uid, path, bytes, sha256).await;
+        }
         let (u, p, h, n) = (
             uid.to_string(),
             path.to_string(),
@@ -52,6 +64,9 @@ impl Store {
 
     /// Given up: `failed`, with its event.
     pub async fn download_fail(&self, uid: &str, error: &str) -> StoreResult<()> {
+        if let Some(pg) = self.pg() {
+            return pg.download_fail(uid, error).await;
+        }
         let (u, e, n) = (uid.to_string(), error.to_string(), now_rfc3339());
         Ok(self.call(move |c| fail(c, &u, &e, &n)).await?)
     }
@@ -63,6 +78,9 @@ impl Store {
         error: &str,
         retry_at: &str,
     ) -> StoreResult<()> {
+        if let Some(pg) = self.pg() {
+            return pg.download_wait_for_space(uid, error, retry_at).await;
+        }
         let (u, e, a, n) = (
             uid.to_string(),
             error.to_string(),
@@ -76,6 +94,9 @@ impl Store {
 
     /// A fresh link for the download.
     pub async fn download_set_url(&self, uid: &str, url: &str) -> StoreResult<()> {
+        if let Some(pg) = self.pg() {
+            return pg.download_set_url(uid, url).await;
+        }
         let (u, l) = (uid.to_string(), url.to_string());
         Ok(self.call(move |c| set_url(c, &u, &l)).await?)
     }
@@ -86,6 +107,9 @@ impl Store {
         uid: &str,
         upload: Option<(String, String)>,
     ) -> StoreResult<()> {
+        if let Some(pg) = self.pg() {
+            return pg.download_set_upload(uid, upload).await;
+        }
         let u = uid.to_string();
         Ok(self
             .call(move |c| {
@@ -97,11 +121,17 @@ impl Store {
 
     /// Multipart uploads begun and never ended: (export, key, id).
     pub async fn unfinished_uploads(&self) -> StoreResult<Vec<(String, String, String)>> {
+        if let Some(pg) = self.pg() {
+            return pg.unfinished_uploads().await;
+        }
         Ok(self.read(unfinished_uploads).await?)
     }
 
     /// How an export's download ended, if it did.
     pub async fn download_outcome(&self, uid: &str) -> StoreResult<Option<Outcome>> {
+        if let Some(pg) = self.pg() {
+            return pg.download_outcome(uid).await;
+        }
         let u = uid.to_string();
         Ok(self.read(move |c| outcome(c, &u)).await?)
     }
@@ -115,6 +145,9 @@ impl Store {
         link: &str,
         name: &str,
     ) -> StoreResult<std::result::Result<Job, String>> {
+        if let Some(pg) = self.pg() {
+            return pg.request_download(uid, link, name).await;
+        }
         let (u, l, f, n) = (
             uid.to_string(),
             link.to_string(),

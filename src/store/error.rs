@@ -5,6 +5,11 @@
 pub enum Error {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {}", crate::store::postgres::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The PostgreSQL server could not be reached (it is tried again).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -19,6 +24,12 @@ impl Error {
                 e.sqlite_error_code(),
                 Some(CannotOpen | NotADatabase | DatabaseCorrupt | ReadOnly | PermissionDenied)
             ),
+            // a lost connection or a restart is a fault like a 5xx; a role that
+            // may not write, or a read-only server, is not
+            Error::Postgres(e) => e.code().is_some_and(|c| {
+                matches!(c.code(), "42501" | "25006")
+            }),
+            Error::Unavailable(_) => false,
         }
     }
 }

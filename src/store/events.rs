@@ -43,8 +43,9 @@ pub struct Event {
     pub payload: String,
 }
 
-/// Appends one event; returns its public id (`evt_` + ULID, stable forever).
-pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<String> {
+/// An event as both backends store it: (public id `evt_` + ULID, type, the
+/// SPEC §4 document).
+pub fn document(ev: &NewEvent, now: &str) -> (String, String, Value) {
     let id = format!("evt_{}", ulid::Ulid::new());
     let kind = format!("{}.{}", ev.resource.singular(), ev.action);
     let mut payload = json!({
@@ -73,6 +74,12 @@ pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<S
         payload["data"]["old_wf_step"] = json!(old);
         payload["data"]["new_wf_step"] = json!(new);
     }
+    (id, kind, payload)
+}
+
+/// Appends one event; returns its public id (`evt_` + ULID, stable forever).
+pub fn append(conn: &Connection, ev: &NewEvent, now: &str) -> rusqlite::Result<String> {
+    let (id, kind, payload) = document(ev, now);
     conn.prepare_cached(
         "INSERT INTO events (id, type, resource, uid, owner, dataset_slug, old_status, new_status, created_at, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -149,13 +156,20 @@ impl super::Store {
         glob: &str,
         limit: u32,
     ) -> super::Result<Vec<Event>> {
+        if let Some(pg) = self.pg() {
+            return pg.events_after(after, glob, limit).await;
+        }
         let g = glob.to_string();
         Ok(self.read(move |c| list(c, after, &g, limit)).await?)
     }
 
     /// The sequence number `--since` names (an event id or a number).
-    pub fn seq_of(&self, since: &str) -> super::Result<Option<i64>> {
-        Ok(self.with(|c| seq_of(c, since))?)
+    pub async fn seq_of(&self, since: &str) -> super::Result<Option<i64>> {
+        if let Some(pg) = self.pg() {
+            return pg.seq_of(since).await;
+        }
+        let s = since.to_string();
+        Ok(self.read(move |c| seq_of(c, &s)).await?)
     }
 }
 

@@ -2,7 +2,10 @@
 //! `demo`, a download) holds an exclusive `flock` on `<db>.lock` beside the
 //! database while it runs. The kernel drops it when the process ends, even by
 //! kill -9, so a lock is never left stale. The file names the holder's pid and
-//! command, for the message a second writer gets.
+//! command, for the message a second writer gets. A PostgreSQL mirror has no
+//! file beside it: there a session advisory lock on the schema does the same
+//! (`store::postgres::lock`), and the holder is named by its connection's
+//! `application_name`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -14,7 +17,8 @@ use rustix::fs::{FlockOperation, flock};
 /// with a process about to lock it).
 #[derive(Debug)]
 pub struct WriterLock {
-    _file: File,
+    _file: Option<File>,
+    _session: Option<crate::store::postgres::lock::Advisory>,
     path: PathBuf,
 }
 
@@ -41,6 +45,8 @@ pub enum LockError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot take the writer lock of the PostgreSQL mirror {at}: {why}")]
+    Postgres { at: String, why: String },
 }
 
 /// The lock file of the database at `db`.
@@ -97,7 +103,27 @@ impl WriterLock {
         file.set_len(0).map_err(io)?;
         file.rewind().map_err(io)?;
         writeln!(file, "{}\n{command}", std::process::id()).map_err(io)?;
-        Ok(WriterLock { _file: file, path })
+        Ok(WriterLock {
+            _file: Some(file),
+            _session: None,
+            path,
+        })
+    }
+
+    /// The writer lock of the mirror at `at`: the lock file beside a SQLite
+    /// database, or the advisory lock of a PostgreSQL schema.
+    pub async fn acquire_at(
+        at: &crate::store::Location,
+        command: &str,
+    ) -> Result<WriterLock, LockError> {
+        match at {
+            crate::store::Location::Sqlite(db) => WriterLock::acquire(db, command),
+            crate::store::Location::Postgres(t) => Ok(WriterLock {
+                _file: None,
+                _session: Some(crate::store::postgres::lock::Advisory::take(t, command).await?),
+                path: PathBuf::new(),
+            }),
+        }
     }
 
     pub fn path(&self) -> &Path {

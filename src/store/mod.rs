@@ -18,6 +18,7 @@ mod error;
 pub mod events;
 pub mod lock;
 pub mod outbox;
+pub mod postgres;
 mod read;
 pub mod records;
 pub mod replica;
@@ -62,10 +63,34 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the WAL file is cut back to after it starts over, outside a listing.
 const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 
-/// The mirror database. Cloning shares the one writer thread.
+/// The mirror database. Cloning shares the one writer (SQLite's thread, or
+/// PostgreSQL's connection).
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Inner>),
+    Postgres(Arc<postgres::Db>),
+}
+
+/// Where the mirror lives: `store.path` (SQLite, the default) or `store.url`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(postgres::Target),
+}
+
+impl Location {
+    /// For messages and `status`: the file, or the URL without its password and the schema.
+    pub fn display(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(t) => t.display(),
+        }
+    }
 }
 
 struct Inner {
@@ -81,6 +106,71 @@ struct Inner {
 }
 
 impl Store {
+    /// Opens (creating if needed) and migrates the mirror the configuration
+    /// names: SQLite at `store.path`, or PostgreSQL at `store.url` (a refused
+    /// login there is a configuration error, exit 2).
+    pub async fn open_config(cfg: &crate::config::Config) -> anyhow::Result<Store> {
+        match &cfg.store_pg {
+            None => Store::open_with_max_wal(&cfg.store_path, cfg.max_wal),
+            Some(target) => Store::open_postgres(target).await,
+        }
+    }
+
+    /// Opens (creating the schema if needed) and migrates a PostgreSQL mirror.
+    pub async fn open_postgres(target: &postgres::Target) -> anyhow::Result<Store> {
+        let db = postgres::Db::open(target).await.map_err(|e| match e {
+            postgres::OpenError::Refused { .. } => {
+                anyhow::Error::new(crate::error::ConfigError(vec![format!(
+                    "store.url: {e}"
+                )]))
+            }
+            e => e.into(),
+        })?;
+        Ok(Store {
+            backend: Backend::Postgres(Arc::new(db)),
+        })
+    }
+
+    /// The PostgreSQL backend, when the mirror is there.
+    pub(crate) fn pg(&self) -> Option<&postgres::Db> {
+        match &self.backend {
+            Backend::Postgres(db) => Some(db),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// SQLite's internals; every operation asked [`Store::pg`] first.
+    fn inner(&self) -> &Arc<Inner> {
+        match &self.backend {
+            Backend::Sqlite(inner) => inner,
+            Backend::Postgres(_) => panic!("a SQLite operation on the PostgreSQL mirror"),
+        }
+    }
+
+    /// Where the mirror is, for messages.
+    pub fn location(&self) -> Location {
+        match &self.backend {
+            Backend::Sqlite(inner) => Location::Sqlite(inner.path.clone()),
+            Backend::Postgres(db) => Location::Postgres(db.target().clone()),
+        }
+    }
+
+    /// A lost PostgreSQL connection, while it lasts: (why, since) (`/healthz`).
+    pub fn unavailable(&self) -> Option<(String, std::time::SystemTime)> {
+        self.pg().and_then(postgres::Db::down)
+    }
+
+    /// What `/metrics` reads from the mirror at a scrape.
+    pub async fn metrics(&self) -> Result<report::Snapshot> {
+        if let Some(pg) = self.pg() {
+            return pg.metrics().await;
+        }
+        let path = self.inner().path.clone();
+        Ok(tokio::task::spawn_blocking(move || report::metrics(&path))
+            .await
+            .expect("metrics read panicked")?)
+    }
+
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         Store::open_with(path, WAL_CAP_BYTES, MAX_WAL_BYTES)
@@ -137,7 +227,7 @@ impl Store {
             .spawn(move || serve(conn, rx, committed, wal))
             .context("starting the store thread")?;
         Ok(Store {
-            inner: Arc::new(Inner {
+            backend: Backend::Sqlite(Arc::new(Inner {
                 jobs: Mutex::new(Some(tx)),
                 path: path.to_path_buf(),
                 readers: Mutex::new(Vec::new()),
@@ -145,20 +235,26 @@ impl Store {
                 writer: Mutex::new(Some(writer)),
                 checkpointer: Mutex::new(checkpointer),
                 waiting,
-            }),
+            })),
         })
     }
 
     /// The WAL's size while the writer waits out `store.max_wal` for a reader
     /// (shown by `/healthz`); 0 when it is not waiting.
     pub fn wal_waiting(&self) -> u64 {
-        self.inner.waiting.bytes.load(Ordering::Relaxed)
+        match &self.backend {
+            Backend::Sqlite(inner) => inner.waiting.bytes.load(Ordering::Relaxed),
+            Backend::Postgres(_) => 0,
+        }
     }
 
     /// Whether the writer is waiting out `store.max_wal` and was seen alive
     /// doing so within `within`: busy, not hung (SPEC §7, the watchdog).
     pub fn waiting_alive(&self, within: Duration) -> bool {
-        let beat = self.inner.waiting.beat.load(Ordering::Relaxed);
+        if self.pg().is_some() {
+            return false;
+        }
+        let beat = self.inner().waiting.beat.load(Ordering::Relaxed);
         self.wal_waiting() > 0 && Duration::from_millis(millis_now().saturating_sub(beat)) <= within
     }
 
@@ -174,14 +270,18 @@ impl Store {
         Store::open(path)
     }
 
+    /// The SQLite file (tests; a PostgreSQL mirror has none).
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.inner().path
     }
 }
 
 impl Store {
     /// A round trip through the writer (the watchdog's proof of life).
     pub async fn ping(&self) -> Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.ping().await;
+        }
         self.call(|c| c.query_row("SELECT 1", [], |_| Ok(())))
             .await?;
         Ok(())
@@ -192,7 +292,7 @@ impl Store {
     }
 
     fn try_send(&self, job: Job) -> bool {
-        let jobs = self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let jobs = self.inner().jobs.lock().unwrap_or_else(|p| p.into_inner());
         jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
     }
 

@@ -118,6 +118,9 @@ pub fn attempt_state(
 impl super::Store {
     /// A sink's place in the outbox.
     pub async fn sink_place(&self, sink: &str) -> super::Result<Place> {
+        if let Some(pg) = self.pg() {
+            return pg.sink_place(sink).await;
+        }
         let s = sink.to_string();
         Ok(self.read(move |c| place(c, &s)).await?)
     }
@@ -125,14 +128,24 @@ impl super::Store {
     /// Moves a sink's cursor to `pos`, unless `events redeliver` rewound it since
     /// (`rewinds` is the count the caller read).
     pub async fn advance_sink(&self, sink: &str, pos: i64, rewinds: i64) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.advance_sink(sink, pos, rewinds).await;
+        }
         let s = sink.to_string();
         Ok(self.call(move |c| advance(c, &s, pos, rewinds)).await?)
     }
 
     /// Gives each sink (name, from the start, its former name) its place in the
     /// outbox before any event can be written past it.
-    pub fn register_sinks(&self, sinks: &[(String, bool, Option<String>)]) -> super::Result<()> {
-        Ok(self.with(|c| register(c, sinks))?)
+    pub async fn register_sinks(
+        &self,
+        sinks: &[(String, bool, Option<String>)],
+    ) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.register_sinks(sinks).await;
+        }
+        let s = sinks.to_vec();
+        Ok(self.call(move |c| register(c, &s)).await?)
     }
 
     /// (attempts, next attempt, settled) of one event for one sink.
@@ -141,18 +154,27 @@ impl super::Store {
         sink: &str,
         seq: i64,
     ) -> super::Result<(u32, Option<std::time::SystemTime>, bool)> {
+        if let Some(pg) = self.pg() {
+            return pg.delivery_state(sink, seq).await;
+        }
         let s = sink.to_string();
         Ok(self.read(move |c| attempt_state(c, &s, seq)).await?)
     }
 
     /// Records a delivery's outcome.
     pub async fn record_delivery(&self, sink: &str, o: Outcome) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.record_delivery(sink, o).await;
+        }
         let s = sink.to_string();
         Ok(self.call(move |c| record(c, &s, &o)).await?)
     }
 
     /// Disables a sink (a 410 Gone) at `pos`.
     pub async fn disable_sink(&self, sink: &str, pos: i64, reason: &str) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.disable_sink(sink, pos, reason).await;
+        }
         let (s, r) = (sink.to_string(), reason.to_string());
         self.call(move |c| disable(c, &s, pos, &r)).await?;
         Ok(())
@@ -160,8 +182,14 @@ impl super::Store {
 
     /// Failed deliveries after `since_seq` back to pending, for one sink or all
     /// (a sink disabled by a 410 enabled again): how many.
-    pub fn redeliver(&self, sink: Option<&str>, since_seq: i64) -> super::Result<usize> {
-        Ok(self.with(|c| redeliver(c, sink, since_seq))?)
+    pub async fn redeliver(&self, sink: Option<&str>, since_seq: i64) -> super::Result<usize> {
+        if let Some(pg) = self.pg() {
+            return pg.redeliver(sink, since_seq).await;
+        }
+        let s = sink.map(str::to_string);
+        Ok(self
+            .call(move |c| redeliver(c, s.as_deref(), since_seq))
+            .await?)
     }
 }
 

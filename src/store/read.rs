@@ -66,50 +66,73 @@ pub fn open_read_only(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// A mirror opened read-only (see [`open_read_only`]): what the commands that
-/// only read it ask of it.
-pub struct ReadOnly {
-    conn: Connection,
-    path: PathBuf,
+/// A mirror opened read-only: a SQLite file (see [`open_read_only`]) or the
+/// PostgreSQL schema from any host. What the commands that only read it ask.
+pub enum ReadOnly {
+    Sqlite { conn: Connection, path: PathBuf },
+    Postgres(super::postgres::Reader),
 }
 
 impl ReadOnly {
-    pub fn open(path: &Path) -> anyhow::Result<ReadOnly> {
-        Ok(ReadOnly {
-            conn: open_read_only(path)?,
-            path: path.to_path_buf(),
+    pub async fn open(at: &super::Location) -> anyhow::Result<ReadOnly> {
+        Ok(match at {
+            super::Location::Sqlite(path) => ReadOnly::Sqlite {
+                conn: open_read_only(path)?,
+                path: path.to_path_buf(),
+            },
+            super::Location::Postgres(t) => ReadOnly::Postgres(super::postgres::Reader::open(t).await?),
         })
     }
 
-    /// Opens the mirror again: reads through a daemon started since.
-    pub fn reopen(&mut self) -> anyhow::Result<()> {
-        self.conn = open_read_only(&self.path)?;
-        Ok(())
-    }
-
     /// What `status` reports.
-    pub fn status(&self) -> super::Result<serde_json::Value> {
-        Ok(super::report::status(&self.conn)?)
+    pub async fn status(&self) -> super::Result<serde_json::Value> {
+        match self {
+            ReadOnly::Sqlite { conn, .. } => Ok(super::report::status(conn)?),
+            ReadOnly::Postgres(r) => r.status().await,
+        }
     }
 
     /// Present exports and their downloads (`exports list`).
-    pub fn exports(&self) -> super::Result<Vec<super::downloads::Listed>> {
-        Ok(super::downloads::list(&self.conn)?)
+    pub async fn exports(&self) -> super::Result<Vec<super::downloads::Listed>> {
+        match self {
+            ReadOnly::Sqlite { conn, .. } => Ok(super::downloads::list(conn)?),
+            ReadOnly::Postgres(r) => r.exports().await,
+        }
     }
 
     /// Up to `limit` events after `after` whose type matches `glob`.
-    pub fn events(
+    pub async fn events(
         &self,
         after: i64,
         glob: &str,
         limit: u32,
     ) -> super::Result<Vec<super::events::Event>> {
-        Ok(super::events::list(&self.conn, after, glob, limit)?)
+        match self {
+            ReadOnly::Sqlite { conn, .. } => Ok(super::events::list(conn, after, glob, limit)?),
+            ReadOnly::Postgres(r) => r.events(after, glob, limit).await,
+        }
     }
 
     /// The sequence number `--since` names (an event id or a number).
-    pub fn seq_of(&self, since: &str) -> super::Result<Option<i64>> {
-        Ok(super::events::seq_of(&self.conn, since)?)
+    pub async fn seq_of(&self, since: &str) -> super::Result<Option<i64>> {
+        match self {
+            ReadOnly::Sqlite { conn, .. } => Ok(super::events::seq_of(conn, since)?),
+            ReadOnly::Postgres(r) => r.seq_of(since).await,
+        }
+    }
+
+    /// Waits until there may be new events (`events --follow`): SQLite is
+    /// looked at again after a moment, opened anew so that it reads through a
+    /// daemon started meanwhile; PostgreSQL wakes on the writer's NOTIFY.
+    pub async fn changed(&mut self) -> anyhow::Result<()> {
+        match self {
+            ReadOnly::Sqlite { conn, path } => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                *conn = open_read_only(path)?;
+                Ok(())
+            }
+            ReadOnly::Postgres(r) => r.changed().await,
+        }
     }
 }
 
@@ -133,8 +156,8 @@ impl Store {
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let _turn = self.inner.reading.acquire().await.expect("never closed");
-        let inner = self.inner.clone();
+        let _turn = self.inner().reading.acquire().await.expect("never closed");
+        let inner = self.inner().clone();
         tokio::task::spawn_blocking(move || {
             let pooled = inner
                 .readers

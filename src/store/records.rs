@@ -38,7 +38,7 @@ pub struct QueueRule {
 }
 
 impl QueueRule {
-    fn wants(&self, decision: &Decision, rec: &Incoming) -> bool {
+    pub(crate) fn wants(&self, decision: &Decision, rec: &Incoming) -> bool {
         let became = match decision {
             Decision::StatusChanged { .. } => true,
             Decision::Created => self.past_baseline,
@@ -454,6 +454,20 @@ fn read_window(
     Ok(found)
 }
 
+/// An `exported` export's link and archive name: `Some(None)` while the API
+/// shows no link yet; `None` for an export not `exported`.
+pub(crate) fn download_link(rec: &Incoming) -> Option<Option<(String, String)>> {
+    if rec.status.as_deref() != Some("exported") {
+        return None;
+    }
+    let v = rec.value();
+    let Some(url) = v.get("download_url").and_then(Value::as_str) else {
+        return Some(None);
+    };
+    let name = crate::download::file_name(&rec.uid, v.get("name").and_then(Value::as_str), url);
+    Some(Some((url.to_string(), name)))
+}
+
 /// Queues the archive of an `exported` export: when `wanted` (it became
 /// `exported`), now or, without a link yet, once a listing brings it; otherwise
 /// only if it was waiting for that link.
@@ -463,21 +477,47 @@ fn queue_download(
     wanted: bool,
     now: &str,
 ) -> rusqlite::Result<bool> {
-    if rec.status.as_deref() != Some("exported") {
-        return Ok(false);
+    match download_link(rec) {
+        None => Ok(false),
+        Some(None) if wanted => super::downloads::await_link(conn, &rec.uid, now).map(|()| false),
+        Some(None) => Ok(false),
+        Some(Some((url, name))) if wanted => super::downloads::enqueue(conn, &rec.uid, &url, &name, now),
+        Some(Some((url, name))) => super::downloads::link_arrived(conn, &rec.uid, &url, &name, now),
     }
-    let v = rec.value();
-    let Some(url) = v.get("download_url").and_then(Value::as_str) else {
-        if wanted {
-            super::downloads::await_link(conn, &rec.uid, now)?;
-        }
-        return Ok(false);
-    };
-    let name = crate::download::file_name(&rec.uid, v.get("name").and_then(Value::as_str), url);
-    if wanted {
-        super::downloads::enqueue(conn, &rec.uid, url, &name, now)
-    } else {
-        super::downloads::link_arrived(conn, &rec.uid, url, &name, now)
+}
+
+impl<'a> NewEvent<'a> {
+    /// The event of a decision other than `Unchanged` on a listed record;
+    /// `moved`: the scope it had before it moved.
+    pub(crate) fn of_record(
+        res: Resource,
+        rec: &'a Incoming,
+        decision: &'a Decision,
+        moved: Option<&'a Scope>,
+        object: &'a Value,
+    ) -> Option<NewEvent<'a>> {
+        let action = diff::event_suffix(decision)?;
+        let (old_status, old_step) = match decision {
+            Decision::StatusChanged { old, old_step, .. } => (old.as_deref(), old_step.as_deref()),
+            _ => (None, None),
+        };
+        let steps = match res.jsonapi() {
+            Some(j) if j.step => Some((old_step, rec.step.as_deref())),
+            _ => None,
+        };
+        Some(NewEvent {
+            resource: res,
+            action,
+            uid: &rec.uid,
+            owner: rec.owner.as_deref(),
+            dataset_slug: rec.dataset_slug.as_deref(),
+            old_status,
+            new_status: rec.status.as_deref(),
+            object,
+            download: None,
+            moved_from: moved.map(|(o, s)| (o.as_deref(), s.as_deref())),
+            steps,
+        })
     }
 }
 
@@ -490,39 +530,15 @@ fn append_event(
     moved: Option<Scope>,
     now: &str,
 ) -> rusqlite::Result<()> {
-    let Some(action) = diff::event_suffix(decision) else {
-        return Ok(());
-    };
-    let (old_status, old_step) = match decision {
-        Decision::StatusChanged { old, old_step, .. } => (old.as_deref(), old_step.as_deref()),
-        _ => (None, None),
-    };
-    let steps = match res.jsonapi() {
-        Some(j) if j.step => Some((old_step, rec.step.as_deref())),
-        _ => None,
-    };
-    events::append(
-        conn,
-        &NewEvent {
-            resource: res,
-            action,
-            uid: &rec.uid,
-            owner: rec.owner.as_deref(),
-            dataset_slug: rec.dataset_slug.as_deref(),
-            old_status,
-            new_status: rec.status.as_deref(),
-            object: &rec.value(),
-            download: None,
-            moved_from: moved.as_ref().map(|(o, s)| (o.as_deref(), s.as_deref())),
-            steps,
-        },
-        now,
-    )?;
+    let object = rec.value();
+    if let Some(ev) = NewEvent::of_record(res, rec, decision, moved.as_ref(), &object) {
+        events::append(conn, &ev, now)?;
+    }
     Ok(())
 }
 
 /// (owner_name, dataset_slug) of a row.
-type Scope = (Option<String>, Option<String>);
+pub(crate) type Scope = (Option<String>, Option<String>);
 
 /// Which rows a listing covers: all of a table, one owner's, some datasets of
 /// one owner, or (JSON:API) one project's.
@@ -818,6 +834,9 @@ pub fn finish_slice_items(
 impl super::Store {
     /// The datasets whose items and sequences are listed (`scope.datasets`, or all).
     pub async fn datasets_in_scope(&self, slugs: &[String]) -> super::Result<Vec<DatasetRef>> {
+        if let Some(pg) = self.pg() {
+            return pg.datasets_in_scope(slugs).await;
+        }
         let slugs = slugs.to_vec();
         Ok(self.read(move |c| datasets_in_scope(c, &slugs)).await?)
     }
@@ -827,6 +846,9 @@ impl super::Store {
         &self,
         stale_before: &str,
     ) -> super::Result<Vec<(String, String, String)>> {
+        if let Some(pg) = self.pg() {
+            return pg.slices_to_relist(stale_before).await;
+        }
         let s = stale_before.to_string();
         Ok(self.read(move |c| slices_to_relist(c, &s)).await?)
     }
@@ -838,6 +860,9 @@ impl super::Store {
         items: Vec<String>,
         generation: i64,
     ) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.put_slice_items(slice, items, generation).await;
+        }
         let s = slice.to_string();
         Ok(self
             .call(move |c| put_slice_items(c, &s, &items, generation))
@@ -854,6 +879,9 @@ impl super::Store {
         now: &str,
         total: u64,
     ) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.slice_listed(slice, generation, scope, now, total).await;
+        }
         let (sl, s, n) = (slice.to_string(), scope.to_string(), now.to_string());
         Ok(self
             .call(move |c| {
@@ -865,6 +893,9 @@ impl super::Store {
 
     /// Live rows of `res` in a scope.
     pub async fn live_count(&self, res: Resource, filter: ScopeFilter) -> super::Result<u64> {
+        if let Some(pg) = self.pg() {
+            return pg.live_count(res, filter).await;
+        }
         Ok(self.read(move |c| live_count(c, res, &filter)).await?)
     }
 
@@ -873,6 +904,9 @@ impl super::Store {
         &self,
         res: Resource,
     ) -> super::Result<std::collections::HashSet<String>> {
+        if let Some(pg) = self.pg() {
+            return pg.present_uids(res).await;
+        }
         Ok(self.read(move |c| present_uids(c, res)).await?)
     }
 
@@ -884,6 +918,9 @@ impl super::Store {
         filter: ScopeFilter,
         seen: RoaringTreemap,
     ) -> super::Result<Vec<i64>> {
+        if let Some(pg) = self.pg() {
+            return pg.missing(res, filter, seen).await;
+        }
         Ok(self.read(move |c| missing(c, res, &filter, &seen)).await?)
     }
 
@@ -893,6 +930,9 @@ impl super::Store {
         res: Resource,
         rows: Vec<i64>,
     ) -> super::Result<Vec<Missing>> {
+        if let Some(pg) = self.pg() {
+            return pg.missing_detail(res, rows).await;
+        }
         Ok(self.read(move |c| missing_detail(c, res, &rows)).await?)
     }
 
@@ -905,6 +945,9 @@ impl super::Store {
         emit: bool,
         now: &str,
     ) -> super::Result<bool> {
+        if let Some(pg) = self.pg() {
+            return pg.tombstone(res, uid, emit, now).await;
+        }
         let (u, n) = (uid.to_string(), now.to_string());
         Ok(self.call(move |c| tombstone(c, res, &u, emit, &n)).await?)
     }
@@ -931,6 +974,10 @@ impl super::Batch {
         now: &str,
         mut seen: RoaringTreemap,
     ) -> super::Result<Applied> {
+        if let Some(pg) = self.store.pg() {
+            // its own transaction: a batch on PostgreSQL is each call's pages
+            return pg.apply_pages(res, pages, emit, queue, now, seen).await;
+        }
         let n = now.to_string();
         Ok(self
             .call(move |c| {

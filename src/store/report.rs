@@ -14,137 +14,210 @@ use crate::config::Resource;
 impl super::Store {
     /// What `status` reports, read beside the writer.
     pub async fn status(&self) -> super::Result<Value> {
+        if let Some(pg) = self.pg() {
+            return pg.status().await;
+        }
         Ok(self.read(status).await?)
     }
 }
 
-pub fn status(c: &Connection) -> rusqlite::Result<Value> {
+/// What `status` counts, per collection, whichever backend counted it.
+#[derive(Debug, Default)]
+pub struct Collection {
+    pub present: i64,
+    pub deleted: i64,
+    pub by_status: Vec<(String, i64)>,
+    pub scopes: i64,
+    pub last_success: Option<String>,
+    pub oldest_success: Option<String>,
+    pub failing: i64,
+    pub skipped: i64,
+    /// (scope, error), at most 10.
+    pub errors: Vec<(String, String)>,
+    /// JSON:API: the last full listing, and scopes on full listings since
+    /// (scope, since, error).
+    pub last_full: Option<String>,
+    pub refused: Vec<(String, String, Option<String>)>,
+}
+
+/// Everything `status` reports.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub database: String,
+    pub api_paused_until: Option<String>,
+    pub bytes: i64,
+    pub free: i64,
+    pub wal: u64,
+    pub collections: Vec<(Resource, Collection)>,
+    pub events: i64,
+    pub last_event: Option<String>,
+    /// pending (or downloading), failed, downloaded, awaiting_link, waiting_for_space.
+    pub downloads: [i64; 5],
+    pub deliveries_pending: i64,
+    pub deliveries_failed: i64,
+    /// (sink, reason).
+    pub disabled_sinks: Vec<(String, String)>,
+}
+
+/// The download states [`Tally::downloads`] counts, in its order.
+pub const DOWNLOAD_STATES: [&str; 5] = [
+    "pending', 'downloading",
+    "failed",
+    "downloaded",
+    "awaiting_link",
+    "waiting_for_space",
+];
+
+/// `status --json`, the same document from either backend.
+pub fn shape(t: Tally) -> Value {
     let mut resources = serde_json::Map::new();
+    for (res, c) in t.collections {
+        let by_status: serde_json::Map<String, Value> =
+            c.by_status.into_iter().map(|(k, n)| (k, json!(n))).collect();
+        let errors: Vec<Value> = c
+            .errors
+            .into_iter()
+            .map(|(scope, error)| json!({"scope": scope, "error": error}))
+            .collect();
+        let mut entry = json!({
+            "present": c.present, "deleted": c.deleted, "by_status": by_status,
+            "scopes": c.scopes, "last_success_at": c.last_success, "oldest_scope_success_at": c.oldest_success,
+            "failing_scopes": c.failing, "skipped_records": c.skipped, "errors": errors,
+        });
+        if res.jsonapi().is_some() {
+            // incremental listings (SPEC §8): the last full one, and scopes whose
+            // server ignored or refused the filter (on full listings for now)
+            entry["last_full_listing_at"] = c.last_full.into();
+            let refused: Vec<Value> = c
+                .refused
+                .into_iter()
+                .map(|(scope, since, error)| json!({"scope": scope, "since": since, "error": error}))
+                .collect();
+            entry["filter_not_honoured"] = refused.into();
+        }
+        resources.insert(res.table().into(), entry);
+    }
+    let d = t.downloads;
+    let disabled: Vec<Value> = t
+        .disabled_sinks
+        .into_iter()
+        .map(|(sink, reason)| json!({"sink": sink, "reason": reason}))
+        .collect();
+    json!({
+        "database": t.database,
+        "api_paused_until": t.api_paused_until,
+        "database_bytes": t.bytes,
+        "database_free_bytes": t.free,
+        "wal_bytes": t.wal,
+        "resources": resources,
+        "events": {"total": t.events, "last_id": t.last_event},
+        "downloads": {
+            "pending": d[0], "failed": d[1], "downloaded": d[2],
+            "awaiting_link": d[3], "waiting_for_space": d[4],
+        },
+        "deliveries": {
+            "pending": t.deliveries_pending,
+            "failed": t.deliveries_failed,
+            "disabled_sinks": disabled,
+        },
+    })
+}
+
+pub fn status(c: &Connection) -> rusqlite::Result<Value> {
+    let mut collections = Vec::new();
     for res in Resource::ALL {
         let t = res.table();
         let mut stmt = c.prepare(&format!(
             "SELECT COALESCE(status, '(none)'), count(*) FROM {t} WHERE deleted_at IS NULL GROUP BY 1 ORDER BY 1"
         ))?;
-        let by_status: serde_json::Map<String, Value> = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, json!(r.get::<_, i64>(1)?)))
-            })?
+        let by_status = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        let total: i64 = c.query_row(
-            &format!("SELECT count(*) FROM {t} WHERE deleted_at IS NULL"),
-            [],
-            |r| r.get(0),
-        )?;
-        let deleted: i64 = c.query_row(
-            &format!("SELECT count(*) FROM {t} WHERE deleted_at IS NOT NULL"),
-            [],
-            |r| r.get(0),
-        )?;
-        let (scopes, last_success, oldest_success, failing, skipped): (
-            i64,
-            Option<String>,
-            Option<String>,
-            i64,
-            i64,
-        ) = c.query_row(
-            "SELECT count(*), max(last_success_at), min(last_success_at),
-                    sum(last_error IS NOT NULL), COALESCE(sum(skipped), 0)
-             FROM sync_state WHERE resource = ?1",
-            [t],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get::<_, Option<i64>>(3)?.unwrap_or(0),
-                    r.get(4)?,
-                ))
-            },
-        )?;
+        let count = |cond: &str| {
+            c.query_row(&format!("SELECT count(*) FROM {t} WHERE {cond}"), [], |r| {
+                r.get(0)
+            })
+        };
+        let mut col = Collection {
+            present: count("deleted_at IS NULL")?,
+            deleted: count("deleted_at IS NOT NULL")?,
+            by_status,
+            ..Collection::default()
+        };
+        (col.scopes, col.last_success, col.oldest_success, col.failing, col.skipped) = c
+            .query_row(
+                "SELECT count(*), max(last_success_at), min(last_success_at),
+                        sum(last_error IS NOT NULL), COALESCE(sum(skipped), 0)
+                 FROM sync_state WHERE resource = ?1",
+                [t],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                        r.get(4)?,
+                    ))
+                },
+            )?;
         let mut errs = c.prepare("SELECT scope, last_error FROM sync_state WHERE resource = ?1 AND last_error IS NOT NULL ORDER BY scope LIMIT 10")?;
-        let errors: Vec<Value> = errs
-            .query_map([t], |r| {
-                Ok(json!({"scope": r.get::<_, String>(0)?, "error": r.get::<_, String>(1)?}))
-            })?
+        col.errors = errs
+            .query_map([t], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        let mut entry = json!({
-            "present": total, "deleted": deleted, "by_status": by_status,
-            "scopes": scopes, "last_success_at": last_success, "oldest_scope_success_at": oldest_success,
-            "failing_scopes": failing, "skipped_records": skipped, "errors": errors,
-        });
         if res.jsonapi().is_some() {
-            // incremental listings (SPEC §8): the last full one, and scopes whose
-            // server ignored or refused the filter (on full listings for now)
-            entry["last_full_listing_at"] = c
-                .query_row(
-                    "SELECT max(full_at) FROM sync_state WHERE resource = ?1",
-                    [t],
-                    |r| r.get::<_, Option<String>>(0),
-                )?
-                .into();
+            col.last_full = c.query_row(
+                "SELECT max(full_at) FROM sync_state WHERE resource = ?1",
+                [t],
+                |r| r.get(0),
+            )?;
             let mut st = c.prepare(
                 "SELECT scope, filter_failed_at, filter_error FROM sync_state
                  WHERE resource = ?1 AND filter_failed_at IS NOT NULL ORDER BY scope LIMIT 10",
             )?;
-            let refused: Vec<Value> = st
-                .query_map([t], |r| {
-                    Ok(
-                        json!({"scope": r.get::<_, String>(0)?, "since": r.get::<_, String>(1)?,
-                              "error": r.get::<_, Option<String>>(2)?}),
-                    )
-                })?
+            col.refused = st
+                .query_map([t], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
-            entry["filter_not_honoured"] = refused.into();
         }
-        resources.insert(t.into(), entry);
+        collections.push((res, col));
     }
     let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
     let (bytes, free) = crate::store::retention::size(c)?;
-    // a WAL far past its usual size: a reader holds a transaction (store.max_wal)
-    let wal = c
-        .path()
-        .and_then(|p| std::fs::metadata(format!("{p}-wal")).ok())
-        .map_or(0, |m| m.len());
-    // a pause the API asked for, as the running daemon wrote it down
+    let mut downloads = [0; 5];
+    for (n, states) in downloads.iter_mut().zip(DOWNLOAD_STATES) {
+        *n = count(&format!(
+            "SELECT count(*) FROM downloads WHERE status IN ('{states}')"
+        ))?;
+    }
     let now = crate::store::now_rfc3339();
-    let paused = crate::store::state::service(c, "api_paused_until")?.filter(|t| *t > now);
-    Ok(json!({
-        "database": c.path().unwrap_or(""),
-        "api_paused_until": paused,
-        "database_bytes": bytes,
-        "database_free_bytes": free,
-        "wal_bytes": wal,
-        "resources": resources,
-        "events": {
-            "total": count("SELECT count(*) FROM events")?,
-            "last_id": c.query_row("SELECT max(id) FROM events", [], |r| r.get::<_, Option<String>>(0))?,
-        },
-        "downloads": {
-            "pending": count("SELECT count(*) FROM downloads WHERE status IN ('pending', 'downloading')")?,
-            "failed": count("SELECT count(*) FROM downloads WHERE status = 'failed'")?,
-            "downloaded": count("SELECT count(*) FROM downloads WHERE status = 'downloaded'")?,
-            "awaiting_link": count("SELECT count(*) FROM downloads WHERE status = 'awaiting_link'")?,
-            "waiting_for_space": count("SELECT count(*) FROM downloads WHERE status = 'waiting_for_space'")?,
-        },
-        "deliveries": {
-            "pending": count("SELECT count(*) FROM deliveries WHERE status = 'pending'")?,
-            "failed": count("SELECT count(*) FROM deliveries WHERE status = 'failed'")?,
-            "disabled_sinks": disabled_sinks(c)?,
+    Ok(shape(Tally {
+        database: c.path().unwrap_or("").to_string(),
+        // a pause the API asked for, as the running daemon wrote it down
+        api_paused_until: crate::store::state::service(c, "api_paused_until")?.filter(|t| *t > now),
+        bytes,
+        free,
+        // a WAL far past its usual size: a reader holds a transaction (store.max_wal)
+        wal: c
+            .path()
+            .and_then(|p| std::fs::metadata(format!("{p}-wal")).ok())
+            .map_or(0, |m| m.len()),
+        collections,
+        events: count("SELECT count(*) FROM events")?,
+        last_event: c.query_row("SELECT max(id) FROM events", [], |r| r.get(0))?,
+        downloads,
+        deliveries_pending: count("SELECT count(*) FROM deliveries WHERE status = 'pending'")?,
+        deliveries_failed: count("SELECT count(*) FROM deliveries WHERE status = 'failed'")?,
+        disabled_sinks: {
+            let mut st = c.prepare(
+                "SELECT sink, disabled_reason FROM sink_state WHERE disabled_reason IS NOT NULL",
+            )?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
         },
     }))
 }
 
-fn disabled_sinks(c: &Connection) -> rusqlite::Result<Vec<Value>> {
-    let mut st = c.prepare(
-        "SELECT sink, disabled_reason FROM sink_state WHERE disabled_reason IS NOT NULL",
-    )?;
-    let rows = st.query_map([], |r| {
-        Ok(json!({"sink": r.get::<_, String>(0)?, "reason": r.get::<_, String>(1)?}))
-    })?;
-    rows.collect()
-}
-
 /// What `/metrics` reads from the database at each scrape.
+#[derive(Debug)]
 pub struct Snapshot {
     pub last_success: Vec<(String, f64)>,
     pub delivered: Vec<(String, i64)>,

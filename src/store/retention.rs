@@ -100,6 +100,9 @@ impl super::Store {
         keep_deleted: std::time::Duration,
         sinks: Vec<String>,
     ) -> super::Result<(usize, usize)> {
+        if let Some(pg) = self.pg() {
+            return pg.prune(retention, keep_deleted, sinks).await;
+        }
         let store = self;
         let ago = |d: std::time::Duration| {
             let at = std::time::SystemTime::now()

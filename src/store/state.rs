@@ -127,7 +127,6 @@ pub fn listed(
     how: Listed,
     now: &str,
 ) -> rusqlite::Result<()> {
-    let full = how != Listed::Incremental;
     let old: Option<String> = conn
         .query_row(
             "SELECT watermark FROM sync_state WHERE scope = ?1",
@@ -136,18 +135,24 @@ pub fn listed(
         )
         .optional()?
         .flatten();
-    let at = |t: &Option<&str>| t.and_then(crate::time::instant);
-    let watermark = match (full, newest) {
-        (true, _) => newest.map(str::to_owned).or(old),
-        (false, Some(n)) if at(&Some(n)) > at(&old.as_deref()) => Some(n.to_owned()),
-        (false, _) => old,
-    };
+    let watermark = next_watermark(old, newest, how);
     conn.execute(
         "UPDATE sync_state SET watermark = ?2, full_at = CASE WHEN ?3 THEN ?4 ELSE full_at END
          WHERE scope = ?1",
         params![scope, watermark, how == Listed::Full { stable: true }, now],
     )?;
     Ok(())
+}
+
+/// The watermark after a listing: a full listing sets it to its newest
+/// `updated_at`, an incremental one only moves it on.
+pub fn next_watermark(old: Option<String>, newest: Option<&str>, how: Listed) -> Option<String> {
+    let at = |t: Option<&str>| t.and_then(crate::time::instant);
+    match (how != Listed::Incremental, newest) {
+        (true, _) => newest.map(str::to_owned).or(old),
+        (false, Some(n)) if at(Some(n)) > at(old.as_deref()) => Some(n.to_owned()),
+        (false, _) => old,
+    }
 }
 
 /// The server ignored or refused the filter: the scope stays on full listings
@@ -199,6 +204,9 @@ pub fn service(c: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
 impl super::Store {
     /// A listing of `scope` begins.
     pub async fn scope_attempt(&self, scope: &str, res: Resource, now: &str) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.scope_attempt(scope, res, now).await;
+        }
         let (s, n) = (scope.to_string(), now.to_string());
         Ok(self.call(move |c| attempt(c, &s, res, &n)).await?)
     }
@@ -213,6 +221,9 @@ impl super::Store {
         now: &str,
         live: Option<super::records::ScopeFilter>,
     ) -> super::Result<(HashMap<Option<String>, bool>, Option<u64>)> {
+        if let Some(pg) = self.pg() {
+            return pg.listing_begins(scopes, res, now, live).await;
+        }
         let (sc, n) = (scopes.to_vec(), now.to_string());
         Ok(self
             .call(move |c| {
@@ -236,6 +247,9 @@ impl super::Store {
 
     /// A slice's membership listing begins: the size of its last complete one.
     pub async fn slice_listing_begins(&self, scope: &str, now: &str) -> super::Result<Option<u64>> {
+        if let Some(pg) = self.pg() {
+            return pg.slice_listing_begins(scope, now).await;
+        }
         let (s, n) = (scope.to_string(), now.to_string());
         Ok(self
             .call(move |c| {
@@ -253,6 +267,9 @@ impl super::Store {
         listed: u64,
         skipped: u64,
     ) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.scopes_succeeded(scopes, now, listed, skipped).await;
+        }
         let (sc, n) = (scopes.to_vec(), now.to_string());
         Ok(self
             .call(move |c| {
@@ -271,6 +288,9 @@ impl super::Store {
         skipped: u64,
         outran: Option<u64>,
     ) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.scopes_failed(scopes, error, skipped, outran).await;
+        }
         let (sc, m) = (scopes.to_vec(), error.to_string());
         Ok(self
             .call(move |c| {
@@ -286,6 +306,9 @@ impl super::Store {
 
     /// A JSON:API scope's watermark and full-listing state.
     pub async fn incremental_state(&self, scope: &str) -> super::Result<Incremental> {
+        if let Some(pg) = self.pg() {
+            return pg.incremental_state(scope).await;
+        }
         let s = scope.to_string();
         Ok(self.read(move |c| incremental(c, &s)).await?)
     }
@@ -300,6 +323,9 @@ impl super::Store {
         clear_filter_failure: bool,
         now: &str,
     ) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.jsonapi_listed(scope, newest, how, clear_filter_failure, now).await;
+        }
         let (s, n) = (scope.to_string(), now.to_string());
         Ok(self
             .call(move |c| {
@@ -318,6 +344,9 @@ impl super::Store {
         error: &str,
         now: &str,
     ) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.jsonapi_filter_failed(scope, error, now).await;
+        }
         let (s, e, n) = (scope.to_string(), error.to_string(), now.to_string());
         Ok(self
             .call(move |c| filter_failed(c, &s, Some((&n, &e))))
@@ -326,6 +355,9 @@ impl super::Store {
 
     /// Daemon state worth showing (`api_paused_until`), or `None` to clear it.
     pub async fn set_service_state(&self, key: &str, value: Option<String>) -> super::Result<()> {
+        if let Some(pg) = self.pg() {
+            return pg.set_service_state(key, value).await;
+        }
         let (k, n) = (key.to_string(), crate::time::now_rfc3339());
         Ok(self
             .call(move |c| set_service(c, &k, value.as_deref(), &n))

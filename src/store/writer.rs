@@ -40,7 +40,7 @@ impl Store {
 
 /// Work sharing one transaction; see the module documentation.
 pub struct Batch {
-    store: Store,
+    pub(super) store: Store,
     key: u64,
 }
 

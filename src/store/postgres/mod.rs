@@ -1,0 +1,240 @@
+//! The mirror in PostgreSQL (SPEC §9). One connection does the writing, on the
+//! async driver (tokio-postgres): each operation is one round trip or one
+//! transaction, and a page batch is a handful of set-based statements
+//! (`unnest` of arrays), never a round trip a row. A connection that was lost
+//! is opened again by the next operation; the one that failed returns its error
+//! (its transaction rolled back), like a 5xx from the API, and the cycle is
+//! retried. Everything in this folder is PostgreSQL's SQL; what it shares with
+//! SQLite (diff decisions, event documents, report shapes) lives above it.
+
+pub mod lock;
+mod ops;
+mod read;
+mod records;
+pub mod target;
+
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use include_dir::{Dir, include_dir};
+use tokio_postgres::Client;
+
+pub use read::Reader;
+pub use target::{Password, Target};
+
+static MIGRATIONS: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations/postgres");
+
+/// The channel the writer notifies on commit of new events (`events --follow`).
+pub fn channel(schema: &str) -> String {
+    format!("{schema}_events")
+}
+
+/// The PostgreSQL mirror, as the daemon writes it.
+pub struct Db {
+    target: Target,
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// The last connection failure, until an operation works again (`/healthz`).
+    down: Mutex<Option<(String, SystemTime)>>,
+}
+
+/// Why the mirror could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The server refused the login or the database: a configuration error.
+    #[error("PostgreSQL at {at} refused the connection: {why}")]
+    Refused { at: String, why: String },
+    #[error("cannot open the PostgreSQL mirror at {at}: {why}")]
+    Other { at: String, why: String },
+}
+
+impl Db {
+    /// Connects, creates the schema if needed and applies its migrations.
+    pub async fn open(target: &Target) -> Result<Db, OpenError> {
+        let client = connect(target).await?;
+        migrate(&client, &target.schema)
+            .await
+            .map_err(|e| OpenError::Other {
+                at: target.display(),
+                why: format!("migrating: {}", describe(&e)),
+            })?;
+        Ok(Db {
+            target: target.clone(),
+            client: tokio::sync::Mutex::new(Some(client)),
+            down: Mutex::new(None),
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The connection, opened again if it was lost.
+    async fn client(&self) -> super::Result<tokio::sync::MutexGuard<'_, Option<Client>>> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = None;
+            match connect(&self.target).await {
+                Ok(c) => {
+                    tracing::info!(at = %self.target.display(), "connected to PostgreSQL again");
+                    *guard = Some(c);
+                }
+                Err(e) => {
+                    self.note_down(&e.to_string());
+                    return Err(super::Error::Unavailable(e.to_string()));
+                }
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Runs `f` on the connection; notes a lost connection for `/healthz`.
+    async fn with<R>(
+        &self,
+        f: impl AsyncFnOnce(&mut Client) -> Result<R, tokio_postgres::Error>,
+    ) -> super::Result<R> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("connected");
+        match f(client).await {
+            Ok(r) => {
+                self.down.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Ok(r)
+            }
+            Err(e) => {
+                if e.is_closed() || client.is_closed() {
+                    self.note_down(&describe(&e));
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn note_down(&self, why: &str) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if down.is_none() {
+            tracing::warn!("PostgreSQL connection lost: {why}");
+            *down = Some((why.to_string(), SystemTime::now()));
+        }
+    }
+
+    /// The connection failure `/healthz` shows, while it lasts: (why, since).
+    pub fn down(&self) -> Option<(String, SystemTime)> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A connection with the schema as its search path; the driver's connection
+/// task runs beside it until the client is dropped.
+pub(super) async fn connect(target: &Target) -> Result<Client, OpenError> {
+    connect_with(target, &target.config).await
+}
+
+pub(super) async fn connect_with(
+    target: &Target,
+    config: &tokio_postgres::Config,
+) -> Result<Client, OpenError> {
+    let at = target.display();
+    let (client, connection) = target.connect(config).await.map_err(|e| {
+        let why = describe(&e);
+        match e.code().map(|c| c.code()) {
+            // 28…: authorisation; 3D000: no such database
+            Some(c) if c.starts_with("28") || c == "3D000" => OpenError::Refused { at, why },
+            _ => OpenError::Other { at, why },
+        }
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("PostgreSQL connection ended: {e}");
+        }
+    });
+    let schema = &target.schema;
+    client
+        .batch_execute(&format!("SET search_path TO {schema}"))
+        .await
+        .map_err(|e| OpenError::Other {
+            at: target.display(),
+            why: describe(&e),
+        })?;
+    Ok(client)
+}
+
+/// The server's message, with its detail, or the driver's.
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{} ({d})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// Creates the schema and applies the migrations it lacks, each in its own
+/// transaction, under a transaction lock so two processes never both migrate.
+async fn migrate(client: &Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+               version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        ))
+        .await?;
+    let mut dirs: Vec<&Dir> = MIGRATIONS.dirs().collect();
+    dirs.sort_by_key(|d| d.path());
+    for (n, dir) in dirs.into_iter().enumerate() {
+        let version = n as i64 + 1;
+        let name = dir.path().display().to_string();
+        let sql = dir
+            .get_file(dir.path().join("up.sql"))
+            .and_then(|f| f.contents_utf8())
+            .expect("migrations/postgres/*/up.sql");
+        client.batch_execute("BEGIN").await?;
+        let applied = async {
+            client
+                .execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('avala_mirror.migrate'))",
+                    &[],
+                )
+                .await?;
+            let done = client
+                .query_opt(
+                    &format!("SELECT 1 FROM {schema}.schema_migrations WHERE version = $1"),
+                    &[&version],
+                )
+                .await?;
+            if done.is_none() {
+                client.batch_execute(sql).await?;
+                client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"
+                        ),
+                        &[&version, &name],
+                    )
+                    .await?;
+                tracing::info!(schema, migration = %name, "applied");
+            }
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        if let Err(e) = applied {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The migrations this build knows.
+pub(super) fn known_version() -> i64 {
+    MIGRATIONS.dirs().count() as i64
+}
+
+/// RFC 3339 text (as the mirror passes times around) as a `timestamptz`.
+pub(super) fn at(t: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(t).ok()
+}
+
+/// A `timestamptz` as the RFC 3339 text the SQLite mirror holds.
+pub(super) fn text(t: Option<SystemTime>) -> Option<String> {
+    t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+}
