@@ -8,14 +8,17 @@ use common::*;
 
 #[tokio::test]
 async fn first_sync_mirrors_every_resource_silently() {
-    let env = start(small_world()).await;
-    let reports = env.sync().await.unwrap();
-    assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
-    assert_mirror_equals_sim(&env);
-    assert!(
-        env.events().is_empty(),
-        "the first listing is a silent baseline"
-    );
+    for backend in backends() {
+        let env = start_on(small_world(), backend).await;
+        let reports = env.sync().await.unwrap();
+        assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
+        assert_mirror_equals_sim(&env);
+        assert!(
+            env.events().is_empty(),
+            "{}: the first listing is a silent baseline",
+            env.backend()
+        );
+    }
 }
 
 #[tokio::test]
@@ -34,53 +37,55 @@ async fn emit_initial_reports_the_baseline_as_created() {
 
 #[tokio::test]
 async fn second_sync_writes_exactly_the_expected_events() {
-    let env = start(small_world()).await;
-    env.sync().await.unwrap();
+    for backend in backends() {
+        let env = start_on(small_world(), backend).await;
+        env.sync().await.unwrap();
 
-    let (seq_uid, item_uid, gone_uid, dataset_uid, export_uid) = env.sim.world(|w| {
-        let s = w.sequences_of(0)[0];
-        w.sequences[s].status = "customer_review".into();
-        w.set_item_status(1, 3, "customer_approved");
-        w.delete_item(0, 5);
-        let e = w.add_export();
-        (
-            w.sequences[s].uid.clone(),
-            w.item_uid(1, 3),
-            w.item_uid(0, 5),
-            w.datasets[0].uid.clone(),
-            w.exports[e].uid.clone(),
-        )
-    });
-    let reports = env.sync().await.unwrap();
-    assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
+        let (seq_uid, item_uid, gone_uid, dataset_uid, export_uid) = env.sim.world(|w| {
+            let s = w.sequences_of(0)[0];
+            w.sequences[s].status = "customer_review".into();
+            w.set_item_status(1, 3, "customer_approved");
+            w.delete_item(0, 5);
+            let e = w.add_export();
+            (
+                w.sequences[s].uid.clone(),
+                w.item_uid(1, 3),
+                w.item_uid(0, 5),
+                w.datasets[0].uid.clone(),
+                w.exports[e].uid.clone(),
+            )
+        });
+        let reports = env.sync().await.unwrap();
+        assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
 
-    let got: BTreeSet<(String, String)> = env.events().into_iter().collect();
-    let want: BTreeSet<(String, String)> = [
-        ("sequence.status_changed", seq_uid),
-        ("item.status_changed", item_uid),
-        ("item.deleted", gone_uid.clone()),
-        // its item_count changed, its status did not
-        ("dataset.updated", dataset_uid),
-        ("export.created", export_uid),
-    ]
-    .into_iter()
-    .map(|(t, u)| (t.to_string(), u))
-    .collect();
-    assert_eq!(got, want);
-    assert_eq!(env.events().len(), 5, "no event twice");
-    assert!(env.deleted_at("items", &gone_uid).is_some());
-    assert_mirror_equals_sim(&env);
+        let got: BTreeSet<(String, String)> = env.events().into_iter().collect();
+        let want: BTreeSet<(String, String)> = [
+            ("sequence.status_changed", seq_uid),
+            ("item.status_changed", item_uid),
+            ("item.deleted", gone_uid.clone()),
+            // its item_count changed, its status did not
+            ("dataset.updated", dataset_uid),
+            ("export.created", export_uid),
+        ]
+        .into_iter()
+        .map(|(t, u)| (t.to_string(), u))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(env.events().len(), 5, "no event twice");
+        assert!(env.deleted_at("items", &gone_uid).is_some());
+        assert_mirror_equals_sim(&env);
 
-    // Nothing changed: nothing written, no events.
-    let reports = env.sync().await.unwrap();
-    for r in &reports {
-        assert_eq!(
-            (r.created, r.updated, r.status_changed, r.deleted),
-            (0, 0, 0, 0),
-            "{r:?}"
-        );
+        // Nothing changed: nothing written, no events.
+        let reports = env.sync().await.unwrap();
+        for r in &reports {
+            assert_eq!(
+                (r.created, r.updated, r.status_changed, r.deleted),
+                (0, 0, 0, 0),
+                "{r:?}"
+            );
+        }
+        assert_eq!(env.events().len(), 5);
     }
-    assert_eq!(env.events().len(), 5);
 }
 
 #[tokio::test]
@@ -127,35 +132,37 @@ async fn status_changed_event_carries_the_spec_document() {
 
 #[tokio::test]
 async fn interrupted_listing_deletes_nothing() {
-    let env = start(small_world()).await;
-    env.sync().await.unwrap();
-    let gone = env.sim.world(|w| {
-        w.delete_item(0, 1);
-        w.item_uid(0, 1)
-    });
-    // page 2 of batch-001's items fails for good: the listing never completes
-    env.sim.faults(|f| {
-        f.fail(
-            "/datasets/johndoe/batch-001/items/",
-            Some("cursor="),
-            500,
-            u32::MAX,
-        )
-    });
-    let reports = env.sync().await.unwrap();
-    let failures: Vec<_> = reports.iter().flat_map(|r| r.failures.clone()).collect();
-    assert_eq!(failures.len(), 1, "{failures:?}");
-    assert_eq!(failures[0].0, "items:johndoe/batch-001");
-    assert!(
-        env.deleted_at("items", &gone).is_none(),
-        "an interrupted listing must delete nothing"
-    );
-    assert!(env.events().iter().all(|(t, _)| t != "item.deleted"));
+    for backend in backends() {
+        let env = start_on(small_world(), backend).await;
+        env.sync().await.unwrap();
+        let gone = env.sim.world(|w| {
+            w.delete_item(0, 1);
+            w.item_uid(0, 1)
+        });
+        // page 2 of batch-001's items fails for good: the listing never completes
+        env.sim.faults(|f| {
+            f.fail(
+                "/datasets/johndoe/batch-001/items/",
+                Some("cursor="),
+                500,
+                u32::MAX,
+            )
+        });
+        let reports = env.sync().await.unwrap();
+        let failures: Vec<_> = reports.iter().flat_map(|r| r.failures.clone()).collect();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0].0, "items:johndoe/batch-001");
+        assert!(
+            env.deleted_at("items", &gone).is_none(),
+            "an interrupted listing must delete nothing"
+        );
+        assert!(env.events().iter().all(|(t, _)| t != "item.deleted"));
 
-    env.sim.faults(|f| f.rules.clear());
-    env.sync().await.unwrap();
-    assert!(env.deleted_at("items", &gone).is_some());
-    assert!(env.events().contains(&("item.deleted".into(), gone)));
+        env.sim.faults(|f| f.rules.clear());
+        env.sync().await.unwrap();
+        assert!(env.deleted_at("items", &gone).is_some());
+        assert!(env.events().contains(&("item.deleted".into(), gone)));
+    }
 }
 
 #[tokio::test]
@@ -175,60 +182,66 @@ async fn listing_that_shifts_mid_way_deletes_nothing() {
 
 #[tokio::test]
 async fn a_sequence_moved_to_another_dataset_is_updated_not_lost() {
-    let env = start(small_world()).await;
-    env.sync().await.unwrap();
-    let uid = env.sim.world(|w| {
-        let s = w.sequences_of(2)[0];
-        w.sequences[s].dataset = 3; // from johndoe/batch-003 to acme-ai/batch-001
-        w.sequences[s].uid.clone()
-    });
-    env.sync().await.unwrap();
-    assert!(env.deleted_at("sequences", &uid).is_none());
-    let rows = env.rows("sequences");
-    assert_eq!(rows[&uid].0.as_deref(), Some("acme-ai"));
-    assert_eq!(rows[&uid].1.as_deref(), Some("batch-001"));
+    for backend in backends() {
+        let env = start_on(small_world(), backend).await;
+        env.sync().await.unwrap();
+        let uid = env.sim.world(|w| {
+            let s = w.sequences_of(2)[0];
+            w.sequences[s].dataset = 3; // from johndoe/batch-003 to acme-ai/batch-001
+            w.sequences[s].uid.clone()
+        });
+        env.sync().await.unwrap();
+        assert!(env.deleted_at("sequences", &uid).is_none());
+        let rows = env.rows("sequences");
+        assert_eq!(rows[&uid].0.as_deref(), Some("acme-ai"));
+        assert_eq!(rows[&uid].1.as_deref(), Some("batch-001"));
+    }
 }
 
 #[tokio::test]
 async fn deleted_dataset_is_confirmed_and_takes_its_rows_along() {
-    let env = start(small_world()).await;
-    env.sync().await.unwrap();
-    let uid = env.sim.world(|w| {
-        w.datasets[1].deleted = true;
-        w.datasets[1].uid.clone()
-    });
-    env.sync().await.unwrap();
-    assert!(env.deleted_at("datasets", &uid).is_some());
-    assert!(env.events().contains(&("dataset.deleted".into(), uid)));
-    assert_mirror_equals_sim(&env);
+    for backend in backends() {
+        let env = start_on(small_world(), backend).await;
+        env.sync().await.unwrap();
+        let uid = env.sim.world(|w| {
+            w.datasets[1].deleted = true;
+            w.datasets[1].uid.clone()
+        });
+        env.sync().await.unwrap();
+        assert!(env.deleted_at("datasets", &uid).is_some());
+        assert!(env.events().contains(&("dataset.deleted".into(), uid)));
+        assert_mirror_equals_sim(&env);
+    }
 }
 
 #[tokio::test]
 async fn a_slug_taken_by_a_new_dataset_deletes_the_old_one_and_creates_the_new() {
-    let env = start(small_world()).await;
-    env.sync().await.unwrap();
-    let (old, slug, owner) = env.sim.world(|w| {
-        let d = &mut w.datasets[1];
-        d.deleted = true;
-        (d.uid.clone(), d.slug.clone(), d.owner.clone())
-    });
-    let new = env.sim.world(|w| {
-        let d = w.add_dataset(&owner, false, &slug, 7);
-        w.datasets[d].uid.clone()
-    });
-    env.sync().await.unwrap();
-    // the old one's GET by slug finds the new one: its slug says it is gone
-    assert!(env.deleted_at("datasets", &old).is_some());
-    assert!(env.deleted_at("datasets", &new).is_none());
-    let events = env.events();
-    let at = |e: (&str, &String)| {
-        events
-            .iter()
-            .position(|(t, u)| t == e.0 && u == e.1)
-            .unwrap_or_else(|| panic!("no {e:?} in {events:?}"))
-    };
-    assert!(at(("dataset.deleted", &old)) < at(("dataset.created", &new)));
-    assert_mirror_equals_sim(&env);
+    for backend in backends() {
+        let env = start_on(small_world(), backend).await;
+        env.sync().await.unwrap();
+        let (old, slug, owner) = env.sim.world(|w| {
+            let d = &mut w.datasets[1];
+            d.deleted = true;
+            (d.uid.clone(), d.slug.clone(), d.owner.clone())
+        });
+        let new = env.sim.world(|w| {
+            let d = w.add_dataset(&owner, false, &slug, 7);
+            w.datasets[d].uid.clone()
+        });
+        env.sync().await.unwrap();
+        // the old one's GET by slug finds the new one: its slug says it is gone
+        assert!(env.deleted_at("datasets", &old).is_some());
+        assert!(env.deleted_at("datasets", &new).is_none());
+        let events = env.events();
+        let at = |e: (&str, &String)| {
+            events
+                .iter()
+                .position(|(t, u)| t == e.0 && u == e.1)
+                .unwrap_or_else(|| panic!("no {e:?} in {events:?}"))
+        };
+        assert!(at(("dataset.deleted", &old)) < at(("dataset.created", &new)));
+        assert_mirror_equals_sim(&env);
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,5 @@
 //! `events`: the change log from the database, optionally followed.
 
-
 use crate::config::Config;
 use crate::error::EXIT_OK;
 use crate::store::{Location, ReadOnly, Store, events};

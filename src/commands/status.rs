@@ -2,7 +2,6 @@
 
 use serde_json::Value;
 
-
 use crate::config::Resource;
 use crate::error::{EXIT_OK, EXIT_WORK_FAILED};
 use crate::store::{Location, ReadOnly};

@@ -26,9 +26,9 @@ impl Error {
             ),
             // a lost connection or a restart is a fault like a 5xx; a role that
             // may not write, or a read-only server, is not
-            Error::Postgres(e) => e.code().is_some_and(|c| {
-                matches!(c.code(), "42501" | "25006")
-            }),
+            Error::Postgres(e) => e
+                .code()
+                .is_some_and(|c| matches!(c.code(), "42501" | "25006")),
             Error::Unavailable(_) => false,
         }
     }

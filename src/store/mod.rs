@@ -120,9 +120,7 @@ impl Store {
     pub async fn open_postgres(target: &postgres::Target) -> anyhow::Result<Store> {
         let db = postgres::Db::open(target).await.map_err(|e| match e {
             postgres::OpenError::Refused { .. } => {
-                anyhow::Error::new(crate::error::ConfigError(vec![format!(
-                    "store.url: {e}"
-                )]))
+                anyhow::Error::new(crate::error::ConfigError(vec![format!("store.url: {e}")]))
             }
             e => e.into(),
         })?;

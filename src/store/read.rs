@@ -80,7 +80,9 @@ impl ReadOnly {
                 conn: open_read_only(path)?,
                 path: path.to_path_buf(),
             },
-            super::Location::Postgres(t) => ReadOnly::Postgres(super::postgres::Reader::open(t).await?),
+            super::Location::Postgres(t) => {
+                ReadOnly::Postgres(super::postgres::Reader::open(t).await?)
+            }
         })
     }
 

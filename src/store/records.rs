@@ -481,7 +481,9 @@ fn queue_download(
         None => Ok(false),
         Some(None) if wanted => super::downloads::await_link(conn, &rec.uid, now).map(|()| false),
         Some(None) => Ok(false),
-        Some(Some((url, name))) if wanted => super::downloads::enqueue(conn, &rec.uid, &url, &name, now),
+        Some(Some((url, name))) if wanted => {
+            super::downloads::enqueue(conn, &rec.uid, &url, &name, now)
+        }
         Some(Some((url, name))) => super::downloads::link_arrived(conn, &rec.uid, &url, &name, now),
     }
 }

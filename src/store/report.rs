@@ -72,8 +72,11 @@ pub const DOWNLOAD_STATES: [&str; 5] = [
 pub fn shape(t: Tally) -> Value {
     let mut resources = serde_json::Map::new();
     for (res, c) in t.collections {
-        let by_status: serde_json::Map<String, Value> =
-            c.by_status.into_iter().map(|(k, n)| (k, json!(n))).collect();
+        let by_status: serde_json::Map<String, Value> = c
+            .by_status
+            .into_iter()
+            .map(|(k, n)| (k, json!(n)))
+            .collect();
         let errors: Vec<Value> = c
             .errors
             .into_iter()
@@ -91,7 +94,9 @@ pub fn shape(t: Tally) -> Value {
             let refused: Vec<Value> = c
                 .refused
                 .into_iter()
-                .map(|(scope, since, error)| json!({"scope": scope, "since": since, "error": error}))
+                .map(
+                    |(scope, since, error)| json!({"scope": scope, "since": since, "error": error}),
+                )
                 .collect();
             entry["filter_not_honoured"] = refused.into();
         }
@@ -144,22 +149,27 @@ pub fn status(c: &Connection) -> rusqlite::Result<Value> {
             by_status,
             ..Collection::default()
         };
-        (col.scopes, col.last_success, col.oldest_success, col.failing, col.skipped) = c
-            .query_row(
-                "SELECT count(*), max(last_success_at), min(last_success_at),
+        (
+            col.scopes,
+            col.last_success,
+            col.oldest_success,
+            col.failing,
+            col.skipped,
+        ) = c.query_row(
+            "SELECT count(*), max(last_success_at), min(last_success_at),
                         sum(last_error IS NOT NULL), COALESCE(sum(skipped), 0)
                  FROM sync_state WHERE resource = ?1",
-                [t],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get::<_, Option<i64>>(3)?.unwrap_or(0),
-                        r.get(4)?,
-                    ))
-                },
-            )?;
+            [t],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                    r.get(4)?,
+                ))
+            },
+        )?;
         let mut errs = c.prepare("SELECT scope, last_error FROM sync_state WHERE resource = ?1 AND last_error IS NOT NULL ORDER BY scope LIMIT 10")?;
         col.errors = errs
             .query_map([t], |r| Ok((r.get(0)?, r.get(1)?)))?

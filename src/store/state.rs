@@ -324,7 +324,9 @@ impl super::Store {
         now: &str,
     ) -> super::Result<()> {
         if let Some(pg) = self.pg() {
-            return pg.jsonapi_listed(scope, newest, how, clear_filter_failure, now).await;
+            return pg
+                .jsonapi_listed(scope, newest, how, clear_filter_failure, now)
+                .await;
         }
         let (s, n) = (scope.to_string(), now.to_string());
         Ok(self

@@ -72,6 +72,10 @@ impl Batch {
 
     /// Commits what the batch has written (or reports why an earlier commit failed).
     pub async fn commit(&self) -> rusqlite::Result<()> {
+        if self.store.pg().is_some() {
+            // each call committed its own transaction
+            return Ok(());
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.store.send(Job::Commit(self.key, tx));
         rx.await.expect("store task panicked")
@@ -81,6 +85,9 @@ impl Batch {
 impl Drop for Batch {
     /// Commits now rather than at the end of the window (a listing that stopped early).
     fn drop(&mut self) {
+        if self.store.pg().is_some() {
+            return;
+        }
         let (tx, _) = tokio::sync::oneshot::channel();
         self.store.try_send(Job::Commit(self.key, tx));
     }

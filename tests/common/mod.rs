@@ -20,6 +20,8 @@ pub struct TestEnv {
     pub sim: Simulator,
     pub dir: tempfile::TempDir,
     pub cfg: Config,
+    /// The PostgreSQL cluster the mirror is in (`cfg.store_pg`), if it is.
+    pub pg: Option<Arc<pg::Cluster>>,
 }
 
 pub fn small_world() -> SimConfig {
@@ -63,7 +65,45 @@ pub async fn start(world: SimConfig) -> TestEnv {
     cfg.api.backoff_max = Duration::from_millis(40);
     cfg.api.timeout = Duration::from_secs(5);
     cfg.downloads.dir = dir.path().join("exports");
-    TestEnv { sim, dir, cfg }
+    TestEnv {
+        sim,
+        dir,
+        cfg,
+        pg: None,
+    }
+}
+
+/// The backends a store test runs on: SQLite, and PostgreSQL when it is
+/// installed (a throwaway cluster; skipped with a note otherwise).
+pub fn backends() -> Vec<Option<Arc<pg::Cluster>>> {
+    let mut all = vec![None];
+    if let Some(c) = pg::Cluster::start() {
+        all.push(Some(Arc::new(c)));
+    }
+    all
+}
+
+/// [`start`], with the mirror in `cluster`'s database `mirror` when given.
+pub async fn start_on(world: SimConfig, cluster: Option<Arc<pg::Cluster>>) -> TestEnv {
+    let mut env = start(world).await;
+    if let Some(c) = cluster {
+        let db = format!("mirror_{}", env.sim.base_url().port().unwrap());
+        c.psql(&["-c", &format!("CREATE DATABASE {db}")], None);
+        let env_vars = HashMap::new();
+        let password = avala_mirror::store::postgres::Password {
+            file: None,
+            env: &env_vars,
+        };
+        let target = avala_mirror::store::postgres::Target::parse(
+            &c.conninfo(&db),
+            "avala_mirror",
+            password,
+        )
+        .unwrap();
+        env.cfg.store_pg = Some(target);
+        env.pg = Some(c);
+    }
+    env
 }
 
 /// The simulator with only its JSON:API service mirrored (every collection,
@@ -82,6 +122,72 @@ pub async fn start_jsonapi(page_size: u32) -> TestEnv {
 }
 
 impl TestEnv {
+    /// Which backend, for assertion messages.
+    pub fn backend(&self) -> &'static str {
+        if self.pg.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// The PostgreSQL database of the mirror (with [`start_on`]).
+    pub fn pg_db(&self) -> String {
+        format!("mirror_{}", self.sim.base_url().port().unwrap())
+    }
+
+    /// The store on either backend.
+    pub async fn open(&self) -> Store {
+        Store::open_config(&self.cfg).await.unwrap()
+    }
+
+    /// A syncer on either backend.
+    pub async fn syncer_on(&self) -> Syncer {
+        Syncer::new(Arc::new(self.cfg.clone()), self.open().await).unwrap()
+    }
+
+    /// One full cycle on either backend.
+    pub async fn sync_on(&self) -> Result<Vec<CycleReport>, ApiError> {
+        let s = self.syncer_on().await;
+        avala_mirror::commands::sync::cycle(&s, &self.cfg.resources()).await
+    }
+
+    /// The rows of `sql` on either backend, as JSON objects by column (a
+    /// `raw` or `payload` column parsed on SQLite, as jsonb is on PostgreSQL).
+    pub fn query(&self, sql: &str) -> Vec<serde_json::Map<String, Value>> {
+        if let Some(c) = &self.pg {
+            return c.rows(&self.pg_db(), sql);
+        }
+        self.store().with(|c| {
+            let mut st = c.prepare(sql).unwrap();
+            let names: Vec<String> = st.column_names().iter().map(|n| n.to_string()).collect();
+            st.query_map([], |r| {
+                let mut m = serde_json::Map::new();
+                for (k, name) in names.iter().enumerate() {
+                    use rusqlite::types::ValueRef;
+                    let v = match r.get_ref(k)? {
+                        ValueRef::Null => Value::Null,
+                        ValueRef::Integer(n) => n.into(),
+                        ValueRef::Real(f) => f.into(),
+                        ValueRef::Text(t) => {
+                            let t = String::from_utf8_lossy(t).into_owned();
+                            match name.as_str() {
+                                "raw" | "payload" => serde_json::from_str(&t).unwrap(),
+                                _ => t.into(),
+                            }
+                        }
+                        ValueRef::Blob(b) => hex::encode(b).into(),
+                    };
+                    m.insert(name.clone(), v);
+                }
+                Ok(m)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        })
+    }
+
     pub fn syncer(&self) -> Syncer {
         let store = Store::open(&self.cfg.store_path).unwrap();
         Syncer::new(Arc::new(self.cfg.clone()), store).unwrap()
@@ -95,8 +201,7 @@ impl TestEnv {
 
     /// One full `sync` cycle, as the command runs it.
     pub async fn sync(&self) -> Result<Vec<CycleReport>, ApiError> {
-        let s = self.syncer();
-        avala_mirror::commands::sync::cycle(&s, &self.cfg.resources()).await
+        self.sync_on().await
     }
 
     pub fn store(&self) -> Store {
@@ -105,53 +210,51 @@ impl TestEnv {
 
     /// Present rows of a table: uid → (owner_name, dataset_slug, raw JSON).
     pub fn rows(&self, table: &str) -> HashMap<String, (Option<String>, Option<String>, Value)> {
-        self.store().with(|c| {
-            let mut st = c
-                .prepare(&format!("SELECT uid, owner_name, dataset_slug, raw FROM {table} WHERE deleted_at IS NULL"))
-                .unwrap();
-            st.query_map([], |r| {
-                let raw: String = r.get(3)?;
-                Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, serde_json::from_str(&raw).unwrap())))
-            })
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        self.query(&format!(
+            "SELECT uid, owner_name, dataset_slug, raw FROM {table} WHERE deleted_at IS NULL"
+        ))
+        .into_iter()
+        .map(|r| {
+            let key = r["uid"].as_str().unwrap().to_string();
+            (
+                key,
+                (
+                    text(&r["owner_name"]),
+                    text(&r["dataset_slug"]),
+                    r["raw"].clone(),
+                ),
+            )
         })
+        .collect()
     }
 
     /// Every event as (type, uid), in detection order.
     pub fn events(&self) -> Vec<(String, String)> {
-        self.store().with(|c| {
-            let mut st = c
-                .prepare("SELECT type, uid FROM events ORDER BY seq")
-                .unwrap();
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        })
+        self.query("SELECT type, uid FROM events ORDER BY seq")
+            .into_iter()
+            .map(|r| {
+                (
+                    r["type"].as_str().unwrap().into(),
+                    r["uid"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
     }
 
     /// Every event id, in detection order.
     pub fn event_ids(&self) -> Vec<String> {
-        self.store().with(|c| {
-            let mut st = c.prepare("SELECT id FROM events ORDER BY seq").unwrap();
-            st.query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        })
+        self.query("SELECT id FROM events ORDER BY seq")
+            .into_iter()
+            .map(|r| r["id"].as_str().unwrap().into())
+            .collect()
     }
 
     pub fn deleted_at(&self, table: &str, uid: &str) -> Option<String> {
-        self.store().with(|c| {
-            c.query_row(
-                &format!("SELECT deleted_at FROM {table} WHERE uid = ?1"),
-                [uid],
-                |r| r.get(0),
-            )
-            .unwrap()
-        })
+        let rows = self.query(&format!(
+            "SELECT deleted_at FROM {table} WHERE uid = '{uid}'"
+        ));
+        rows[0]["deleted_at"].as_str().map(str::to_owned)
     }
 
     /// Writes a TOML config for the binary; `extra` is appended as is.
@@ -262,15 +365,13 @@ pub fn assert_mirror_equals_sim(env: &TestEnv) {
     assert_eq!(env.rows("slices"), slices, "slices");
     assert_eq!(env.rows("exports"), exports, "exports");
     for (slice, expected) in members {
-        let got: Vec<String> = env.store().with(|c| {
-            let mut st = c
-                .prepare("SELECT item_uid FROM slice_items WHERE slice_uid = ?1 ORDER BY item_uid")
-                .unwrap();
-            st.query_map([&slice], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        });
+        let got: Vec<String> = env
+            .query(&format!(
+                "SELECT item_uid FROM slice_items WHERE slice_uid = '{slice}' ORDER BY item_uid"
+            ))
+            .into_iter()
+            .map(|r| r["item_uid"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(got, expected, "members of slice {slice}");
     }
 }

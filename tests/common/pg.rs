@@ -81,22 +81,7 @@ impl Cluster {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let options = format!(
-            "-k {} -c listen_addresses='' -p {} -c fsync=off",
-            c.dir.path().display(),
-            c.port
-        );
-        let log = format!("{}/log", c.dir.path().display());
-        let out = c.as_server(
-            "pg_ctl",
-            &["-D", &data, "-o", &options, "-l", &log, "-w", "start"],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        c.restart();
         Some(c)
     }
 
@@ -126,10 +111,60 @@ impl Cluster {
         )
     }
 
+    /// The rows of `sql` in database `db` (search path: the mirror's schema),
+    /// as JSON objects keyed by column.
+    pub fn rows(&self, db: &str, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let out = self.psql_in(
+            db,
+            &[
+                "-c",
+                &format!("SELECT COALESCE(json_agg(t), '[]') FROM ({sql}) t"),
+            ],
+            Some("-c search_path=avala_mirror"),
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{sql}: {e}: {out}"))
+    }
+
+    /// Stops the server (as a restart or a crash would take it away).
+    pub fn stop(&self) {
+        let data = self.data();
+        let out = self.as_server("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server (again, after [`Cluster::stop`]).
+    pub fn restart(&self) {
+        let data = self.data();
+        let options = format!(
+            "-k {} -c listen_addresses='' -p {} -c fsync=off",
+            self.dir.path().display(),
+            self.port
+        );
+        let log = format!("{}/log", self.dir.path().display());
+        let out = self.as_server(
+            "pg_ctl",
+            &["-D", &data, "-o", &options, "-l", &log, "-w", "start"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
     /// Runs `sql` (statements, or a file with `-f`) through psql; its unaligned output.
     pub fn psql(&self, args: &[&str], options: Option<&str>) -> String {
+        self.psql_in("postgres", args, options)
+    }
+
+    fn psql_in(&self, db: &str, args: &[&str], options: Option<&str>) -> String {
         let mut cmd = Command::new(program("psql").expect("psql beside initdb"));
-        cmd.arg(self.conninfo("postgres"))
+        cmd.arg(self.conninfo(db))
             .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-At"])
             .args(args);
         if let Some(o) = options {

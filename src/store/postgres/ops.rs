@@ -183,9 +183,12 @@ impl Db {
         skipped: u64,
     ) -> Result<()> {
         self.with(async |c| {
-            c.execute(SUCCESS, &[&scopes, &at(now), &(listed as i64), &(skipped as i64)])
-                .await
-                .map(drop)
+            c.execute(
+                SUCCESS,
+                &[&scopes, &at(now), &(listed as i64), &(skipped as i64)],
+            )
+            .await
+            .map(drop)
         })
         .await
     }
@@ -432,7 +435,10 @@ impl Db {
                     &[],
                 )
                 .await?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
         })
         .await
     }
@@ -549,11 +555,17 @@ impl Db {
                 }
                 if let Some(old) = legacy {
                     let moved = tx
-                        .execute("UPDATE sink_state SET sink = $2 WHERE sink = $1", &[old, name])
+                        .execute(
+                            "UPDATE sink_state SET sink = $2 WHERE sink = $1",
+                            &[old, name],
+                        )
                         .await?;
                     if moved == 1 {
-                        tx.execute("UPDATE deliveries SET sink = $2 WHERE sink = $1", &[old, name])
-                            .await?;
+                        tx.execute(
+                            "UPDATE deliveries SET sink = $2 WHERE sink = $1",
+                            &[old, name],
+                        )
+                        .await?;
                         tracing::info!(sink = %name, "kept the place of sink {old}");
                         continue;
                     }
@@ -681,7 +693,11 @@ impl Db {
         keep_deleted: Duration,
         sinks: Vec<String>,
     ) -> Result<(usize, usize)> {
-        let ago = |d: Duration| SystemTime::now().checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH);
+        let ago = |d: Duration| {
+            SystemTime::now()
+                .checked_sub(d)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
         let (events_before, rows_before) = (ago(retention), ago(keep_deleted));
         let chunk = CHUNK as i64;
         let (mut events, mut rows) = (0, 0);
@@ -780,7 +796,8 @@ async fn attempt(
     .map(drop)
 }
 
-pub(super) const SUCCESS: &str = "UPDATE sync_state SET baseline_done = true, last_success_at = $2, last_error = NULL,
+pub(super) const SUCCESS: &str =
+    "UPDATE sync_state SET baseline_done = true, last_success_at = $2, last_error = NULL,
      records = $3, skipped = $4 WHERE scope = ANY($1)";
 
 const FILTER_FAILED: &str =
@@ -901,7 +918,10 @@ pub(super) async fn status(
     };
     let mut downloads = [0; 5];
     for (n, states) in downloads.iter_mut().zip(DOWNLOAD_STATES) {
-        *n = count(&format!("SELECT count(*) FROM downloads WHERE status IN ('{states}')")).await?;
+        *n = count(&format!(
+            "SELECT count(*) FROM downloads WHERE status IN ('{states}')"
+        ))
+        .await?;
     }
     let paused: Option<String> = c
         .query_opt(
@@ -928,33 +948,30 @@ pub(super) async fn status(
         wal: 0,
         collections,
         events: count("SELECT count(*) FROM events").await?,
-        last_event: c
-            .query_one("SELECT max(id) FROM events", &[])
-            .await?
-            .get(0),
+        last_event: c.query_one("SELECT max(id) FROM events", &[]).await?.get(0),
         downloads,
         deliveries_pending: count("SELECT count(*) FROM deliveries WHERE status = 'pending'")
             .await?,
-        deliveries_failed: count("SELECT count(*) FROM deliveries WHERE status = 'failed'")
-            .await?,
+        deliveries_failed: count("SELECT count(*) FROM deliveries WHERE status = 'failed'").await?,
         disabled_sinks,
     }))
 }
 
 /// The schema's tables and indexes, in bytes.
 async fn size(c: &tokio_postgres::Client) -> std::result::Result<i64, tokio_postgres::Error> {
-    Ok(c
-        .query_one(
-            "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+    Ok(c.query_one(
+        "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = current_schema() AND c.relkind = 'r'",
-            &[],
-        )
-        .await?
-        .get(0))
+        &[],
+    )
+    .await?
+    .get(0))
 }
 
-async fn metrics(c: &tokio_postgres::Client) -> std::result::Result<Snapshot, tokio_postgres::Error> {
+async fn metrics(
+    c: &tokio_postgres::Client,
+) -> std::result::Result<Snapshot, tokio_postgres::Error> {
     async fn pairs<T: for<'a> tokio_postgres::types::FromSql<'a>>(
         c: &tokio_postgres::Client,
         sql: &str,

@@ -106,7 +106,9 @@ impl Reader {
                 while woken.try_recv().is_ok() {}
             }
             None => {
-                tracing::warn!("the PostgreSQL connection of `events --follow` was lost; opening it again");
+                tracing::warn!(
+                    "the PostgreSQL connection of `events --follow` was lost; opening it again"
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 self.woken = None;
                 let (client, woken) = open(&self.target, true).await?;
@@ -131,7 +133,10 @@ async fn open(
         let why = describe(&e);
         match e.code().map(|c| c.code()) {
             Some(c) if c.starts_with("28") || c == "3D000" => {
-                anyhow::Error::new(OpenError::Refused { at: at.clone(), why })
+                anyhow::Error::new(OpenError::Refused {
+                    at: at.clone(),
+                    why,
+                })
             }
             _ => anyhow::anyhow!("cannot read the PostgreSQL mirror at {at}: {why}"),
         }

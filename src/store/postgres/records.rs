@@ -166,7 +166,10 @@ impl Db {
         let t = res.table();
         self.with(async |c| {
             let rows = c
-                .query(&format!("SELECT uid FROM {t} WHERE deleted_at IS NULL"), &[])
+                .query(
+                    &format!("SELECT uid FROM {t} WHERE deleted_at IS NULL"),
+                    &[],
+                )
                 .await?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
@@ -266,7 +269,10 @@ impl Db {
         .await
     }
 
-    pub async fn slices_to_relist(&self, stale_before: &str) -> Result<Vec<(String, String, String)>> {
+    pub async fn slices_to_relist(
+        &self,
+        stale_before: &str,
+    ) -> Result<Vec<(String, String, String)>> {
         self.with(async |c| {
             let rows = c
                 .query(
@@ -278,12 +284,20 @@ impl Db {
                     &[&at(stale_before)],
                 )
                 .await?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
         })
         .await
     }
 
-    pub async fn put_slice_items(&self, slice: &str, items: Vec<String>, generation: i64) -> Result<()> {
+    pub async fn put_slice_items(
+        &self,
+        slice: &str,
+        items: Vec<String>,
+        generation: i64,
+    ) -> Result<()> {
         self.with(async |c| {
             c.execute(
                 "INSERT INTO slice_items (slice_uid, item_uid, generation)
@@ -375,13 +389,18 @@ impl<'a> Apply<'a, '_> {
 
     /// Sends the pending inserts and updates, two statements at most; the rows
     /// written become what later records of the batch are compared with.
-    async fn flush(&mut self, rows: &mut HashMap<String, Row>, seen: &mut RoaringTreemap) -> PgResult<()> {
+    async fn flush(
+        &mut self,
+        rows: &mut HashMap<String, Row>,
+        seen: &mut RoaringTreemap,
+    ) -> PgResult<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let writes = std::mem::take(&mut self.pending);
         self.pending_uids.clear();
-        let (new, changed): (Vec<&Write>, Vec<&Write>) = writes.iter().partition(|w| w.id.is_none());
+        let (new, changed): (Vec<&Write>, Vec<&Write>) =
+            writes.iter().partition(|w| w.id.is_none());
         let (t, res) = (self.res.table(), self.res);
         let own = res.columns();
         let v1 = res.jsonapi().is_none();
@@ -404,9 +423,16 @@ impl<'a> Apply<'a, '_> {
             let raws = col(&batch, |r| Some(jsonb_text(&r.raw)));
             let hashes: Vec<&[u8]> = batch.iter().map(|w| &w.rec.hash[..]).collect();
             let columns: Vec<Vec<Option<Cow<str>>>> = (0..own.len())
-                .map(|k| batch.iter().map(|w| w.rec.columns[k].as_deref().map(text_value)).collect())
+                .map(|k| {
+                    batch
+                        .iter()
+                        .map(|w| w.rec.columns[k].as_deref().map(text_value))
+                        .collect()
+                })
                 .collect();
-            let mut params: Vec<Param> = vec![&now, &ids, &uids, &owners, &slugs, &statuses, &hashes, &raws];
+            let mut params: Vec<Param> = vec![
+                &now, &ids, &uids, &owners, &slugs, &statuses, &hashes, &raws,
+            ];
             params.extend(columns.iter().map(|c| c as Param));
             let mut names = vec!["id", "uid", "owner", "slug", "status", "hash", "raw"];
             let own_names: Vec<String> = (0..own.len()).map(|k| format!("c{k}")).collect();
@@ -441,29 +467,62 @@ impl<'a> Apply<'a, '_> {
                     vals.join(", ")
                 );
                 let inserted = self.tx.query(&sql, &params).await?;
-                let ids: HashMap<String, i64> = inserted.iter().map(|r| (r.get(0), r.get(1))).collect();
+                let ids: HashMap<String, i64> =
+                    inserted.iter().map(|r| (r.get(0), r.get(1))).collect();
                 for w in &batch {
                     let id = ids[&*text_value(&w.rec.uid)];
                     if !seen.insert(id as u64) {
                         self.out.duplicates += 1;
                     }
-                    rows.insert(w.rec.uid.to_string(), written(w.rec, id, (w.rec.owner.as_deref().map(Into::into), w.rec.dataset_slug.as_deref().map(Into::into))));
+                    rows.insert(
+                        w.rec.uid.to_string(),
+                        written(
+                            w.rec,
+                            id,
+                            (
+                                w.rec.owner.as_deref().map(Into::into),
+                                w.rec.dataset_slug.as_deref().map(Into::into),
+                            ),
+                        ),
+                    );
                 }
             } else {
                 let mut sets: Vec<String> = Vec::new();
                 if v1 {
-                    sets.extend(["owner_name = u.owner".into(), "dataset_slug = u.slug".into()]);
+                    sets.extend([
+                        "owner_name = u.owner".into(),
+                        "dataset_slug = u.slug".into(),
+                    ]);
                 }
                 sets.extend(own.iter().zip(values).map(|(c, v)| format!("{c} = {v}")));
                 sets.extend(
-                    ["status = u.status", "hash = u.hash", "raw = u.raw::jsonb", "last_seen_at = $1", "deleted_at = NULL"]
-                        .map(String::from),
+                    [
+                        "status = u.status",
+                        "hash = u.hash",
+                        "raw = u.raw::jsonb",
+                        "last_seen_at = $1",
+                        "deleted_at = NULL",
+                    ]
+                    .map(String::from),
                 );
-                let sql = format!("UPDATE {t} SET {} FROM {from} WHERE {t}.id = u.id", sets.join(", "));
+                let sql = format!(
+                    "UPDATE {t} SET {} FROM {from} WHERE {t}.id = u.id",
+                    sets.join(", ")
+                );
                 self.tx.execute(&sql, &params).await?;
                 for w in &batch {
                     let id = w.id.expect("an update");
-                    rows.insert(w.rec.uid.to_string(), written(w.rec, id, (w.rec.owner.as_deref().map(Into::into), w.rec.dataset_slug.as_deref().map(Into::into))));
+                    rows.insert(
+                        w.rec.uid.to_string(),
+                        written(
+                            w.rec,
+                            id,
+                            (
+                                w.rec.owner.as_deref().map(Into::into),
+                                w.rec.dataset_slug.as_deref().map(Into::into),
+                            ),
+                        ),
+                    );
                 }
             }
         }
@@ -582,8 +641,13 @@ async fn tombstone_in(
     let Some(r) = row else {
         return Ok(false);
     };
-    let (owner, slug, status, object, own): (Option<String>, Option<String>, Option<String>, Value, Option<String>) =
-        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+    let (owner, slug, status, object, own): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Value,
+        Option<String>,
+    ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
     // a deleted dataset takes its items and sequences with it (its event stands for theirs)
     if let Some(own) = own {
         for t in ["items", "sequences"] {
@@ -615,10 +679,17 @@ async fn tombstone_in(
     Ok(true)
 }
 
-pub(super) async fn live_count(tx: &Transaction<'_>, res: Resource, filter: &ScopeFilter) -> PgResult<u64> {
+pub(super) async fn live_count(
+    tx: &Transaction<'_>,
+    res: Resource,
+    filter: &ScopeFilter,
+) -> PgResult<u64> {
     let mut params: Vec<Param> = Vec::new();
     let cond = filter_sql(filter, &mut params);
-    let sql = format!("SELECT count(*) FROM {} WHERE deleted_at IS NULL{cond}", res.table());
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE deleted_at IS NULL{cond}",
+        res.table()
+    );
     let n: i64 = tx.query_one(&sql, &params).await?.get(0);
     Ok(n as u64)
 }
@@ -680,7 +751,11 @@ fn jsonb_text(raw: &str) -> Cow<'_, str> {
         // an escape only after an even run of backslashes (`\\u0000` is text)
         let slashes = rest[..i].bytes().rev().take_while(|b| *b == b'\\').count();
         out.push_str(&rest[..i]);
-        out.push_str(if slashes % 2 == 0 { "\\ufffd" } else { "\\u0000" });
+        out.push_str(if slashes % 2 == 0 {
+            "\\ufffd"
+        } else {
+            "\\u0000"
+        });
         rest = &rest[i + 6..];
     }
     out.push_str(rest);

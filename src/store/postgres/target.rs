@@ -335,17 +335,32 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Target::parse(url, "avala_mirror", Password { file: None, env: &env })
+        Target::parse(
+            url,
+            "avala_mirror",
+            Password {
+                file: None,
+                env: &env,
+            },
+        )
     }
 
     #[test]
     fn both_forms_parse_and_the_password_is_never_shown() {
-        let t = parse("postgresql://avala:s3cret@db.example:5433/mirror?sslmode=verify-full", &[]).unwrap();
+        let t = parse(
+            "postgresql://avala:s3cret@db.example:5433/mirror?sslmode=verify-full",
+            &[],
+        )
+        .unwrap();
         assert_eq!(t.config.get_password(), Some(&b"s3cret"[..]));
         assert_eq!(t.tls, Tls::Verified { root: None });
         assert!(!t.display().contains("s3cret"), "{}", t.display());
         assert!(!format!("{t:?}").contains("s3cret"));
-        let t = parse("host=/run/postgresql user=avala dbname=m password=s3cret sslmode=disable", &[]).unwrap();
+        let t = parse(
+            "host=/run/postgresql user=avala dbname=m password=s3cret sslmode=disable",
+            &[],
+        )
+        .unwrap();
         assert_eq!(t.tls, Tls::Off);
         assert!(!t.display().contains("s3cret"), "{}", t.display());
         let t = parse("postgresql://avala@db/m", &[("PGPASSWORD", "fromenv")]).unwrap();
@@ -357,19 +372,39 @@ mod tests {
     fn bad_urls_name_the_key() {
         for (url, says) in [
             ("mysql://x", "store.url"),
-            ("postgresql://avala@db/m?sslmode=sometimes", "sslmode=sometimes"),
-            ("postgresql://avala@db/m?sslmode=verify-ca&sslrootcert=/nonexistent", "sslrootcert"),
+            (
+                "postgresql://avala@db/m?sslmode=sometimes",
+                "sslmode=sometimes",
+            ),
+            (
+                "postgresql://avala@db/m?sslmode=verify-ca&sslrootcert=/nonexistent",
+                "sslrootcert",
+            ),
         ] {
             let e = parse(url, &[]).unwrap_err();
             assert!(e.contains(says), "{url}: {e}");
         }
         let env = HashMap::new();
-        let e = Target::parse("host=db user=a", "Bad-Name", Password { file: None, env: &env })
-            .unwrap_err();
+        let e = Target::parse(
+            "host=db user=a",
+            "Bad-Name",
+            Password {
+                file: None,
+                env: &env,
+            },
+        )
+        .unwrap_err();
         assert!(e.contains("store.schema"), "{e}");
         let file = Path::new("/nonexistent/pw");
-        let e = Target::parse("host=db user=a", "m", Password { file: Some(file), env: &env })
-            .unwrap_err();
+        let e = Target::parse(
+            "host=db user=a",
+            "m",
+            Password {
+                file: Some(file),
+                env: &env,
+            },
+        )
+        .unwrap_err();
         assert!(e.contains("store.password_file"), "{e}");
     }
 }
