@@ -24,20 +24,12 @@ const TABLES: [(Kind, &str); 7] = [
 
 /// Present rows of a JSON:API table: id → the resource object stored.
 fn rows(env: &TestEnv, table: &str) -> HashMap<String, Value> {
-    env.store().with(|c| {
-        let mut st = c
-            .prepare(&format!(
-                "SELECT uid, raw FROM {table} WHERE deleted_at IS NULL"
-            ))
-            .unwrap();
-        st.query_map([], |r| {
-            let raw: String = r.get(1)?;
-            Ok((r.get(0)?, serde_json::from_str(&raw).unwrap()))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-    })
+    env.query(&format!(
+        "SELECT uid, raw FROM {table} WHERE deleted_at IS NULL"
+    ))
+    .into_iter()
+    .map(|r| (r["uid"].as_str().unwrap().to_string(), r["raw"].clone()))
+    .collect()
 }
 
 fn assert_mirrors_the_simulator(env: &TestEnv) {
@@ -76,23 +68,20 @@ fn now() -> u64 {
 
 /// (type, uid, payload) of every event after `seq`.
 fn events_after(env: &TestEnv, seq: i64) -> Vec<(String, String, Value)> {
-    env.store().with(|c| {
-        let mut st = c
-            .prepare("SELECT type, uid, payload FROM events WHERE seq > ?1 ORDER BY seq")
-            .unwrap();
-        st.query_map([seq], |r| {
-            let p: String = r.get(2)?;
-            Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&p).unwrap()))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    env.query(&format!(
+        "SELECT type, uid, payload FROM events WHERE seq > {seq} ORDER BY seq"
+    ))
+    .into_iter()
+    .map(|r| {
+        let text = |k: &str| r[k].as_str().unwrap().to_string();
+        (text("type"), text("uid"), r["payload"].clone())
     })
+    .collect()
 }
 
 fn last_seq(env: &TestEnv) -> i64 {
-    env.store()
-        .with(|c| c.query_row("SELECT COALESCE(max(seq), 0) FROM events", [], |r| r.get(0)))
+    env.query("SELECT COALESCE(max(seq), 0) AS n FROM events")[0]["n"]
+        .as_i64()
         .unwrap()
 }
 
@@ -128,135 +117,137 @@ async fn sync_ok(env: &TestEnv) {
 
 #[tokio::test]
 async fn all_seven_tables_equal_the_simulators_state_through_changes() {
-    let env = start_jsonapi(7).await;
-    sync_ok(&env).await;
-    assert_mirrors_the_simulator(&env);
-    // scoping columns come from the record: attributes, or a relationship
-    let (entry, comment) = env.sim.world(|w| {
-        (
-            w.jsonapi.json(Kind::Entries, 5),
-            w.jsonapi.json(Kind::NoteComments, 3),
-        )
-    });
-    let (project, dataset, step): (String, String, String) = env.store().with(|c| {
-        c.query_row(
-            "SELECT project_id, dataset_id, wf_step FROM entries WHERE uid = ?1",
-            [entry["id"].as_str().unwrap()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap()
-    });
-    assert_eq!(project, entry["attributes"]["project_id"]);
-    assert_eq!(dataset, entry["attributes"]["dataset_id"]);
-    assert_eq!(step, entry["attributes"]["wf_step"]);
-    let feed: String = env.store().with(|c| {
-        c.query_row(
-            "SELECT note_feed_id FROM note_comments WHERE uid = ?1",
-            [comment["id"].as_str().unwrap()],
-            |r| r.get(0),
-        )
-        .unwrap()
-    });
-    assert_eq!(feed, comment["relationships"]["note_feed"]["data"]["id"]);
+    for backend in backends() {
+        let env = start_jsonapi_on(7, backend.clone()).await;
+        sync_ok(&env).await;
+        assert_mirrors_the_simulator(&env);
+        // scoping columns come from the record: attributes, or a relationship
+        let (entry, comment) = env.sim.world(|w| {
+            (
+                w.jsonapi.json(Kind::Entries, 5),
+                w.jsonapi.json(Kind::NoteComments, 3),
+            )
+        });
+        let row = env.query(&format!(
+            "SELECT project_id, dataset_id, wf_step FROM entries WHERE uid = '{}'",
+            entry["id"].as_str().unwrap()
+        ));
+        assert_eq!(row[0]["project_id"], entry["attributes"]["project_id"]);
+        assert_eq!(row[0]["dataset_id"], entry["attributes"]["dataset_id"]);
+        assert_eq!(row[0]["wf_step"], entry["attributes"]["wf_step"]);
+        let row = env.query(&format!(
+            "SELECT note_feed_id FROM note_comments WHERE uid = '{}'",
+            comment["id"].as_str().unwrap()
+        ));
+        assert_eq!(
+            row[0]["note_feed_id"],
+            comment["relationships"]["note_feed"]["data"]["id"]
+        );
 
-    // the world moves on, deletions included (a note feed's only the count probe shows)
-    env.sim.world(|w| {
-        for _ in 0..20 {
-            w.step();
-        }
-        w.jsonapi.delete(Kind::NoteFeeds, 2);
-        w.jsonapi.delete(Kind::Entries, 9);
-        w.jsonapi.delete(Kind::Projects, 1);
-    });
-    sync_ok(&env).await;
-    assert_mirrors_the_simulator(&env);
+        // the world moves on, deletions included (a note feed's only the count probe shows)
+        env.sim.world(|w| {
+            for _ in 0..20 {
+                w.step();
+            }
+            w.jsonapi.delete(Kind::NoteFeeds, 2);
+            w.jsonapi.delete(Kind::Entries, 9);
+            w.jsonapi.delete(Kind::Projects, 1);
+        });
+        sync_ok(&env).await;
+        assert_mirrors_the_simulator(&env);
+    }
 }
 
 #[tokio::test]
 async fn a_tick_writes_exactly_the_expected_events() {
-    let env = start_jsonapi(10).await;
-    sync_ok(&env).await;
-    let before = last_seq(&env);
-    let t = now();
-    let (entry, step_before, new_feed, resolved, comment, member, gone, project) =
-        env.sim.world(|w| {
-            let j = &mut w.jsonapi;
-            // an entry in `annotate` and `in_progress` moves to review
-            let e = (0..j.coll(Kind::Entries).count)
-                .find(|&i| j.entry_state(i) == ("in_progress", "annotate"))
-                .unwrap();
-            j.advance_entry(e, t);
-            let f = j.create(Kind::NoteFeeds, t);
-            let pending = (0..12)
-                .find(|&i| j.json(Kind::NoteFeeds, i)["attributes"]["status"] == "pending")
-                .unwrap();
-            j.set_status(Kind::NoteFeeds, pending, "resolved", t);
-            let c = j.create(Kind::NoteComments, t);
-            let m = j.create(Kind::ProjectMembers, t);
-            j.delete(Kind::ProjectMembers, 0);
-            j.edit(Kind::Projects, 0, "a new description", t);
-            let id = |k, i| j.id(k, i);
+    for backend in backends() {
+        let env = start_jsonapi_on(10, backend.clone()).await;
+        sync_ok(&env).await;
+        let before = last_seq(&env);
+        let t = now();
+        let (entry, step_before, new_feed, resolved, comment, member, gone, project) =
+            env.sim.world(|w| {
+                let j = &mut w.jsonapi;
+                // an entry in `annotate` and `in_progress` moves to review
+                let e = (0..j.coll(Kind::Entries).count)
+                    .find(|&i| j.entry_state(i) == ("in_progress", "annotate"))
+                    .unwrap();
+                j.advance_entry(e, t);
+                let f = j.create(Kind::NoteFeeds, t);
+                let pending = (0..12)
+                    .find(|&i| j.json(Kind::NoteFeeds, i)["attributes"]["status"] == "pending")
+                    .unwrap();
+                j.set_status(Kind::NoteFeeds, pending, "resolved", t);
+                let c = j.create(Kind::NoteComments, t);
+                let m = j.create(Kind::ProjectMembers, t);
+                j.delete(Kind::ProjectMembers, 0);
+                j.edit(Kind::Projects, 0, "a new description", t);
+                let id = |k, i| j.id(k, i);
+                (
+                    id(Kind::Entries, e),
+                    "annotate",
+                    id(Kind::NoteFeeds, f),
+                    id(Kind::NoteFeeds, pending),
+                    id(Kind::NoteComments, c),
+                    id(Kind::ProjectMembers, m),
+                    id(Kind::ProjectMembers, 0),
+                    id(Kind::Projects, 0),
+                )
+            });
+        sync_ok(&env).await;
+        let got = events_after(&env, before);
+        let mut kinds: Vec<(String, String)> =
+            got.iter().map(|(t, u, _)| (t.clone(), u.clone())).collect();
+        kinds.sort();
+        let mut want = vec![
+            ("entry.status_changed".to_string(), entry.clone()),
+            ("note_feed.created".into(), new_feed),
+            ("note_feed.status_changed".into(), resolved.clone()),
+            ("note_comment.created".into(), comment),
+            ("project_member.created".into(), member),
+            ("project_member.deleted".into(), gone),
+            ("project.updated".into(), project),
+        ];
+        want.sort();
+        assert_eq!(kinds, want);
+        // both the status and the workflow step, old and new
+        let (_, _, e) = got.iter().find(|(_, u, _)| *u == entry).unwrap();
+        assert_eq!(e["data"]["old_status"], "in_progress");
+        assert_eq!(e["data"]["new_status"], "pending");
+        assert_eq!(e["data"]["old_wf_step"], step_before);
+        assert_eq!(e["data"]["new_wf_step"], "review");
+        let (_, _, f) = got.iter().find(|(_, u, _)| *u == resolved).unwrap();
+        assert_eq!(
             (
-                id(Kind::Entries, e),
-                "annotate",
-                id(Kind::NoteFeeds, f),
-                id(Kind::NoteFeeds, pending),
-                id(Kind::NoteComments, c),
-                id(Kind::ProjectMembers, m),
-                id(Kind::ProjectMembers, 0),
-                id(Kind::Projects, 0),
-            )
-        });
-    sync_ok(&env).await;
-    let got = events_after(&env, before);
-    let mut kinds: Vec<(String, String)> =
-        got.iter().map(|(t, u, _)| (t.clone(), u.clone())).collect();
-    kinds.sort();
-    let mut want = vec![
-        ("entry.status_changed".to_string(), entry.clone()),
-        ("note_feed.created".into(), new_feed),
-        ("note_feed.status_changed".into(), resolved.clone()),
-        ("note_comment.created".into(), comment),
-        ("project_member.created".into(), member),
-        ("project_member.deleted".into(), gone),
-        ("project.updated".into(), project),
-    ];
-    want.sort();
-    assert_eq!(kinds, want);
-    // both the status and the workflow step, old and new
-    let (_, _, e) = got.iter().find(|(_, u, _)| *u == entry).unwrap();
-    assert_eq!(e["data"]["old_status"], "in_progress");
-    assert_eq!(e["data"]["new_status"], "pending");
-    assert_eq!(e["data"]["old_wf_step"], step_before);
-    assert_eq!(e["data"]["new_wf_step"], "review");
-    let (_, _, f) = got.iter().find(|(_, u, _)| *u == resolved).unwrap();
-    assert_eq!(
-        (
-            f["data"]["old_status"].as_str(),
-            f["data"]["new_status"].as_str()
-        ),
-        (Some("pending"), Some("resolved"))
-    );
+                f["data"]["old_status"].as_str(),
+                f["data"]["new_status"].as_str()
+            ),
+            (Some("pending"), Some("resolved"))
+        );
 
-    // the lines people read, and the type filter of `events`
-    let lines = env
-        .store()
-        .with(|c| avala_mirror::store::events::list(c, before, "note_feed.*", 100).unwrap());
-    assert_eq!(lines.len(), 2);
-    let described: Vec<String> = lines
-        .iter()
-        .map(avala_mirror::store::events::describe)
-        .collect();
-    assert!(
-        described
+        // the lines people read, and the type filter of `events`
+        let lines = env
+            .open()
+            .await
+            .events_after(before, "note_feed.*", 100)
+            .await
+            .unwrap();
+        assert_eq!(lines.len(), 2);
+        let described: Vec<String> = lines
             .iter()
-            .any(|d| d.starts_with("note on ") && d.contains(": pending — Label ")),
-        "{described:?}"
-    );
-    assert!(
-        described.iter().any(|d| d.contains("pending → resolved")),
-        "{described:?}"
-    );
+            .map(avala_mirror::store::events::describe)
+            .collect();
+        assert!(
+            described
+                .iter()
+                .any(|d| d.starts_with("note on ") && d.contains(": pending — Label ")),
+            "{described:?}"
+        );
+        assert!(
+            described.iter().any(|d| d.contains("pending → resolved")),
+            "{described:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -116,7 +116,7 @@ impl Prepared {
         }));
         health.configure(&syncer.cfg);
         health.watch(&syncer.store);
-        tracing::info!(db = %syncer.store.path().display(), "mirror running");
+        tracing::info!(db = %syncer.store.location().display(), "mirror running");
         let store = syncer.store.clone();
         let clients = (syncer.client.clone(), syncer.jsonapi.clone());
         let scheduler = tokio::spawn(crate::scheduler::run(syncer, rx, Some(health.clone())));

@@ -47,6 +47,9 @@ pub enum LockError {
     },
     #[error("cannot take the writer lock of the PostgreSQL mirror {at}: {why}")]
     Postgres { at: String, why: String },
+    /// The server refused the login: the configuration's fault (exit 2).
+    #[error("store.url")]
+    Refused(#[source] crate::error::ConfigError),
 }
 
 /// The lock file of the database at `db`.

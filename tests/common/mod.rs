@@ -109,7 +109,12 @@ pub async fn start_on(world: SimConfig, cluster: Option<Arc<pg::Cluster>>) -> Te
 /// The simulator with only its JSON:API service mirrored (every collection,
 /// annotations too), in pages of `page_size`.
 pub async fn start_jsonapi(page_size: u32) -> TestEnv {
-    let mut env = start(small_world()).await;
+    start_jsonapi_on(page_size, None).await
+}
+
+/// [`start_jsonapi`] with the mirror in PostgreSQL when `cluster` is given.
+pub async fn start_jsonapi_on(page_size: u32, cluster: Option<Arc<pg::Cluster>>) -> TestEnv {
+    let mut env = start_on(small_world(), cluster).await;
     let url = env.sim.jsonapi_url();
     env.cfg.enable_jsonapi(&url).unwrap();
     env.cfg.scope.resources = vec![];

@@ -41,7 +41,12 @@ impl Advisory {
         config.application_name(&name);
         let client = super::connect_with(target, &config)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| match e {
+                super::OpenError::Refused { .. } => {
+                    LockError::Refused(crate::error::ConfigError(vec![e.to_string()]))
+                }
+                e => fail(e.to_string()),
+            })?;
         let (high, low) = key(&target.schema);
         let lock = (high << 32) | low;
         let got: bool = client
