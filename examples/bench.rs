@@ -18,6 +18,13 @@
 //! a child process (this program again, with `--serve`), as the real API would
 //! be elsewhere; `--in-process` keeps it in this process instead.
 //!
+//! `--postgres CONNINFO` puts the mirror in PostgreSQL instead (SPEC §9): a
+//! fresh schema `bench_<pid>` there, dropped at the end; "the writer thread"
+//! is then the whole process (the driver runs on the async runtime), and the
+//! database's size is the schema's. Then `--follow` also measures how soon
+//! `events --follow` (the built binary, `target/release/avala-mirror`) prints
+//! an event after its commit, over 20 events.
+//!
 //! `--empty-listing` then lists the items once more from a server whose listings
 //! are empty but complete (every item still answers its GET), and prints the
 //! peak RSS of that cycle alone: its deletion pass holds rowids, not records.
@@ -66,6 +73,11 @@ async fn main() -> anyhow::Result<()> {
     let latency = Duration::from_secs_f64(option("--latency")?.unwrap_or(0.0) / 1000.0);
     let rps = option("--rps")?;
     let concurrency = option("--concurrency")?.map(|c| c as u32);
+    let postgres = args.iter().position(|a| a == "--postgres").map(|i| {
+        args.get(i + 1)
+            .cloned()
+            .expect("--postgres needs a connection string")
+    });
     if args.first().map(String::as_str) == Some("--serve") {
         let sim = Simulator::start(
             world(args[1].parse()?, datasets),
@@ -92,7 +104,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut values = args.iter().enumerate().filter(|(i, a)| {
         !a.starts_with("--")
-            && (*i == 0 || !args[*i - 1].starts_with("--") || args[*i - 1] == "--in-process")
+            && (*i == 0
+                || !args[*i - 1].starts_with("--")
+                || matches!(
+                    args[*i - 1].as_str(),
+                    "--in-process" | "--follow" | "--empty-listing"
+                ))
     });
     let n: u64 = values
         .next()
@@ -119,7 +136,19 @@ async fn main() -> anyhow::Result<()> {
     }
     cfg.api.page_size = 1000;
     cfg.scope.resources = vec![Resource::Datasets, Resource::Items];
-    let store = Store::open(&cfg.store_path)?;
+    let schema = format!("bench_{}", std::process::id());
+    if let Some(url) = &postgres {
+        let env = std::env::vars().collect();
+        let password = avala_mirror::store::postgres::Password {
+            file: None,
+            env: &env,
+        };
+        let target = avala_mirror::store::postgres::Target::parse(url, &schema, password)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        cfg.store_pg = Some(target);
+    }
+    let store = Store::open_config(&cfg).await?;
+    let at = cfg.location();
     let syncer = Syncer::new(Arc::new(cfg), store)?;
     let where_ = if in_process {
         "in this process"
@@ -131,8 +160,9 @@ async fn main() -> anyhow::Result<()> {
         None => "limiter off".into(),
     };
     println!(
-        "mirroring {n} items in {datasets} datasets (page_size 1000, {limiter}, concurrency {}, latency {latency:?}, simulator {where_})",
-        syncer.client.concurrency()
+        "mirroring {n} items in {datasets} datasets (page_size 1000, {limiter}, concurrency {}, latency {latency:?}, simulator {where_}) into {}",
+        syncer.client.concurrency(),
+        at.display()
     );
     println!(
         "  this machine now: {:.0} MiB/s of SHA-256 on one core",
@@ -219,12 +249,81 @@ async fn main() -> anyhow::Result<()> {
             proc_status("VmHWM:")
         );
     }
-    let db = std::fs::metadata(dir.path().join("bench.db"))?.len();
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    if let Some(url) = &postgres {
+        let status = syncer.store.status().await?;
+        println!(
+            "schema size {:.1} MiB",
+            mib(status["database_bytes"].as_u64().unwrap_or(0))
+        );
+        if args.iter().any(|a| a == "--follow") {
+            follow_latency(&syncer.store, url, &schema).await?;
+        }
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await?;
+        return Ok(());
+    }
+    let db = std::fs::metadata(dir.path().join("bench.db"))?.len();
     println!(
         "database size {:.1} MiB; WAL at most {:.1} MiB",
         mib(db),
         mib(wal_peak.load(std::sync::atomic::Ordering::Relaxed))
+    );
+    Ok(())
+}
+
+/// How soon `events --follow` prints an event after the transaction that
+/// wrote it commits: 20 tombstones, a quarter second apart.
+async fn follow_latency(store: &Store, url: &str, schema: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("follow.toml");
+    std::fs::write(
+        &cfg,
+        format!("[store]\nurl = \"{url}\"\nschema = \"{schema}\"\n"),
+    )?;
+    let bin = std::env::current_exe()?
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("avala-mirror"))
+        .expect("target/release");
+    let mut child = tokio::process::Command::new(bin)
+        .args([
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "events",
+            "--follow",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let uids: Vec<String> = store
+        .present_uids(Resource::Items)
+        .await?
+        .into_iter()
+        .take(20)
+        .collect();
+    let mut waits = Vec::new();
+    for uid in uids {
+        let now = avala_mirror::store::now_rfc3339();
+        let committed = Instant::now();
+        store.tombstone(Resource::Items, &uid, true, &now).await?;
+        lines.next_line().await?.expect("an event line");
+        waits.push(committed.elapsed());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    waits.sort();
+    println!(
+        "events --follow: an event printed {:.1} ms after its commit (median of {}), {:.1} ms at most",
+        waits[waits.len() / 2].as_secs_f64() * 1000.0,
+        waits.len(),
+        waits[waits.len() - 1].as_secs_f64() * 1000.0
     );
     Ok(())
 }

@@ -838,7 +838,7 @@ impl RawStore {
             env,
         };
         match postgres::Target::parse(&self.url, &self.schema, password) {
-            Ok(t) => Some(Location::Postgres(t)),
+            Ok(t) => Some(Location::Postgres(Box::new(t))),
             Err(e) => {
                 p.push(e);
                 None
@@ -1103,7 +1103,7 @@ impl Config {
     /// Where the mirror is: `store.url`'s PostgreSQL, else the SQLite file.
     pub fn location(&self) -> crate::store::Location {
         match &self.store_pg {
-            Some(t) => crate::store::Location::Postgres(t.clone()),
+            Some(t) => crate::store::Location::Postgres(Box::new(t.clone())),
             None => crate::store::Location::Sqlite(self.store_path.clone()),
         }
     }
@@ -1487,7 +1487,7 @@ impl RawConfig {
         let keep_deleted = duration(&mut p, "store.keep_deleted", &self.store.keep_deleted);
         let max_wal = byte_size(&mut p, "store.max_wal", &self.store.max_wal);
         let store_pg = match self.store.location(&mut p, env) {
-            Some(crate::store::Location::Postgres(t)) => Some(t),
+            Some(crate::store::Location::Postgres(t)) => Some(*t),
             _ => None,
         };
         let backoff_min = duration(&mut p, "api.backoff_min", &self.api.backoff_min);

@@ -496,3 +496,32 @@ async fn a_refused_login_or_two_places_is_a_configuration_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn text_postgres_refuses_stops_nothing() {
+    // JSON may carry U+0000 (`\u0000`); PostgreSQL's text and jsonb refuse it
+    let Some(env) = pg_env().await else { return };
+    env.sync().await.unwrap();
+    let uid = env.sim.world(|w| {
+        let s = w.sequences_of(0)[0];
+        w.sequences[s].key = "seq\u{0}017".into();
+        w.sequences[s].status = "review\u{0}2d".into();
+        w.sequences[s].uid.clone()
+    });
+    let reports = env.sync().await.unwrap();
+    assert!(reports.iter().all(|r| r.failures.is_empty()), "{reports:?}");
+    let row = &env.query(&format!(
+        "SELECT status, raw FROM sequences WHERE uid = '{uid}'"
+    ))[0];
+    assert_eq!(row["status"], "review\u{FFFD}2d");
+    assert_eq!(row["raw"]["key"], "seq\u{FFFD}017");
+    assert_eq!(env.events(), [("sequence.status_changed".to_string(), uid)]);
+    // and the next cycle finds nothing changed
+    let reports = env.sync().await.unwrap();
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.failures.is_empty() && r.updated == 0)
+    );
+    assert_eq!(env.events().len(), 1);
+}

@@ -80,7 +80,7 @@ enum Backend {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Location {
     Sqlite(PathBuf),
-    Postgres(postgres::Target),
+    Postgres(Box<postgres::Target>),
 }
 
 impl Location {
@@ -149,7 +149,7 @@ impl Store {
     pub fn location(&self) -> Location {
         match &self.backend {
             Backend::Sqlite(inner) => Location::Sqlite(inner.path.clone()),
-            Backend::Postgres(db) => Location::Postgres(db.target().clone()),
+            Backend::Postgres(db) => Location::Postgres(Box::new(db.target().clone())),
         }
     }
 

@@ -68,6 +68,8 @@ pub fn open_read_only(path: &Path) -> anyhow::Result<Connection> {
 
 /// A mirror opened read-only: a SQLite file (see [`open_read_only`]) or the
 /// PostgreSQL schema from any host. What the commands that only read it ask.
+// one per command: its size does not matter
+#[allow(clippy::large_enum_variant)]
 pub enum ReadOnly {
     Sqlite { conn: Connection, path: PathBuf },
     Postgres(super::postgres::Reader),

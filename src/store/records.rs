@@ -978,7 +978,9 @@ impl super::Batch {
     ) -> super::Result<Applied> {
         if let Some(pg) = self.store.pg() {
             // its own transaction: a batch on PostgreSQL is each call's pages
-            return pg.apply_pages(res, pages, emit, queue, now, seen).await;
+            return pg
+                .apply_pages(res, pages, emit, queue, mostly_new, now, seen)
+                .await;
         }
         let n = now.to_string();
         Ok(self

@@ -13,6 +13,7 @@ mod read;
 mod records;
 pub mod target;
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -32,7 +33,12 @@ pub fn channel(schema: &str) -> String {
 /// The PostgreSQL mirror, as the daemon writes it.
 pub struct Db {
     target: Target,
-    client: tokio::sync::Mutex<Option<Client>>,
+    /// A few connections, so that listings side by side write side by side
+    /// (the server's work on a connection uses one core). Transactions that
+    /// append events take [`ops::EVENTS_LOCK`] first, so events commit in the
+    /// order of their `seq` and a reader never skips one.
+    clients: Vec<tokio::sync::Mutex<Option<Client>>>,
+    next: std::sync::atomic::AtomicUsize,
     /// The last connection failure, until an operation works again (`/healthz`).
     down: Mutex<Option<(String, SystemTime)>>,
 }
@@ -57,9 +63,13 @@ impl Db {
                 at: target.display(),
                 why: format!("migrating: {}", describe(&e)),
             })?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut clients = vec![tokio::sync::Mutex::new(Some(client))];
+        clients.extend((1..cores.clamp(2, 4)).map(|_| tokio::sync::Mutex::new(None)));
         Ok(Db {
             target: target.clone(),
-            client: tokio::sync::Mutex::new(Some(client)),
+            clients,
+            next: std::sync::atomic::AtomicUsize::new(0),
             down: Mutex::new(None),
         })
     }
@@ -68,9 +78,17 @@ impl Db {
         &self.target
     }
 
-    /// The connection, opened again if it was lost.
+    /// A free connection (else the next in turn), opened (again) if needed.
     async fn client(&self) -> super::Result<tokio::sync::MutexGuard<'_, Option<Client>>> {
-        let mut guard = self.client.lock().await;
+        use std::sync::atomic::Ordering::Relaxed;
+        let free = self.clients.iter().find_map(|c| c.try_lock().ok());
+        let mut guard = match free {
+            Some(g) => g,
+            None => {
+                let turn = self.next.fetch_add(1, Relaxed) % self.clients.len();
+                self.clients[turn].lock().await
+            }
+        };
         if guard.as_ref().is_none_or(Client::is_closed) {
             *guard = None;
             match connect(&self.target).await {
@@ -237,4 +255,36 @@ pub(super) fn at(t: &str) -> Option<SystemTime> {
 /// A `timestamptz` as the RFC 3339 text the SQLite mirror holds.
 pub(super) fn text(t: Option<SystemTime>) -> Option<String> {
     t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+}
+
+/// Text PostgreSQL accepts: it refuses the NUL character, which JSON may
+/// carry (`\u0000`); it becomes U+FFFD, so no record can stop the mirror.
+pub(super) fn text_value(s: &str) -> Cow<'_, str> {
+    match s.contains('\0') {
+        true => Cow::Owned(s.replace('\0', "\u{FFFD}")),
+        false => Cow::Borrowed(s),
+    }
+}
+
+/// JSON text `jsonb` accepts: a `\u0000` escape (refused by jsonb) becomes
+/// `\ufffd`; every other byte is kept.
+pub(super) fn jsonb_text(raw: &str) -> Cow<'_, str> {
+    if !raw.contains("\\u0000") {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find("\\u0000") {
+        // an escape only after an even run of backslashes (`\\u0000` is text)
+        let slashes = rest[..i].bytes().rev().take_while(|b| *b == b'\\').count();
+        out.push_str(&rest[..i]);
+        out.push_str(if slashes % 2 == 0 {
+            "\\ufffd"
+        } else {
+            "\\u0000"
+        });
+        rest = &rest[i + 6..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }

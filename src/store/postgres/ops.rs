@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 use tokio_postgres::Transaction;
 
-use super::{Db, at, text};
+use super::{Db, at, jsonb_text, text, text_value};
 use crate::config::Resource;
 use crate::store::downloads::{Job, Outcome as DownloadOutcome};
 use crate::store::events::{Event, NewEvent};
@@ -20,6 +20,9 @@ use crate::store::retention::CHUNK;
 use crate::store::state::{Incremental, Listed, next_watermark};
 use crate::store::{Result, now_rfc3339};
 
+/// The transaction lock taken before an event is appended (see [`super::Db`]).
+pub(super) const EVENTS_LOCK: i64 = 0x4156_4D53_0000_0001;
+
 /// Appends one event in `tx` and notifies `events --follow` (delivered at commit).
 pub(super) async fn append_event(
     tx: &Transaction<'_>,
@@ -28,23 +31,26 @@ pub(super) async fn append_event(
     now: &str,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let (id, kind, payload) = crate::store::events::document(ev, now);
+    // the lock first (the row's seq is drawn after it), held until commit
     tx.execute(
         "WITH e AS (
            INSERT INTO events (id, type, resource, uid, owner, dataset_slug, old_status, new_status, created_at, payload)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq)
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb FROM (SELECT pg_advisory_xact_lock($12)) AS l
+           RETURNING seq)
          SELECT pg_notify($11, '') FROM e",
         &[
             &id,
             &kind,
             &ev.resource.singular(),
-            &ev.uid,
-            &ev.owner,
-            &ev.dataset_slug,
-            &ev.old_status,
-            &ev.new_status,
+            &text_value(ev.uid),
+            &ev.owner.map(text_value),
+            &ev.dataset_slug.map(text_value),
+            &ev.old_status.map(text_value),
+            &ev.new_status.map(text_value),
             &at(now),
-            &payload,
+            &jsonb_text(&payload.to_string()),
             &channel,
+            &EVENTS_LOCK,
         ],
     )
     .await

@@ -15,7 +15,7 @@ use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::ops::append_event;
-use super::{Db, at};
+use super::{Db, at, jsonb_text, text_value};
 use crate::config::{Kind, Resource};
 use crate::store::Result;
 use crate::store::events::NewEvent;
@@ -31,6 +31,16 @@ type Param<'a> = &'a (dyn ToSql + Sync);
 struct Row {
     stored: Stored,
     scope: Scope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Rows looked up and not there.
+    Insert,
+    /// A first listing's rows, inserted before any lookup; a uid already
+    /// there is skipped (and then looked up).
+    New,
+    Update,
 }
 
 /// A record to insert or update, once the batch's decisions are made.
@@ -50,6 +60,7 @@ impl Db {
         pages: Vec<Vec<Incoming>>,
         emit: impl Fn(&Incoming) -> bool + Send + 'static,
         queue: Option<QueueRule>,
+        mostly_new: bool,
         now: &str,
         seen: RoaringTreemap,
     ) -> Result<Applied> {
@@ -68,13 +79,49 @@ impl Db {
                     pending_uids: HashSet::new(),
                 };
                 let recs: Vec<&Incoming> = pages.iter().flatten().collect();
-                let mut rows = ap.lookup(&recs).await?;
+                // a first listing: insert first, look up only what was there already
+                let mut fresh = match mostly_new {
+                    true => {
+                        let mut once = HashSet::new();
+                        let first: Vec<Write> = recs
+                            .iter()
+                            .filter(|r| once.insert(&*r.uid))
+                            .map(|&rec| Write { rec, id: None })
+                            .collect();
+                        ap.write(&first.iter().collect::<Vec<_>>(), Mode::New).await?
+                    }
+                    false => HashMap::new(),
+                };
+                let rest: Vec<&Incoming> = match mostly_new {
+                    true => recs
+                        .iter()
+                        .filter(|r| !fresh.contains_key(&*text_value(&r.uid)))
+                        .copied()
+                        .collect(),
+                    false => recs.clone(),
+                };
+                let mut rows = ap.lookup(&rest).await?;
                 for rec in recs {
-                    if ap.pending_uids.contains(&*rec.uid) {
+                    if let Some(id) = fresh.remove(&*text_value(&rec.uid)) {
+                        // inserted above: new, and what a second listing of it meets
+                        if !seen.insert(id as u64) {
+                            ap.out.duplicates += 1;
+                        }
+                        let scope = (
+                            rec.owner.as_deref().map(Into::into),
+                            rec.dataset_slug.as_deref().map(Into::into),
+                        );
+                        rows.insert(text_value(&rec.uid).into_owned(), written(rec, id, scope));
+                        let decision = Decision::Created;
+                        ap.effects(rec, &decision, None, emit(rec), queue, &mut rows, &mut seen)
+                            .await?;
+                        continue;
+                    }
+                    if ap.pending_uids.contains(&*text_value(&rec.uid)) {
                         // listed twice in this batch: its first write goes first
                         ap.flush(&mut rows, &mut seen).await?;
                     }
-                    let row = rows.get(&*rec.uid);
+                    let row = rows.get(&*text_value(&rec.uid));
                     let decision = diff::decide(row.map(|r| &r.stored), rec);
                     let mut moved = None;
                     match (&decision, row) {
@@ -100,44 +147,16 @@ impl Db {
                             if !seen.insert(r.stored.rowid as u64) {
                                 ap.out.duplicates += 1;
                             }
-                            ap.pending_uids.insert(rec.uid.to_string());
+                            ap.pending_uids.insert(text_value(&rec.uid).into_owned());
                             ap.pending.push(Write { rec, id: Some(r.stored.rowid) });
                         }
                         (_, None) => {
-                            ap.pending_uids.insert(rec.uid.to_string());
+                            ap.pending_uids.insert(text_value(&rec.uid).into_owned());
                             ap.pending.push(Write { rec, id: None });
                         }
                     }
-                    if let Some(q) = queue {
-                        let wanted = q.wants(&decision, rec);
-                        if wanted || !matches!(decision, Decision::Unchanged) {
-                            ap.out.queued += ap.queue_download(rec, wanted).await? as u64;
-                        }
-                    }
-                    match decision {
-                        Decision::Unchanged => {
-                            ap.out.unchanged += 1;
-                            continue;
-                        }
-                        Decision::Created if res == Resource::Datasets => {
-                            ap.out.created += 1;
-                            // a dataset whose slug a new one took (SPEC §6), before its event
-                            ap.flush(&mut rows, &mut seen).await?;
-                            ap.replace_same_slug(rec, emit(rec)).await?;
-                        }
-                        Decision::Created => ap.out.created += 1,
-                        Decision::Updated => ap.out.updated += 1,
-                        Decision::StatusChanged { .. } => ap.out.status_changed += 1,
-                    }
-                    if emit(rec) {
-                        let object = rec.value();
-                        if let Some(ev) =
-                            NewEvent::of_record(res, rec, &decision, moved.as_ref(), &object)
-                        {
-                            append_event(&tx, &channel, &ev, now).await?;
-                            ap.out.events += 1;
-                        }
-                    }
+                    ap.effects(rec, &decision, moved, emit(rec), queue, &mut rows, &mut seen)
+                        .await?;
                 }
                 ap.flush(&mut rows, &mut seen).await?;
                 let out = ap.out;
@@ -350,25 +369,92 @@ struct Apply<'a, 't> {
 }
 
 impl<'a> Apply<'a, '_> {
+    /// What a decision brings besides the row: the download it queues, its
+    /// count, a slug a new dataset took, and its event when `emit`.
+    #[allow(clippy::too_many_arguments)]
+    async fn effects(
+        &mut self,
+        rec: &Incoming,
+        decision: &Decision,
+        moved: Option<Scope>,
+        emit: bool,
+        queue: Option<QueueRule>,
+        rows: &mut HashMap<String, Row>,
+        seen: &mut RoaringTreemap,
+    ) -> PgResult<()> {
+        if let Some(q) = queue {
+            let wanted = q.wants(decision, rec);
+            if wanted || !matches!(decision, Decision::Unchanged) {
+                self.out.queued += self.queue_download(rec, wanted).await? as u64;
+            }
+        }
+        match decision {
+            Decision::Unchanged => {
+                self.out.unchanged += 1;
+                return Ok(());
+            }
+            Decision::Created if self.res == Resource::Datasets => {
+                self.out.created += 1;
+                // a dataset whose slug a new one took (SPEC §6), before its event
+                self.flush(rows, seen).await?;
+                self.replace_same_slug(rec, emit).await?;
+            }
+            Decision::Created => self.out.created += 1,
+            Decision::Updated => self.out.updated += 1,
+            Decision::StatusChanged { .. } => self.out.status_changed += 1,
+        }
+        if emit {
+            let object = rec.value();
+            if let Some(ev) = NewEvent::of_record(self.res, rec, decision, moved.as_ref(), &object)
+            {
+                append_event(self.tx, self.channel, &ev, self.now).await?;
+                self.out.events += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// The stored rows of `recs`, by uid, in one query.
     async fn lookup(&self, recs: &[&Incoming]) -> PgResult<HashMap<String, Row>> {
+        let Some(first) = recs.first() else {
+            return Ok(HashMap::new());
+        };
         let t = self.res.table();
         let step = match self.res.jsonapi() {
             Some(j) if j.step => "wf_step",
             _ => "NULL::text",
         };
-        let uids: Vec<Cow<str>> = recs.iter().map(|r| text_value(&r.uid)).collect();
-        let rows = self
+        let columns = format!(
+            "uid, id, hash, status, deleted_at IS NOT NULL, {step}, {}",
+            scope_columns(self.res)
+        );
+        // Listings keep their order and rows were written in the order first
+        // listed: the rows from the first record's on, read along the id index
+        // (neighbouring pages), hold most of the batch; the rest by uid.
+        let window = (recs.len() + recs.len() / 8 + 16) as i64;
+        let mut found = self
             .tx
             .query(
                 &format!(
-                    "SELECT uid, id, hash, status, deleted_at IS NOT NULL, {step}, {} FROM {t} WHERE uid = ANY($1)",
-                    scope_columns(self.res)
+                    "SELECT {columns} FROM {t} WHERE id >= (SELECT id FROM {t} WHERE uid = $1)
+                     ORDER BY id LIMIT $2"
                 ),
-                &[&uids],
+                &[&text_value(&first.uid), &window],
             )
             .await?;
-        Ok(rows
+        let wanted: HashSet<Cow<str>> = recs.iter().map(|r| text_value(&r.uid)).collect();
+        found.retain(|r| wanted.contains(r.get::<_, &str>(0)));
+        let have: HashSet<String> = found.iter().map(|r| r.get(0)).collect();
+        let rest: Vec<Cow<str>> = recs
+            .iter()
+            .filter(|r| !have.contains(&*text_value(&r.uid)))
+            .map(|r| text_value(&r.uid))
+            .collect();
+        if !rest.is_empty() {
+            let sql = format!("SELECT {columns} FROM {t} WHERE uid = ANY($1)");
+            found.extend(self.tx.query(&sql, &[&rest]).await?);
+        }
+        Ok(found
             .iter()
             .map(|r| {
                 let hash: &[u8] = r.get(2);
@@ -401,132 +487,129 @@ impl<'a> Apply<'a, '_> {
         self.pending_uids.clear();
         let (new, changed): (Vec<&Write>, Vec<&Write>) =
             writes.iter().partition(|w| w.id.is_none());
-        let (t, res) = (self.res.table(), self.res);
-        let own = res.columns();
-        let v1 = res.jsonapi().is_none();
-        let now = at(self.now);
-        for (batch, insert) in [(new, true), (changed, false)] {
-            if batch.is_empty() {
-                continue;
-            }
-            fn col<'r>(
-                batch: &[&Write<'r>],
-                f: impl Fn(&'r Incoming) -> Option<Cow<'r, str>>,
-            ) -> Vec<Option<Cow<'r, str>>> {
-                batch.iter().map(|w| f(w.rec)).collect()
-            }
-            let ids: Vec<i64> = batch.iter().map(|w| w.id.unwrap_or(0)).collect();
-            let uids = col(&batch, |r| Some(text_value(&r.uid)));
-            let owners = col(&batch, |r| r.owner.as_deref().map(text_value));
-            let slugs = col(&batch, |r| r.dataset_slug.as_deref().map(text_value));
-            let statuses = col(&batch, |r| r.status.as_deref().map(text_value));
-            let raws = col(&batch, |r| Some(jsonb_text(&r.raw)));
-            let hashes: Vec<&[u8]> = batch.iter().map(|w| &w.rec.hash[..]).collect();
-            let columns: Vec<Vec<Option<Cow<str>>>> = (0..own.len())
-                .map(|k| {
-                    batch
-                        .iter()
-                        .map(|w| w.rec.columns[k].as_deref().map(text_value))
-                        .collect()
-                })
-                .collect();
-            let mut params: Vec<Param> = vec![
-                &now, &ids, &uids, &owners, &slugs, &statuses, &hashes, &raws,
-            ];
-            params.extend(columns.iter().map(|c| c as Param));
-            let mut names = vec!["id", "uid", "owner", "slug", "status", "hash", "raw"];
-            let own_names: Vec<String> = (0..own.len()).map(|k| format!("c{k}")).collect();
-            names.extend(own_names.iter().map(String::as_str));
-            let types = ["bigint", "text", "text", "text", "text", "bytea", "text"];
-            let arrays: Vec<String> = (0..names.len())
-                .map(|k| format!("${}::{}[]", k + 2, types.get(k).copied().unwrap_or("text")))
-                .collect();
-            let from = format!("unnest({}) AS u({})", arrays.join(", "), names.join(", "));
-            let values: Vec<String> = own
-                .iter()
-                .enumerate()
-                .map(|(k, c)| match is_bool(res, c) {
-                    true => format!("CASE u.c{k} WHEN '1' THEN true WHEN '0' THEN false END"),
-                    false => format!("u.c{k}"),
-                })
-                .collect();
-            if insert {
-                let mut cols = vec!["uid"];
-                let mut vals = vec!["u.uid".to_string()];
-                if v1 {
-                    cols.extend(["owner_name", "dataset_slug"]);
-                    vals.extend(["u.owner".into(), "u.slug".into()]);
-                }
-                cols.extend(own.iter().copied());
-                vals.extend(values);
-                cols.extend(["status", "hash", "raw", "first_seen_at", "last_seen_at"]);
-                vals.extend(["u.status", "u.hash", "u.raw::jsonb", "$1", "$1"].map(String::from));
-                let sql = format!(
-                    "INSERT INTO {t} ({}) SELECT {} FROM {from} RETURNING uid, id",
-                    cols.join(", "),
-                    vals.join(", ")
-                );
-                let inserted = self.tx.query(&sql, &params).await?;
-                let ids: HashMap<String, i64> =
-                    inserted.iter().map(|r| (r.get(0), r.get(1))).collect();
-                for w in &batch {
+        let ids = self.write(&new, Mode::Insert).await?;
+        self.write(&changed, Mode::Update).await?;
+        for w in new.iter().chain(&changed) {
+            let id = match w.id {
+                Some(id) => id,
+                None => {
                     let id = ids[&*text_value(&w.rec.uid)];
                     if !seen.insert(id as u64) {
                         self.out.duplicates += 1;
                     }
-                    rows.insert(
-                        w.rec.uid.to_string(),
-                        written(
-                            w.rec,
-                            id,
-                            (
-                                w.rec.owner.as_deref().map(Into::into),
-                                w.rec.dataset_slug.as_deref().map(Into::into),
-                            ),
-                        ),
-                    );
+                    id
                 }
-            } else {
-                let mut sets: Vec<String> = Vec::new();
-                if v1 {
-                    sets.extend([
-                        "owner_name = u.owner".into(),
-                        "dataset_slug = u.slug".into(),
-                    ]);
-                }
-                sets.extend(own.iter().zip(values).map(|(c, v)| format!("{c} = {v}")));
-                sets.extend(
-                    [
-                        "status = u.status",
-                        "hash = u.hash",
-                        "raw = u.raw::jsonb",
-                        "last_seen_at = $1",
-                        "deleted_at = NULL",
-                    ]
-                    .map(String::from),
-                );
-                let sql = format!(
-                    "UPDATE {t} SET {} FROM {from} WHERE {t}.id = u.id",
-                    sets.join(", ")
-                );
-                self.tx.execute(&sql, &params).await?;
-                for w in &batch {
-                    let id = w.id.expect("an update");
-                    rows.insert(
-                        w.rec.uid.to_string(),
-                        written(
-                            w.rec,
-                            id,
-                            (
-                                w.rec.owner.as_deref().map(Into::into),
-                                w.rec.dataset_slug.as_deref().map(Into::into),
-                            ),
-                        ),
-                    );
-                }
-            }
+            };
+            let scope = (
+                w.rec.owner.as_deref().map(Into::into),
+                w.rec.dataset_slug.as_deref().map(Into::into),
+            );
+            rows.insert(
+                text_value(&w.rec.uid).into_owned(),
+                written(w.rec, id, scope),
+            );
         }
         Ok(())
+    }
+
+    /// One statement for `batch`: new rows (`INSERT … SELECT FROM unnest`,
+    /// their ids by uid) or changed ones (`UPDATE … FROM unnest`).
+    async fn write(&self, batch: &[&Write<'_>], mode: Mode) -> PgResult<HashMap<String, i64>> {
+        if batch.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (t, res) = (self.res.table(), self.res);
+        let own = res.columns();
+        let v1 = res.jsonapi().is_none();
+        let now = at(self.now);
+        fn col<'r>(
+            batch: &[&Write<'r>],
+            f: impl Fn(&'r Incoming) -> Option<Cow<'r, str>>,
+        ) -> Vec<Option<Cow<'r, str>>> {
+            batch.iter().map(|w| f(w.rec)).collect()
+        }
+        let ids: Vec<i64> = batch.iter().map(|w| w.id.unwrap_or(0)).collect();
+        let uids = col(batch, |r| Some(text_value(&r.uid)));
+        let owners = col(batch, |r| r.owner.as_deref().map(text_value));
+        let slugs = col(batch, |r| r.dataset_slug.as_deref().map(text_value));
+        let statuses = col(batch, |r| r.status.as_deref().map(text_value));
+        let raws = col(batch, |r| Some(jsonb_text(&r.raw)));
+        let hashes: Vec<&[u8]> = batch.iter().map(|w| &w.rec.hash[..]).collect();
+        let columns: Vec<Vec<Option<Cow<str>>>> = (0..own.len())
+            .map(|k| {
+                batch
+                    .iter()
+                    .map(|w| w.rec.columns[k].as_deref().map(text_value))
+                    .collect()
+            })
+            .collect();
+        let mut params: Vec<Param> = vec![
+            &now, &ids, &uids, &owners, &slugs, &statuses, &hashes, &raws,
+        ];
+        params.extend(columns.iter().map(|c| c as Param));
+        let mut names = vec!["id", "uid", "owner", "slug", "status", "hash", "raw"];
+        let own_names: Vec<String> = (0..own.len()).map(|k| format!("c{k}")).collect();
+        names.extend(own_names.iter().map(String::as_str));
+        let types = ["bigint", "text", "text", "text", "text", "bytea", "text"];
+        let arrays: Vec<String> = (0..names.len())
+            .map(|k| format!("${}::{}[]", k + 2, types.get(k).copied().unwrap_or("text")))
+            .collect();
+        let from = format!("unnest({}) AS u({})", arrays.join(", "), names.join(", "));
+        let values: Vec<String> = own
+            .iter()
+            .enumerate()
+            .map(|(k, c)| match is_bool(res, c) {
+                true => format!("CASE u.c{k} WHEN '1' THEN true WHEN '0' THEN false END"),
+                false => format!("u.c{k}"),
+            })
+            .collect();
+        if mode == Mode::Update {
+            let mut sets: Vec<String> = Vec::new();
+            if v1 {
+                sets.extend([
+                    "owner_name = u.owner".into(),
+                    "dataset_slug = u.slug".into(),
+                ]);
+            }
+            sets.extend(own.iter().zip(values).map(|(c, v)| format!("{c} = {v}")));
+            sets.extend(
+                [
+                    "status = u.status",
+                    "hash = u.hash",
+                    "raw = u.raw::jsonb",
+                    "last_seen_at = $1",
+                    "deleted_at = NULL",
+                ]
+                .map(String::from),
+            );
+            let sql = format!(
+                "UPDATE {t} SET {} FROM {from} WHERE {t}.id = u.id",
+                sets.join(", ")
+            );
+            self.tx.execute(&sql, &params).await?;
+            return Ok(HashMap::new());
+        }
+        let mut cols = vec!["uid"];
+        let mut vals = vec!["u.uid".to_string()];
+        if v1 {
+            cols.extend(["owner_name", "dataset_slug"]);
+            vals.extend(["u.owner".into(), "u.slug".into()]);
+        }
+        cols.extend(own.iter().copied());
+        vals.extend(values);
+        cols.extend(["status", "hash", "raw", "first_seen_at", "last_seen_at"]);
+        vals.extend(["u.status", "u.hash", "u.raw::jsonb", "$1", "$1"].map(String::from));
+        let skip = match mode {
+            Mode::New => " ON CONFLICT (uid) DO NOTHING",
+            _ => "",
+        };
+        let sql = format!(
+            "INSERT INTO {t} ({}) SELECT {} FROM {from}{skip} RETURNING uid, id",
+            cols.join(", "),
+            vals.join(", ")
+        );
+        let inserted = self.tx.query(&sql, &params).await?;
+        Ok(inserted.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// [`crate::store::records`]'s queue_download in PostgreSQL.
@@ -540,14 +623,15 @@ impl<'a> Apply<'a, '_> {
                         .execute(
                             "INSERT INTO downloads (export_uid, status, created_at, updated_at)
                              VALUES ($1, 'awaiting_link', $2, $2) ON CONFLICT (export_uid) DO NOTHING",
-                            &[&&*rec.uid, &now],
+                            &[&text_value(&rec.uid), &now],
                         )
                         .await?;
                 }
                 Ok(false)
             }
             Some(Some((url, name))) => {
-                let args: [Param; 4] = [&&*rec.uid, &url, &name, &now];
+                let (uid, url, name) = (text_value(&rec.uid), text_value(&url), text_value(&name));
+                let args: [Param; 4] = [&uid, &url, &name, &now];
                 if wanted {
                     let n = self
                         .tx
@@ -586,7 +670,11 @@ impl<'a> Apply<'a, '_> {
             .query(
                 "SELECT uid FROM datasets WHERE owner_name IS NOT DISTINCT FROM $1 AND slug = $2
                    AND uid <> $3 AND deleted_at IS NULL",
-                &[&rec.owner.as_deref(), &slug, &&*rec.uid],
+                &[
+                    &rec.owner.as_deref().map(text_value),
+                    &text_value(slug),
+                    &text_value(&rec.uid),
+                ],
             )
             .await?;
         for r in old {
@@ -728,38 +816,6 @@ fn is_bool(res: Resource, column: &str) -> bool {
             .fields
             .iter()
             .any(|f| f.name == column && f.kind == Kind::Bool)
-}
-
-/// Text PostgreSQL accepts: it refuses the NUL character, which JSON may
-/// carry (`\u0000`); it becomes U+FFFD, so no record can stop the mirror.
-fn text_value(s: &str) -> Cow<'_, str> {
-    match s.contains('\0') {
-        true => Cow::Owned(s.replace('\0', "\u{FFFD}")),
-        false => Cow::Borrowed(s),
-    }
-}
-
-/// JSON text `jsonb` accepts: a `\u0000` escape (refused by jsonb) becomes
-/// `\ufffd`; every other byte is kept.
-fn jsonb_text(raw: &str) -> Cow<'_, str> {
-    if !raw.contains("\\u0000") {
-        return Cow::Borrowed(raw);
-    }
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(i) = rest.find("\\u0000") {
-        // an escape only after an even run of backslashes (`\\u0000` is text)
-        let slashes = rest[..i].bytes().rev().take_while(|b| *b == b'\\').count();
-        out.push_str(&rest[..i]);
-        out.push_str(if slashes % 2 == 0 {
-            "\\ufffd"
-        } else {
-            "\\u0000"
-        });
-        rest = &rest[i + 6..];
-    }
-    out.push_str(rest);
-    Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -86,10 +86,10 @@ impl Target {
             }
             config.user(&user);
         }
-        if config.get_password().is_none() {
-            if let Some(p) = password_from(&password)? {
-                config.password(p);
-            }
+        if config.get_password().is_none()
+            && let Some(p) = password_from(&password)?
+        {
+            config.password(p);
         }
         let tls = match sslmode.as_deref() {
             None | Some("prefer") => {
