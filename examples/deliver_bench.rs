@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use avala_mirror::config::{Resource, SinkConfig};
 use avala_mirror::events::deliver::{Deliverer, standard_schedule};
 use avala_mirror::events::sinks::Sink;
-use avala_mirror::store::events::{self, NewEvent};
+use avala_mirror::store::events::NewEvent;
+use avala_mirror::store::sqlite::events;
 use avala_mirror::store::{Store, now_rfc3339};
 
 #[path = "common/rss.rs"]

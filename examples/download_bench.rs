@@ -23,7 +23,8 @@ use std::time::Instant;
 use avala_mirror::config::Config;
 use avala_mirror::download::Downloader;
 use avala_mirror::sim::{SimConfig, Simulator};
-use avala_mirror::store::{Store, downloads, now_rfc3339};
+use avala_mirror::store::sqlite::downloads;
+use avala_mirror::store::{Store, now_rfc3339};
 
 #[path = "common/rss.rs"]
 mod rss;

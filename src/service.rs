@@ -185,7 +185,7 @@ async fn metrics(State(h): State<Arc<Health>>) -> Response {
 
 /// What `/metrics` shows of the SQLite mirror at `db`, read beside any writer.
 pub async fn snapshot_of(db: PathBuf) -> anyhow::Result<crate::store::report::Snapshot> {
-    tokio::task::spawn_blocking(move || crate::store::report::metrics(&db))
+    tokio::task::spawn_blocking(move || crate::store::sqlite::report::metrics(&db))
         .await?
         .map_err(Into::into)
 }

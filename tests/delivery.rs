@@ -283,10 +283,7 @@ async fn gone_disables_the_sink_and_status_says_so() {
     assert_eq!(d.drain(&d.sinks[0]).await.unwrap(), Drained::Disabled);
     assert_eq!(d.drain(&d.sinks[0]).await.unwrap(), Drained::Disabled);
     assert_eq!(state.lock().unwrap().seen.len(), 1);
-    let status = env
-        .store()
-        .with(|c| avala_mirror::store::report::status(c))
-        .unwrap();
+    let status = env.store().status().await.unwrap();
     assert_eq!(status["deliveries"]["disabled_sinks"][0]["sink"], "hook");
 }
 
@@ -336,10 +333,7 @@ async fn redeliver_sends_failed_events_again_and_nothing_else() {
     assert_eq!(delivered(&state.lock().unwrap()).len(), 4);
     assert!(!delivered(&state.lock().unwrap()).contains(&first_id));
 
-    let reset = env
-        .store()
-        .with(|c| avala_mirror::store::outbox::redeliver(c, Some("hook"), 0))
-        .unwrap();
+    let reset = env.store().redeliver(Some("hook"), 0).await.unwrap();
     assert_eq!(reset, 1);
     assert!(d.flush(Duration::from_secs(10)).await.is_empty());
     let after = delivered(&state.lock().unwrap());

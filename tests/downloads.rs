@@ -175,7 +175,7 @@ async fn only_exports_that_become_exported_are_downloaded_unless_backfill() {
     );
     assert_eq!(payload["data"]["object"]["status"], "exported");
     let line = env.store().with(|c| {
-        let e = avala_mirror::store::events::list(c, 0, "export.downloaded", 10).unwrap();
+        let e = avala_mirror::store::sqlite::events::list(c, 0, "export.downloaded", 10).unwrap();
         avala_mirror::store::events::describe(&e[0])
     });
     assert!(

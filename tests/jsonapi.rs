@@ -342,9 +342,7 @@ async fn falls_back_to_a_full_listing(
         "{seen:?}"
     );
     // `status` says why, and the next cycle does not try the filter again
-    let status = env
-        .store()
-        .with(|c| avala_mirror::store::report::status(c).unwrap());
+    let status = env.store().status().await.unwrap();
     let why = &status["resources"]["note_feeds"]["filter_not_honoured"];
     assert!(why[0]["error"].as_str().unwrap().contains(says), "{why}");
     let from = log_len(&env);

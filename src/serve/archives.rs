@@ -7,7 +7,7 @@ use axum::response::Response;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::contract;
-use crate::store::replica::Replica;
+use crate::store::sqlite::replica::Replica;
 
 const CHUNK: usize = 256 * 1024;
 

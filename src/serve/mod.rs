@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Resource;
 use crate::contract::{self, Answer, MAX_PAGE, Query, jsonapi};
-use crate::store::replica::{Cursored, Listed, One, Replica, Row};
+use crate::store::sqlite::replica::{Cursored, Listed, One, Replica, Row};
 
 /// The page size of a v1 listing that names no `limit`.
 const DEFAULT_LIMIT: usize = 100;

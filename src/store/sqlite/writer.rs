@@ -10,7 +10,8 @@ use std::time::Instant;
 use rusqlite::Connection;
 
 use super::wal::WalCap;
-use super::{BATCH_WINDOW, JOURNAL_SIZE_LIMIT, Store};
+use super::{BATCH_WINDOW, JOURNAL_SIZE_LIMIT};
+use crate::store::Store;
 
 /// A closure for the store thread; false when it failed (a batch is then rolled back).
 pub(super) type Work = Box<dyn FnOnce(&mut Connection, Option<rusqlite::Error>) -> bool + Send>;
@@ -40,7 +41,7 @@ impl Store {
 
 /// Work sharing one transaction; see the module documentation.
 pub struct Batch {
-    pub(super) store: Store,
+    pub(in crate::store) store: Store,
     key: u64,
 }
 
