@@ -219,6 +219,25 @@ async fn downloads_and_deliveries_work_on_postgres() {
     assert_eq!(ids, env.event_ids());
     let delivered = env.query("SELECT count(*) AS n FROM deliveries WHERE status = 'delivered'");
     assert_eq!(delivered[0]["n"], 2);
+
+    // retention: settled events go with their deliveries, tombstones after keep_deleted
+    let gone = env.rows("items").into_keys().next().unwrap();
+    let now = avala_mirror::store::now_rfc3339();
+    store
+        .tombstone(avala_mirror::config::Resource::Items, &gone, false, &now)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let zero = std::time::Duration::ZERO;
+    let pruned = store.prune(zero, zero, vec!["file".into()]).await.unwrap();
+    assert_eq!(pruned, (2, 1));
+    assert!(env.events().is_empty());
+    let left = env.query("SELECT count(*) AS n FROM deliveries");
+    assert_eq!(left[0]["n"], 0);
+    assert!(
+        env.query(&format!("SELECT 1 FROM items WHERE uid = '{gone}'"))
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -446,6 +465,22 @@ async fn postgres_restarted_under_run_is_a_fault_and_nothing_is_lost_or_doubled(
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // /metrics reads the PostgreSQL mirror too
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let last = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("avala_mirror_last_success_timestamp_seconds{resource=\"sequences\"}")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let at: f64 = last.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::UNIX_EPOCH.elapsed().unwrap().as_secs_f64();
+    assert!((now - at).abs() < 60.0, "{last}");
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert_eq!(
         env.events(),

@@ -85,7 +85,9 @@ mod tests {
     #[test]
     fn describe_names_the_record_and_the_move() {
         let mut conn = Connection::open_in_memory().unwrap();
-        crate::store::sqlite::MIGRATIONS.to_latest(&mut conn).unwrap();
+        crate::store::sqlite::MIGRATIONS
+            .to_latest(&mut conn)
+            .unwrap();
         let object = json!({"uid": "u1", "key": "seq_017", "status": "customer_review"});
         let ev = NewEvent {
             resource: Resource::Sequences,

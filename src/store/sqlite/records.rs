@@ -729,7 +729,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
         let mut c = Connection::open(&path).unwrap();
-        crate::store::sqlite::MIGRATIONS.to_version(&mut c, 6).unwrap();
+        crate::store::sqlite::MIGRATIONS
+            .to_version(&mut c, 6)
+            .unwrap();
         // what an earlier version stored without checking the types
         c.execute_batch(
             r#"INSERT INTO datasets (uid, owner_name, hash, raw, first_seen_at, last_seen_at) VALUES
