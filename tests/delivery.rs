@@ -95,7 +95,7 @@ async fn receiver(fail_next: Vec<u16>) -> (Arc<Mutex<Receiver>>, String) {
 async fn hook(env: &TestEnv, fail_next: Vec<u16>) -> (Arc<Mutex<Receiver>>, Deliverer) {
     let (state, url) = receiver(fail_next).await;
     let d = Deliverer::new(
-        env.store(),
+        env.open().await,
         vec![sink("webhook", "hook", Some(url), None, &["*"])],
         fast(),
     );
@@ -124,7 +124,12 @@ fn sink(
 
 /// Five changes after the baseline: 3 sequence status changes, an item change, a new export.
 async fn env_with_events() -> TestEnv {
-    let env = start(small_world()).await;
+    env_with_events_on(None).await
+}
+
+/// [`env_with_events`] on either backend.
+async fn env_with_events_on(backend: Option<std::sync::Arc<common::pg::Cluster>>) -> TestEnv {
+    let env = start_on(small_world(), backend).await;
     env.sync().await.unwrap();
     env.sim.world(|w| {
         for ds in 0..3 {
@@ -157,27 +162,29 @@ fn fast() -> Vec<Duration> {
 
 #[tokio::test]
 async fn webhook_gets_every_event_once_signed_in_order_despite_failures() {
-    let env = env_with_events().await;
-    let (state, d) = hook(&env, vec![500, 503]).await;
-    assert!(d.flush(Duration::from_secs(10)).await.is_empty());
+    for backend in backends() {
+        let env = env_with_events_on(backend).await;
+        let (state, d) = hook(&env, vec![500, 503]).await;
+        assert!(d.flush(Duration::from_secs(10)).await.is_empty());
 
-    let seen = state.lock().unwrap().seen.clone();
-    assert!(seen.iter().all(|(_, _, valid)| *valid), "{seen:?}");
-    assert_eq!(seen.len(), 7, "5 events + 2 failed attempts");
-    // the failed attempts carried the same id as the success that followed
-    assert_eq!(seen[0].0, seen[2].0);
-    assert_eq!((seen[0].1, seen[1].1, seen[2].1), (500, 503, 200));
-    let delivered: Vec<String> = seen
-        .iter()
-        .filter(|s| s.1 == 200)
-        .map(|s| s.0.clone())
-        .collect();
-    let ids = env.event_ids();
-    assert_eq!(delivered, ids, "every event once, in detection order");
+        let seen = state.lock().unwrap().seen.clone();
+        assert!(seen.iter().all(|(_, _, valid)| *valid), "{seen:?}");
+        assert_eq!(seen.len(), 7, "5 events + 2 failed attempts");
+        // the failed attempts carried the same id as the success that followed
+        assert_eq!(seen[0].0, seen[2].0);
+        assert_eq!((seen[0].1, seen[1].1, seen[2].1), (500, 503, 200));
+        let delivered: Vec<String> = seen
+            .iter()
+            .filter(|s| s.1 == 200)
+            .map(|s| s.0.clone())
+            .collect();
+        let ids = env.event_ids();
+        assert_eq!(delivered, ids, "every event once, in detection order");
 
-    // nothing is sent twice on the next run
-    assert!(d.flush(Duration::from_secs(5)).await.is_empty());
-    assert_eq!(state.lock().unwrap().seen.len(), 7);
+        // nothing is sent twice on the next run
+        assert!(d.flush(Duration::from_secs(5)).await.is_empty());
+        assert_eq!(state.lock().unwrap().seen.len(), 7);
+    }
 }
 
 #[tokio::test]
@@ -318,31 +325,33 @@ async fn sync_delivers_before_it_exits() {
 
 #[tokio::test]
 async fn redeliver_sends_failed_events_again_and_nothing_else() {
-    let env = env_with_events().await;
-    // the first event fails its whole schedule, the other four go through
-    let (state, d) = hook(&env, vec![500; 4]).await;
-    assert!(d.flush(Duration::from_secs(10)).await.is_empty());
-    let delivered = |st: &Receiver| {
-        st.seen
-            .iter()
-            .filter(|s| s.1 == 200)
-            .map(|s| s.0.clone())
-            .collect::<Vec<_>>()
-    };
-    let first_id = state.lock().unwrap().seen[0].0.clone();
-    assert_eq!(delivered(&state.lock().unwrap()).len(), 4);
-    assert!(!delivered(&state.lock().unwrap()).contains(&first_id));
+    for backend in backends() {
+        let env = env_with_events_on(backend).await;
+        // the first event fails its whole schedule, the other four go through
+        let (state, d) = hook(&env, vec![500; 4]).await;
+        assert!(d.flush(Duration::from_secs(10)).await.is_empty());
+        let delivered = |st: &Receiver| {
+            st.seen
+                .iter()
+                .filter(|s| s.1 == 200)
+                .map(|s| s.0.clone())
+                .collect::<Vec<_>>()
+        };
+        let first_id = state.lock().unwrap().seen[0].0.clone();
+        assert_eq!(delivered(&state.lock().unwrap()).len(), 4);
+        assert!(!delivered(&state.lock().unwrap()).contains(&first_id));
 
-    let reset = env.store().redeliver(Some("hook"), 0).await.unwrap();
-    assert_eq!(reset, 1);
-    assert!(d.flush(Duration::from_secs(10)).await.is_empty());
-    let after = delivered(&state.lock().unwrap());
-    assert_eq!(
-        after.len(),
-        5,
-        "only the failed one was sent again: {after:?}"
-    );
-    assert_eq!(after[4], first_id, "with its original id");
+        let reset = env.open().await.redeliver(Some("hook"), 0).await.unwrap();
+        assert_eq!(reset, 1);
+        assert!(d.flush(Duration::from_secs(10)).await.is_empty());
+        let after = delivered(&state.lock().unwrap());
+        assert_eq!(
+            after.len(),
+            5,
+            "only the failed one was sent again: {after:?}"
+        );
+        assert_eq!(after[4], first_id, "with its original id");
+    }
 }
 
 #[tokio::test]

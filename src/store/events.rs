@@ -24,6 +24,55 @@ pub struct NewEvent<'a> {
     pub steps: Option<(Option<&'a str>, Option<&'a str>)>,
 }
 
+impl<'a> NewEvent<'a> {
+    /// A record's `deleted` event: its scope and last status, as stored.
+    pub fn deleted(
+        resource: Resource,
+        uid: &'a str,
+        scope: (Option<&'a str>, Option<&'a str>),
+        old_status: Option<&'a str>,
+        object: &'a Value,
+    ) -> NewEvent<'a> {
+        NewEvent {
+            resource,
+            action: "deleted",
+            uid,
+            owner: scope.0,
+            dataset_slug: scope.1,
+            old_status,
+            new_status: None,
+            object,
+            download: None,
+            moved_from: None,
+            steps: None,
+        }
+    }
+
+    /// `export.downloaded` / `export.download_failed`, with `detail` (path,
+    /// bytes, sha256 or error) and the export as stored.
+    pub fn download(
+        uid: &'a str,
+        action: &'a str,
+        status: Option<&'a str>,
+        object: &'a Value,
+        detail: Value,
+    ) -> NewEvent<'a> {
+        NewEvent {
+            resource: Resource::Exports,
+            action,
+            uid,
+            owner: None,
+            dataset_slug: None,
+            old_status: None,
+            new_status: status,
+            object,
+            download: Some(detail),
+            moved_from: None,
+            steps: None,
+        }
+    }
+}
+
 /// An event as stored.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Event {

@@ -10,7 +10,7 @@ use super::sqlite::retention::*;
 pub const CHUNK: usize = 5_000;
 
 impl super::Store {
-    /// Prunes what is due now, in chunks (each its own short job on the writer):
+    /// Prunes what is due now, in chunks (each its own short transaction):
     /// settled events older than `retention` (every one of `sinks` done with
     /// them) and tombstones older than `keep_deleted`. `run` calls this once a
     /// minute and `sync` once at its end. Returns (events, tombstoned rows) pruned.
@@ -20,10 +20,6 @@ impl super::Store {
         keep_deleted: std::time::Duration,
         sinks: Vec<String>,
     ) -> super::Result<(usize, usize)> {
-        if let Some(pg) = self.pg() {
-            return pg.prune(retention, keep_deleted, sinks).await;
-        }
-        let store = self;
         let ago = |d: std::time::Duration| {
             let at = std::time::SystemTime::now()
                 .checked_sub(d)
@@ -34,16 +30,26 @@ impl super::Store {
         let sinks = std::sync::Arc::new(sinks);
         let (mut events, mut rows) = (0, 0);
         loop {
-            let (b, s) = (events_before.clone(), sinks.clone());
-            let n = store.call(move |c| prune_events(c, &b, &s)).await?;
+            let n = match self.pg() {
+                Some(pg) => pg.prune_events(&events_before, &sinks).await?,
+                None => {
+                    let (b, s) = (events_before.clone(), sinks.clone());
+                    self.call(move |c| prune_events(c, &b, &s)).await?
+                }
+            };
             events += n;
             if n < CHUNK {
                 break;
             }
         }
         loop {
-            let b = rows_before.clone();
-            let n = store.call(move |c| prune_tombstones(c, &b)).await?;
+            let n = match self.pg() {
+                Some(pg) => pg.prune_tombstones(&rows_before).await?,
+                None => {
+                    let b = rows_before.clone();
+                    self.call(move |c| prune_tombstones(c, &b)).await?
+                }
+            };
             rows += n;
             if n < CHUNK {
                 break;

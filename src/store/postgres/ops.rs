@@ -4,7 +4,7 @@
 //! `store/`; where they differ it is only in the SQL.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 use tokio_postgres::Transaction;
@@ -693,88 +693,66 @@ impl Db {
 
     // ---- retention and reports ----
 
-    pub async fn prune(
-        &self,
-        retention: Duration,
-        keep_deleted: Duration,
-        sinks: Vec<String>,
-    ) -> Result<(usize, usize)> {
-        let ago = |d: Duration| {
-            SystemTime::now()
-                .checked_sub(d)
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        let (events_before, rows_before) = (ago(retention), ago(keep_deleted));
-        let chunk = CHUNK as i64;
-        let (mut events, mut rows) = (0, 0);
-        loop {
-            let n = self
-                .with(async |c| {
-                    let tx = c.transaction().await?;
-                    // a configured sink without a row has settled nothing yet
-                    let settled: i64 = match sinks.is_empty() {
-                        true => i64::MAX,
-                        false => tx
-                            .query_one(
-                                "SELECT CASE WHEN count(*) < $2 THEN 0 ELSE
-                                   COALESCE(min(CASE WHEN disabled_reason IS NULL THEN cursor END), 9223372036854775807) END
-                                 FROM sink_state WHERE sink = ANY($1)",
-                                &[&sinks, &(sinks.len() as i64)],
-                            )
-                            .await?
-                            .get(0),
-                    };
-                    let chosen = "SELECT seq FROM events WHERE seq <= $1 AND created_at < $2 ORDER BY seq LIMIT $3";
-                    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-                        [&settled, &events_before, &chunk];
-                    tx.execute(&format!("DELETE FROM deliveries WHERE event_seq IN ({chosen})"), &args)
-                        .await?;
-                    let n = tx
-                        .execute(&format!("DELETE FROM events WHERE seq IN ({chosen})"), &args)
-                        .await?;
-                    tx.commit().await?;
-                    Ok(n as usize)
-                })
+    /// Up to [`CHUNK`] settled events created before `before`, with their
+    /// deliveries (see [`crate::store::sqlite::retention::prune_events`]).
+    pub async fn prune_events(&self, before: &str, sinks: &[String]) -> Result<usize> {
+        let (before, chunk) = (at(before), CHUNK as i64);
+        self.with(async |c| {
+            let tx = c.transaction().await?;
+            // a configured sink without a row has settled nothing yet
+            let settled: i64 = match sinks.is_empty() {
+                true => i64::MAX,
+                false => tx
+                    .query_one(
+                        "SELECT CASE WHEN count(*) < $2 THEN 0 ELSE
+                           COALESCE(min(CASE WHEN disabled_reason IS NULL THEN cursor END), 9223372036854775807) END
+                         FROM sink_state WHERE sink = ANY($1)",
+                        &[&sinks, &(sinks.len() as i64)],
+                    )
+                    .await?
+                    .get(0),
+            };
+            let chosen =
+                "SELECT seq FROM events WHERE seq <= $1 AND created_at < $2 ORDER BY seq LIMIT $3";
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&settled, &before, &chunk];
+            tx.execute(&format!("DELETE FROM deliveries WHERE event_seq IN ({chosen})"), &args)
                 .await?;
-            events += n;
-            if n < CHUNK {
-                break;
-            }
-        }
-        loop {
-            let n = self
-                .with(async |c| {
-                    let tx = c.transaction().await?;
-                    let mut n = 0;
-                    for res in Resource::ALL {
-                        let t = res.table();
-                        let chosen = format!(
-                            "SELECT id FROM {t} WHERE deleted_at IS NOT NULL AND deleted_at < $1 LIMIT $2"
-                        );
-                        if res == Resource::Slices {
-                            tx.execute(
-                                &format!("DELETE FROM slice_items WHERE slice_uid IN (SELECT uid FROM slices WHERE id IN ({chosen}))"),
-                                &[&rows_before, &chunk],
-                            )
-                            .await?;
-                        }
-                        n += tx
-                            .execute(&format!("DELETE FROM {t} WHERE id IN ({chosen})"), &[&rows_before, &chunk])
-                            .await?;
-                    }
-                    tx.commit().await?;
-                    Ok(n as usize)
-                })
+            let n = tx
+                .execute(&format!("DELETE FROM events WHERE seq IN ({chosen})"), &args)
                 .await?;
-            rows += n;
-            if n < CHUNK {
-                break;
+            tx.commit().await?;
+            Ok(n as usize)
+        })
+        .await
+    }
+
+    /// Up to [`CHUNK`] rows of each table tombstoned before `before` (and the
+    /// membership of the slices among them).
+    pub async fn prune_tombstones(&self, before: &str) -> Result<usize> {
+        let (before, chunk) = (at(before), CHUNK as i64);
+        self.with(async |c| {
+            let tx = c.transaction().await?;
+            let mut n = 0;
+            for res in Resource::ALL {
+                let t = res.table();
+                let chosen = format!(
+                    "SELECT id FROM {t} WHERE deleted_at IS NOT NULL AND deleted_at < $1 LIMIT $2"
+                );
+                if res == Resource::Slices {
+                    tx.execute(
+                        &format!("DELETE FROM slice_items WHERE slice_uid IN (SELECT uid FROM slices WHERE id IN ({chosen}))"),
+                        &[&before, &chunk],
+                    )
+                    .await?;
+                }
+                n += tx
+                    .execute(&format!("DELETE FROM {t} WHERE id IN ({chosen})"), &[&before, &chunk])
+                    .await?;
             }
-        }
-        if events + rows > 0 {
-            tracing::info!(events, rows, "pruned what retention no longer keeps");
-        }
-        Ok((events, rows))
+            tx.commit().await?;
+            Ok(n as usize)
+        })
+        .await
     }
 
     pub async fn status(&self) -> Result<Value> {
@@ -836,19 +814,7 @@ async fn download_event(
         .await?;
     let (object, status): (Value, Option<String>) =
         row.map_or((Value::Null, None), |r| (r.get(0), r.get(1)));
-    let ev = NewEvent {
-        resource: Resource::Exports,
-        action,
-        uid,
-        owner: None,
-        dataset_slug: None,
-        old_status: None,
-        new_status: status.as_deref(),
-        object: &object,
-        download: Some(detail),
-        moved_from: None,
-        steps: None,
-    };
+    let ev = NewEvent::download(uid, action, status.as_deref(), &object, detail);
     append_event(tx, channel, &ev, now).await
 }
 

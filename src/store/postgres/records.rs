@@ -749,19 +749,8 @@ async fn tombstone_in(
         }
     }
     if emit {
-        let ev = NewEvent {
-            resource: res,
-            action: "deleted",
-            uid,
-            owner: owner.as_deref(),
-            dataset_slug: slug.as_deref(),
-            old_status: status.as_deref(),
-            new_status: None,
-            object: &object,
-            download: None,
-            moved_from: None,
-            steps: None,
-        };
+        let scope = (owner.as_deref(), slug.as_deref());
+        let ev = NewEvent::deleted(res, uid, scope, status.as_deref(), &object);
         append_event(tx, channel, &ev, now).await?;
     }
     Ok(true)

@@ -1,7 +1,6 @@
 //! The SQLite side of `store::downloads`: its SQL.
 
 use super::events;
-use crate::config::Resource;
 use crate::store::downloads::*;
 use crate::store::events::NewEvent;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -254,19 +253,7 @@ fn append_event(
         .unwrap_or(Value::Null);
     events::append(
         conn,
-        &NewEvent {
-            resource: Resource::Exports,
-            action,
-            uid: export_uid,
-            owner: None,
-            dataset_slug: None,
-            old_status: None,
-            new_status: status.as_deref(),
-            object: &object,
-            download: Some(detail),
-            moved_from: None,
-            steps: None,
-        },
+        &NewEvent::download(export_uid, action, status.as_deref(), &object, detail),
         now,
     )?;
     Ok(())

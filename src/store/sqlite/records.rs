@@ -621,19 +621,13 @@ fn tombstone_in(
     if emit {
         events::append(
             tx,
-            &NewEvent {
-                resource: res,
-                action: "deleted",
+            &NewEvent::deleted(
+                res,
                 uid,
-                owner: owner.as_deref(),
-                dataset_slug: slug.as_deref(),
-                old_status: status.as_deref(),
-                new_status: None,
-                object: &object,
-                download: None,
-                moved_from: None,
-                steps: None,
-            },
+                (owner.as_deref(), slug.as_deref()),
+                status.as_deref(),
+                &object,
+            ),
             now,
         )?;
     }
