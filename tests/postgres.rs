@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 const MIGRATIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
 
@@ -559,4 +559,60 @@ async fn text_postgres_refuses_stops_nothing() {
             .all(|r| r.failures.is_empty() && r.updated == 0)
     );
     assert_eq!(env.events().len(), 1);
+}
+
+#[tokio::test]
+async fn tls_follows_sslmode_with_rustls() {
+    use avala_mirror::store::postgres::{Password, Target};
+    let Some(cluster) = pg::Cluster::start_tls() else {
+        return;
+    };
+    let env = HashMap::new();
+    let open = |options: &str| {
+        let url = cluster.tls_url("postgres", options);
+        let target = Target::parse(
+            &url,
+            "avala_mirror",
+            Password {
+                file: None,
+                env: &env,
+            },
+        )
+        .unwrap();
+        async move { avala_mirror::store::Store::open_postgres(&target).await }
+    };
+    let encrypted = || {
+        cluster
+            .psql(
+                &[
+                    "-c",
+                    "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                     WHERE s.ssl AND a.application_name = 'avala-mirror'",
+                ],
+                None,
+            )
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    // require: encrypted, the certificate (of a CA nobody trusts) not checked, as in libpq
+    let store = open("sslmode=require").await.unwrap();
+    assert!(encrypted() >= 1);
+    drop(store);
+    // verify-full with the CA that signed it
+    let ca = cluster.ca();
+    let store = open(&format!("sslmode=verify-full&sslrootcert={}", ca.display()))
+        .await
+        .unwrap();
+    assert!(store.status().await.is_ok());
+    drop(store);
+    // verify-full against the system's roots: refused, and the message says why
+    let err = open("sslmode=verify-full")
+        .await
+        .err()
+        .expect("an untrusted certificate");
+    assert!(
+        format!("{err:#}").to_lowercase().contains("certificate"),
+        "{err:#}"
+    );
 }

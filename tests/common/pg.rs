@@ -14,6 +14,9 @@ pub struct Cluster {
     port: u16,
     /// The user the server runs as, when the tests run as root.
     user: Option<String>,
+    /// With [`Cluster::start_tls`]: TLS on 127.0.0.1 too, with a certificate
+    /// for `localhost` signed by the CA in `ca.crt` in the cluster's directory.
+    tls: bool,
 }
 
 /// `name` on PATH, else in Debian's versioned directory.
@@ -32,6 +35,20 @@ fn program(name: &str) -> Option<PathBuf> {
 
 impl Cluster {
     pub fn start() -> Option<Cluster> {
+        Cluster::start_with(false)
+    }
+
+    /// A cluster that also listens on 127.0.0.1 with TLS (see [`Cluster::ca`]).
+    pub fn start_tls() -> Option<Cluster> {
+        Cluster::start_with(true)
+    }
+
+    /// The CA certificate the server's certificate is signed by.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn start_with(tls: bool) -> Option<Cluster> {
         let Some(initdb) = program("initdb") else {
             eprintln!("SKIPPED: PostgreSQL (initdb) is not installed");
             return None;
@@ -61,6 +78,7 @@ impl Cluster {
             bin,
             port,
             user,
+            tls,
         };
         let data = c.data();
         let out = c.as_server(
@@ -81,8 +99,91 @@ impl Cluster {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            c.certificates();
+        }
         c.restart();
         Some(c)
+    }
+
+    /// A CA, and a certificate for `localhost` it signs, for the server.
+    fn certificates(&self) {
+        let d = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=avala-mirror test CA",
+            "-days",
+            "2",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            d.join("ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ]);
+        for f in ["server.key", "server.crt"] {
+            let path = d.join(f);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some(u) = &self.user {
+                let o = Command::new("id").args(["-u", u]).output().unwrap();
+                let uid: u32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+                chown(&path, Some(uid), None).unwrap();
+            }
+        }
+    }
+
+    /// The TCP address with TLS (with [`Cluster::start_tls`]), as libpq's URL.
+    pub fn tls_url(&self, db: &str, options: &str) -> String {
+        format!("postgresql://avala@localhost:{}/{db}?{options}", self.port)
     }
 
     fn data(&self) -> String {
@@ -139,11 +240,18 @@ impl Cluster {
     /// Starts the server (again, after [`Cluster::stop`]).
     pub fn restart(&self) {
         let data = self.data();
-        let options = format!(
-            "-k {} -c listen_addresses='' -p {} -c fsync=off",
-            self.dir.path().display(),
+        let d = self.dir.path().display();
+        let mut options = format!(
+            "-k {d} -c listen_addresses='' -p {} -c fsync=off",
             self.port
         );
+        if self.tls {
+            options = format!(
+                "-k {d} -c listen_addresses=127.0.0.1 -p {} -c fsync=off -c ssl=on \
+                 -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key",
+                self.port
+            );
+        }
         let log = format!("{}/log", self.dir.path().display());
         let out = self.as_server(
             "pg_ctl",
