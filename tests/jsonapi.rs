@@ -366,19 +366,21 @@ async fn a_server_that_refuses_the_filter_gets_a_full_listing() {
 
 #[tokio::test]
 async fn a_record_leaves_the_mirror_only_after_its_show_endpoint_answers_404() {
-    let env = start_jsonapi(10).await;
-    sync_ok(&env).await;
-    let id = delete(&env, Kind::Entries, 4);
-    // the listing misses it, but its show endpoint fails: kept
-    env.sim
-        .faults(|f| f.fail(&format!("/entries/{id}"), None, 500, u32::MAX));
-    env.sync_only(Resource::Entries).await;
-    assert_eq!(env.deleted_at("entries", &id), None);
-    // a 404 from it: gone, with its event
-    env.sim.faults(|f| f.rules.clear());
-    env.sync_only(Resource::Entries).await;
-    assert!(env.deleted_at("entries", &id).is_some());
-    assert!(env.events().contains(&("entry.deleted".into(), id)));
+    for backend in backends() {
+        let env = start_jsonapi_on(10, backend).await;
+        sync_ok(&env).await;
+        let id = delete(&env, Kind::Entries, 4);
+        // the listing misses it, but its show endpoint fails: kept
+        env.sim
+            .faults(|f| f.fail(&format!("/entries/{id}"), None, 500, u32::MAX));
+        env.sync_only(Resource::Entries).await;
+        assert_eq!(env.deleted_at("entries", &id), None);
+        // a 404 from it: gone, with its event
+        env.sim.faults(|f| f.rules.clear());
+        env.sync_only(Resource::Entries).await;
+        assert!(env.deleted_at("entries", &id).is_some());
+        assert!(env.events().contains(&("entry.deleted".into(), id)));
+    }
 }
 
 /// A full listing of project members in pages of 2 (several pages).

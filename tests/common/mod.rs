@@ -200,7 +200,7 @@ impl TestEnv {
 
     /// One cycle of one collection; it must not fail.
     pub async fn sync_only(&self, res: Resource) {
-        let report = self.syncer().sync_resource(res).await.unwrap();
+        let report = self.syncer_on().await.sync_resource(res).await.unwrap();
         assert!(report.failures.is_empty(), "{report:?}");
     }
 
