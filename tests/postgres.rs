@@ -616,3 +616,70 @@ async fn tls_follows_sslmode_with_rustls() {
         "{err:#}"
     );
 }
+
+/// The store's batch contract, on both backends: a first listing's batch with
+/// rows already there (one unchanged, one changed, one deleted since) and a
+/// uid listed twice; every row holds its own record and `seen` has each row.
+#[tokio::test]
+async fn a_first_listing_batch_finds_the_rows_already_there_on_both_backends() {
+    use avala_mirror::config::Resource;
+    use avala_mirror::sync::diff::Incoming;
+    use roaring::RoaringTreemap;
+    let rec = |uid: &str, version: u32| {
+        let raw = format!(r#"{{"uid":"{uid}","status":"pending","version":{version}}}"#);
+        Incoming::from_text(&raw, "o", "d")
+    };
+    for backend in backends() {
+        let env = start_on(small_world(), backend).await;
+        let store = env.open().await;
+        let now = "2026-11-23T10:00:00Z";
+        let apply = async |recs: Vec<Incoming>, seen: RoaringTreemap| {
+            store
+                .batch()
+                .apply_pages(
+                    Resource::Items,
+                    vec![recs],
+                    |_| false,
+                    None,
+                    true,
+                    now,
+                    seen,
+                )
+                .await
+                .unwrap()
+        };
+        let before = vec![rec("u105", 1), rec("u250", 1), rec("u330", 1)];
+        apply(before, RoaringTreemap::new()).await;
+        assert!(
+            store
+                .tombstone(Resource::Items, "u330", false, now)
+                .await
+                .unwrap()
+        );
+        let mut listing: Vec<Incoming> = (0..350)
+            .map(|n| rec(&format!("u{n}"), if n == 250 { 2 } else { 1 }))
+            .collect();
+        listing.insert(121, rec("u120", 1));
+        let applied = apply(listing.clone(), RoaringTreemap::new()).await;
+        let out = applied.outcome;
+        assert_eq!(
+            (out.created, out.updated, out.unchanged, out.duplicates),
+            (348, 1, 2, 1),
+            "{}",
+            env.backend()
+        );
+        let id = if env.pg.is_some() { "id" } else { "rowid" };
+        let rows = env.query(&format!(
+            "SELECT {id} AS id, uid, raw, deleted_at FROM items"
+        ));
+        assert_eq!(rows.len(), 350);
+        for r in &rows {
+            let uid = r["uid"].as_str().unwrap();
+            let listed = listing.iter().find(|l| &*l.uid == uid).unwrap();
+            assert_eq!(r["raw"], listed.value(), "{uid}");
+            assert!(r["deleted_at"].is_null(), "{uid}");
+            assert!(applied.seen.contains(r["id"].as_u64().unwrap()), "{uid}");
+        }
+        assert_eq!(applied.seen.len(), 350);
+    }
+}

@@ -449,8 +449,8 @@ impl Incoming {
         }
     }
 
-    /// A record of the listing of `owner`'s dataset `slug`, from its text.
-    #[cfg(test)]
+    /// A record of the listing of `owner`'s dataset `slug`, from its text
+    /// (tests and benchmarks: a listing parses its pages whole first).
     pub fn from_text(raw: &str, owner: &str, slug: &str) -> Incoming {
         let raw = ByteString::from(raw);
         let (owner, slug) = (ByteString::from(owner), ByteString::from(slug));

@@ -92,12 +92,10 @@ impl Reader {
     /// notification may have gone with it).
     pub async fn changed(&mut self) -> anyhow::Result<()> {
         if self.woken.is_none() || self.client.is_closed() {
-            let (client, woken) = open(&self.target, true).await?;
-            let reconnected = self.woken.is_some();
-            (self.client, self.woken) = (client, woken);
-            if reconnected {
-                return Ok(());
-            }
+            // listening from now on: a look at the table covers what was
+            // committed before (between the caller's last read and LISTEN)
+            (self.client, self.woken) = open(&self.target, true).await?;
+            return Ok(());
         }
         let woken = self.woken.as_mut().expect("listening");
         match woken.recv().await {
@@ -110,9 +108,7 @@ impl Reader {
                     "the PostgreSQL connection of `events --follow` was lost; opening it again"
                 );
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                self.woken = None;
-                let (client, woken) = open(&self.target, true).await?;
-                (self.client, self.woken) = (client, Some(woken.expect("listening")));
+                (self.client, self.woken) = open(&self.target, true).await?;
             }
         }
         Ok(())
