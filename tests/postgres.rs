@@ -683,3 +683,57 @@ async fn a_first_listing_batch_finds_the_rows_already_there_on_both_backends() {
         assert_eq!(applied.seen.len(), 350);
     }
 }
+
+/// A value PostgreSQL refuses (jsonb has no number past 1e131072) skips that
+/// record only, reported like a malformed one, never the batch around it.
+#[tokio::test]
+async fn a_value_postgres_refuses_skips_only_its_record() {
+    use avala_mirror::config::Resource;
+    use avala_mirror::sync::diff::Incoming;
+    use roaring::RoaringTreemap;
+    let Some(env) = pg_env().await else { return };
+    let store = env.open().await;
+    let recs: Vec<Incoming> = (0..5)
+        .map(|n| {
+            let v = if n == 2 { "1e1000000" } else { "1" };
+            let raw = format!(r#"{{"uid":"u{n}","status":"pending","v":{v}}}"#);
+            Incoming::from_text(&raw, "o", "d")
+        })
+        .collect();
+    let now = "2026-11-23T10:00:00Z";
+    for mostly_new in [true, false] {
+        let applied = store
+            .batch()
+            .apply_pages(
+                Resource::Items,
+                vec![recs.clone()],
+                |_| true,
+                None,
+                mostly_new,
+                now,
+                RoaringTreemap::new(),
+            )
+            .await
+            .unwrap();
+        let out = applied.outcome;
+        assert_eq!(out.refused, 1, "{out:?}");
+        // the first time the four others are new; then they are as stored
+        let (created, unchanged) = if mostly_new { (4, 0) } else { (0, 4) };
+        assert_eq!(
+            (out.created, out.unchanged),
+            (created, unchanged),
+            "{out:?}"
+        );
+    }
+    let uids: Vec<String> = env
+        .query("SELECT uid FROM items ORDER BY uid")
+        .into_iter()
+        .map(|r| r["uid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(uids, ["u0", "u1", "u3", "u4"]);
+    assert_eq!(
+        env.events().len(),
+        4,
+        "an event for each record stored, none twice"
+    );
+}

@@ -22,6 +22,9 @@ pub struct PageOutcome {
     pub events: u64,
     /// Archives queued for download.
     pub queued: u64,
+    /// Records the database refused (PostgreSQL: a number past its range),
+    /// skipped and counted like malformed ones.
+    pub refused: u64,
 }
 
 /// Which exported archives an export listing queues for download (SPEC §5, `downloads.backfill`).

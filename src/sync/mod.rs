@@ -720,6 +720,7 @@ impl Syncer {
                 });
             }
             report.add(&outcome);
+            skipped += outcome.refused;
             duplicates += outcome.duplicates;
             listed += count;
             if let Some(p) = &self.progress {

@@ -64,111 +64,182 @@ impl Db {
         now: &str,
         seen: RoaringTreemap,
     ) -> Result<Applied> {
-        let channel = super::channel(&self.target.schema);
+        let emits: Vec<bool> = pages.iter().flatten().map(&emit).collect();
+        let batch = Batch {
+            res,
+            pages: &pages,
+            emits: &emits,
+            queue,
+            mostly_new,
+            now,
+        };
         let mut seen = seen;
-        let outcome = self
-            .with(async |c| {
-                let tx = c.transaction().await?;
-                let mut ap = Apply {
-                    tx: &tx,
-                    res,
-                    channel: &channel,
-                    now,
-                    out: PageOutcome::default(),
-                    pending: Vec::new(),
-                    pending_uids: HashSet::new(),
-                };
-                let recs: Vec<&Incoming> = pages.iter().flatten().collect();
-                // a first listing: insert first, look up only what was there already
-                let mut fresh = match mostly_new {
-                    true => {
-                        let mut once = HashSet::new();
-                        let first: Vec<Write> = recs
-                            .iter()
-                            .filter(|r| once.insert(&*r.uid))
-                            .map(|&rec| Write { rec, id: None })
-                            .collect();
-                        ap.write(&first.iter().collect::<Vec<_>>(), Mode::New).await?
-                    }
-                    false => HashMap::new(),
-                };
-                let rest: Vec<&Incoming> = match mostly_new {
-                    true => recs
-                        .iter()
-                        .filter(|r| !fresh.contains_key(&*text_value(&r.uid)))
-                        .copied()
-                        .collect(),
-                    false => recs.clone(),
-                };
-                let mut rows = ap.lookup(&rest).await?;
-                for rec in recs {
-                    if let Some(id) = fresh.remove(&*text_value(&rec.uid)) {
-                        // inserted above: new, and what a second listing of it meets
-                        if !seen.insert(id as u64) {
-                            ap.out.duplicates += 1;
-                        }
-                        let scope = (
-                            rec.owner.as_deref().map(Into::into),
-                            rec.dataset_slug.as_deref().map(Into::into),
-                        );
-                        rows.insert(text_value(&rec.uid).into_owned(), written(rec, id, scope));
-                        let decision = Decision::Created;
-                        ap.effects(rec, &decision, None, emit(rec), queue, &mut rows, &mut seen)
-                            .await?;
-                        continue;
-                    }
-                    if ap.pending_uids.contains(&*text_value(&rec.uid)) {
-                        // listed twice in this batch: its first write goes first
-                        ap.flush(&mut rows, &mut seen).await?;
-                    }
-                    let row = rows.get(&*text_value(&rec.uid));
-                    let decision = diff::decide(row.map(|r| &r.stored), rec);
-                    let mut moved = None;
-                    match (&decision, row) {
-                        (Decision::Unchanged, Some(r)) => {
-                            if res == Resource::Exports {
-                                // the hash ignores a re-signed link: keep the fresh one, silently
-                                tx.execute(
-                                    "UPDATE exports SET raw = $2::text::jsonb WHERE id = $1 AND raw IS DISTINCT FROM $2::text::jsonb",
-                                    &[&r.stored.rowid, &jsonb_text(&rec.raw)],
-                                )
-                                .await?;
-                            }
-                            if !seen.insert(r.stored.rowid as u64) {
-                                ap.out.duplicates += 1;
-                            }
-                        }
-                        (_, Some(r)) => {
-                            let same = r.scope.0.as_deref() == rec.owner.as_deref()
-                                && r.scope.1.as_deref() == rec.dataset_slug.as_deref();
-                            if !r.stored.deleted && res.jsonapi().is_none() && !same {
-                                moved = Some(r.scope.clone());
-                            }
-                            if !seen.insert(r.stored.rowid as u64) {
-                                ap.out.duplicates += 1;
-                            }
-                            ap.pending_uids.insert(text_value(&rec.uid).into_owned());
-                            ap.pending.push(Write { rec, id: Some(r.stored.rowid) });
-                        }
-                        (_, None) => {
-                            ap.pending_uids.insert(text_value(&rec.uid).into_owned());
-                            ap.pending.push(Write { rec, id: None });
-                        }
-                    }
-                    ap.effects(rec, &decision, moved, emit(rec), queue, &mut rows, &mut seen)
-                        .await?;
+        let mut skip = HashSet::new();
+        let outcome = match self.apply_once(&batch, &skip, &mut seen).await {
+            // PostgreSQL refused a value (a number past numeric's range, say):
+            // those records are skipped and reported, like malformed ones
+            Err(crate::store::Error::Postgres(e)) if is_data_error(&e) => {
+                skip = self.refused(&batch).await?;
+                if skip.is_empty() {
+                    return Err(e.into());
                 }
-                ap.flush(&mut rows, &mut seen).await?;
-                let out = ap.out;
-                tx.commit().await?;
-                Ok(out)
-            })
-            .await?;
+                let mut out = self.apply_once(&batch, &skip, &mut seen).await?;
+                out.refused = skip.len() as u64;
+                out
+            }
+            other => other?,
+        };
         Ok(Applied {
             outcome,
             seen,
             pages,
         })
+    }
+
+    /// The records of `batch` whose `raw` PostgreSQL refuses as `jsonb`, by
+    /// their place in it (each tried on its own: only after a batch failed).
+    async fn refused(&self, batch: &Batch<'_>) -> Result<HashSet<usize>> {
+        let mut refused = HashSet::new();
+        for (k, rec) in batch.pages.iter().flatten().enumerate() {
+            let raw = jsonb_text(&rec.raw);
+            let tried = self
+                .with(async |c| c.execute("SELECT $1::text::jsonb", &[&raw]).await)
+                .await;
+            match tried {
+                Ok(_) => {}
+                Err(crate::store::Error::Postgres(e)) if is_data_error(&e) => {
+                    tracing::warn!(
+                        uid = %rec.uid,
+                        "skipping a record PostgreSQL refuses: {}",
+                        super::describe(&e)
+                    );
+                    refused.insert(k);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// [`Db::apply_pages`] once, without the records at the places in `skip`.
+    async fn apply_once(
+        &self,
+        batch: &Batch<'_>,
+        skip: &HashSet<usize>,
+        seen: &mut RoaringTreemap,
+    ) -> Result<PageOutcome> {
+        let Batch {
+            res,
+            pages,
+            emits,
+            queue,
+            mostly_new,
+            now,
+        } = *batch;
+        let channel = super::channel(&self.target.schema);
+        self.with(async |c| {
+            let tx = c.transaction().await?;
+            let mut ap = Apply {
+                tx: &tx,
+                res,
+                channel: &channel,
+                now,
+                out: PageOutcome::default(),
+                pending: Vec::new(),
+                pending_uids: HashSet::new(),
+            };
+            let placed: Vec<(usize, &Incoming)> = pages
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter(|(k, _)| !skip.contains(k))
+                .collect();
+            let recs: Vec<&Incoming> = placed.iter().map(|(_, r)| *r).collect();
+            // a first listing: insert first, look up only what was there already
+            let mut fresh = match mostly_new {
+                true => {
+                    let mut once = HashSet::new();
+                    let first: Vec<Write> = recs
+                        .iter()
+                        .filter(|r| once.insert(&*r.uid))
+                        .map(|&rec| Write { rec, id: None })
+                        .collect();
+                    ap.write(&first.iter().collect::<Vec<_>>(), Mode::New).await?
+                }
+                false => HashMap::new(),
+            };
+            let rest: Vec<&Incoming> = match mostly_new {
+                true => recs
+                    .iter()
+                    .filter(|r| !fresh.contains_key(&*text_value(&r.uid)))
+                    .copied()
+                    .collect(),
+                false => recs.clone(),
+            };
+            let mut rows = ap.lookup(&rest).await?;
+            for (k, rec) in placed {
+                if let Some(id) = fresh.remove(&*text_value(&rec.uid)) {
+                    // inserted above: new, and what a second listing of it meets
+                    if !seen.insert(id as u64) {
+                        ap.out.duplicates += 1;
+                    }
+                    let scope = (
+                        rec.owner.as_deref().map(Into::into),
+                        rec.dataset_slug.as_deref().map(Into::into),
+                    );
+                    rows.insert(text_value(&rec.uid).into_owned(), written(rec, id, scope));
+                    let decision = Decision::Created;
+                    ap.effects(rec, &decision, None, emits[k], queue, &mut rows, seen)
+                        .await?;
+                    continue;
+                }
+                if ap.pending_uids.contains(&*text_value(&rec.uid)) {
+                    // listed twice in this batch: its first write goes first
+                    ap.flush(&mut rows, seen).await?;
+                }
+                let row = rows.get(&*text_value(&rec.uid));
+                let decision = diff::decide(row.map(|r| &r.stored), rec);
+                let mut moved = None;
+                match (&decision, row) {
+                    (Decision::Unchanged, Some(r)) => {
+                        if res == Resource::Exports {
+                            // the hash ignores a re-signed link: keep the fresh one, silently
+                            tx.execute(
+                                "UPDATE exports SET raw = $2::text::jsonb WHERE id = $1 AND raw IS DISTINCT FROM $2::text::jsonb",
+                                &[&r.stored.rowid, &jsonb_text(&rec.raw)],
+                            )
+                            .await?;
+                        }
+                        if !seen.insert(r.stored.rowid as u64) {
+                            ap.out.duplicates += 1;
+                        }
+                    }
+                    (_, Some(r)) => {
+                        let same = r.scope.0.as_deref() == rec.owner.as_deref()
+                            && r.scope.1.as_deref() == rec.dataset_slug.as_deref();
+                        if !r.stored.deleted && res.jsonapi().is_none() && !same {
+                            moved = Some(r.scope.clone());
+                        }
+                        if !seen.insert(r.stored.rowid as u64) {
+                            ap.out.duplicates += 1;
+                        }
+                        ap.pending_uids.insert(text_value(&rec.uid).into_owned());
+                        ap.pending.push(Write { rec, id: Some(r.stored.rowid) });
+                    }
+                    (_, None) => {
+                        ap.pending_uids.insert(text_value(&rec.uid).into_owned());
+                        ap.pending.push(Write { rec, id: None });
+                    }
+                }
+                ap.effects(rec, &decision, moved, emits[k], queue, &mut rows, seen)
+                    .await?;
+            }
+            ap.flush(&mut rows, seen).await?;
+            let out = ap.out;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn live_count(&self, res: Resource, filter: ScopeFilter) -> Result<u64> {
@@ -354,6 +425,24 @@ impl Db {
         })
         .await
     }
+}
+
+/// What one [`Db::apply_pages`] call writes.
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    res: Resource,
+    pages: &'a [Vec<Incoming>],
+    /// Whether each record (in the pages' order) gets its event.
+    emits: &'a [bool],
+    queue: Option<QueueRule>,
+    mostly_new: bool,
+    now: &'a str,
+}
+
+/// A value PostgreSQL refuses (SQLSTATE class 22: a number out of range, an
+/// invalid escape), as opposed to a lost connection or a conflict.
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code().starts_with("22"))
 }
 
 /// One apply_pages call's state.
