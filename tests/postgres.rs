@@ -48,7 +48,10 @@ fn the_postgres_schema_has_the_sqlite_mirrors_tables_and_columns() {
     let Some(cluster) = pg::Cluster::start() else {
         return;
     };
-    cluster.psql(&["-c", "CREATE SCHEMA avala_mirror"], None);
+    let db = format!("schema_check_{}", std::process::id());
+    cluster.psql(&["-c", &format!("DROP DATABASE IF EXISTS {db}")], None);
+    cluster.psql(&["-c", &format!("CREATE DATABASE {db}")], None);
+    cluster.psql_in(&db, &["-c", "CREATE SCHEMA avala_mirror"], None);
     let mut files: Vec<_> = std::fs::read_dir(MIGRATIONS)
         .unwrap()
         .map(|e| e.unwrap().path().join("up.sql"))
@@ -56,12 +59,14 @@ fn the_postgres_schema_has_the_sqlite_mirrors_tables_and_columns() {
     files.sort();
     assert!(!files.is_empty());
     for f in &files {
-        cluster.psql(
+        cluster.psql_in(
+            &db,
             &["-f", f.to_str().unwrap()],
             Some("-c search_path=avala_mirror"),
         );
     }
-    let rows = cluster.psql(
+    let rows = cluster.psql_in(
+        &db,
         &[
             "-F",
             "\t",
@@ -380,6 +385,12 @@ async fn kill_9_mid_sync_then_a_rerun_converges_with_nothing_doubled() {
 #[tokio::test]
 async fn postgres_restarted_under_run_is_a_fault_and_nothing_is_lost_or_doubled() {
     let Some(env) = pg_env().await else { return };
+    if !env.pg.as_ref().unwrap().throwaway() {
+        eprintln!(
+            "SKIPPED: restarting the server needs a throwaway cluster, not AVALA_MIRROR_TEST_PG's"
+        );
+        return;
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

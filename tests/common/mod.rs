@@ -88,6 +88,8 @@ pub async fn start_on(world: SimConfig, cluster: Option<Arc<pg::Cluster>>) -> Te
     let mut env = start(world).await;
     if let Some(c) = cluster {
         let db = format!("mirror_{}", env.sim.base_url().port().unwrap());
+        // (a database left by an earlier run on an AVALA_MIRROR_TEST_PG server)
+        c.psql(&["-c", &format!("DROP DATABASE IF EXISTS {db}")], None);
         c.psql(&["-c", &format!("CREATE DATABASE {db}")], None);
         let env_vars = HashMap::new();
         let password = avala_mirror::store::postgres::Password {

@@ -2,7 +2,10 @@
 //! temporary directory (as the unprivileged `postgres` or `nobody` user when
 //! the tests run as root), listening on a socket in that directory only, stopped
 //! and removed when dropped. Skipped with a note where PostgreSQL is not
-//! installed (`.ci/run` installs it).
+//! installed (`.ci/run` installs it). `AVALA_MIRROR_TEST_PG` (a libpq
+//! `key=value` string without `dbname`, for a role that may create databases)
+//! names a running server to use instead: each test makes a database of its
+//! own there, and the tests that stop the server or need TLS make their own.
 
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::PathBuf;
@@ -17,6 +20,8 @@ pub struct Cluster {
     /// With [`Cluster::start_tls`]: TLS on 127.0.0.1 too, with a certificate
     /// for `localhost` signed by the CA in `ca.crt` in the cluster's directory.
     tls: bool,
+    /// `AVALA_MIRROR_TEST_PG`: a server of someone else's, never stopped.
+    external: Option<String>,
 }
 
 /// `name` on PATH, else in Debian's versioned directory.
@@ -35,7 +40,25 @@ fn program(name: &str) -> Option<PathBuf> {
 
 impl Cluster {
     pub fn start() -> Option<Cluster> {
+        if let Some(base) = std::env::var("AVALA_MIRROR_TEST_PG")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            return Some(Cluster {
+                dir: tempfile::tempdir().unwrap(),
+                bin: PathBuf::new(),
+                port: 0,
+                user: None,
+                tls: false,
+                external: Some(base),
+            });
+        }
         Cluster::start_with(false)
+    }
+
+    /// A throwaway cluster of this test's own (it may be stopped, restarted).
+    pub fn throwaway(&self) -> bool {
+        self.external.is_none()
     }
 
     /// A cluster that also listens on 127.0.0.1 with TLS (see [`Cluster::ca`]).
@@ -79,6 +102,7 @@ impl Cluster {
             port,
             user,
             tls,
+            external: None,
         };
         let data = c.data();
         let out = c.as_server(
@@ -205,6 +229,9 @@ impl Cluster {
 
     /// The socket directory and port, as libpq's `host` and `port`.
     pub fn conninfo(&self, db: &str) -> String {
+        if let Some(base) = &self.external {
+            return format!("{base} dbname={db}");
+        }
         format!(
             "host={} port={} user=avala dbname={db}",
             self.dir.path().display(),
@@ -228,6 +255,10 @@ impl Cluster {
 
     /// Stops the server (as a restart or a crash would take it away).
     pub fn stop(&self) {
+        assert!(
+            self.throwaway(),
+            "stopping a server the tests did not start"
+        );
         let data = self.data();
         let out = self.as_server("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
         assert!(
@@ -270,7 +301,7 @@ impl Cluster {
         self.psql_in("postgres", args, options)
     }
 
-    fn psql_in(&self, db: &str, args: &[&str], options: Option<&str>) -> String {
+    pub fn psql_in(&self, db: &str, args: &[&str], options: Option<&str>) -> String {
         let mut cmd = Command::new(program("psql").expect("psql beside initdb"));
         cmd.arg(self.conninfo(db))
             .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-At"])
@@ -290,6 +321,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if !self.throwaway() {
+            return;
+        }
         let data = self.data();
         let _ = self.as_server("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
     }
