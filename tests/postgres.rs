@@ -413,14 +413,16 @@ async fn postgres_restarted_under_run_is_a_fault_and_nothing_is_lost_or_doubled(
     let daemon_log =
         || std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default();
     let cluster = env.pg.clone().unwrap();
+    // every collection past its silent baseline (the change below must be an event)
     let synced = || {
         let migrated = env.query("SELECT to_regclass('sync_state') IS NOT NULL AS ok");
-        migrated[0]["ok"] == true
-            && env.query("SELECT count(*) AS n FROM sync_state WHERE last_success_at IS NOT NULL")
-                [0]["n"]
+        let done = || {
+            env.query("SELECT count(DISTINCT resource) AS n FROM sync_state WHERE baseline_done")[0]
+                ["n"]
                 .as_i64()
-                .unwrap_or(0)
-                >= 5
+                == Some(5)
+        };
+        migrated[0]["ok"] == true && done()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !synced() {
@@ -467,7 +469,15 @@ async fn postgres_restarted_under_run_is_a_fault_and_nothing_is_lost_or_doubled(
     });
     cluster.restart();
     let changed = || env.events().iter().any(|(_, u)| *u == seq);
-    wait_until("the change after the restart", changed).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !changed() {
+        let log = daemon_log();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change after the restart was not mirrored: {log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while health().await.map(|(c, _)| c) != Some(200) {
         assert!(
@@ -645,8 +655,8 @@ async fn a_first_listing_batch_finds_the_rows_already_there_on_both_backends() {
         let store = env.open().await;
         let now = "2026-11-23T10:00:00Z";
         let apply = async |recs: Vec<Incoming>, seen: RoaringTreemap| {
-            store
-                .batch()
+            let batch = store.batch();
+            let applied = batch
                 .apply_pages(
                     Resource::Items,
                     vec![recs],
@@ -657,7 +667,10 @@ async fn a_first_listing_batch_finds_the_rows_already_there_on_both_backends() {
                     seen,
                 )
                 .await
-                .unwrap()
+                .unwrap();
+            // committed before another connection reads (SQLite's batch waits a second)
+            batch.commit().await.unwrap();
+            applied
         };
         let before = vec![rec("u105", 1), rec("u250", 1), rec("u330", 1)];
         apply(before, RoaringTreemap::new()).await;

@@ -509,14 +509,8 @@ impl<'a> Apply<'a, '_> {
             return Ok(HashMap::new());
         };
         let t = self.res.table();
-        let step = match self.res.jsonapi() {
-            Some(j) if j.step => "wf_step",
-            _ => "NULL::text",
-        };
-        let columns = format!(
-            "uid, id, hash, status, deleted_at IS NOT NULL, {step}, {}",
-            scope_columns(self.res)
-        );
+        // what tells an unchanged row; the rest is read for the others only
+        let columns = "uid, id, hash, deleted_at IS NOT NULL";
         // Listings keep their order and rows were written in the order first
         // listed: the rows from the first record's on, read along the id index
         // (neighbouring pages), hold most of the batch; the rest by uid.
@@ -533,17 +527,17 @@ impl<'a> Apply<'a, '_> {
             .await?;
         let wanted: HashSet<Cow<str>> = recs.iter().map(|r| text_value(&r.uid)).collect();
         found.retain(|r| wanted.contains(r.get::<_, &str>(0)));
-        let have: HashSet<String> = found.iter().map(|r| r.get(0)).collect();
+        let have: HashSet<&str> = found.iter().map(|r| r.get(0)).collect();
         let rest: Vec<Cow<str>> = recs
             .iter()
-            .filter(|r| !have.contains(&*text_value(&r.uid)))
             .map(|r| text_value(&r.uid))
+            .filter(|uid| !have.contains(&**uid))
             .collect();
         if !rest.is_empty() {
             let sql = format!("SELECT {columns} FROM {t} WHERE uid = ANY($1)");
             found.extend(self.tx.query(&sql, &[&rest]).await?);
         }
-        Ok(found
+        let mut rows: HashMap<String, Row> = found
             .iter()
             .map(|r| {
                 let hash: &[u8] = r.get(2);
@@ -551,15 +545,41 @@ impl<'a> Apply<'a, '_> {
                     stored: Stored {
                         rowid: r.get(1),
                         hash: hash.try_into().unwrap_or_default(),
-                        status: r.get(3),
-                        step: r.get(5),
-                        deleted: r.get(4),
+                        status: None,
+                        step: None,
+                        deleted: r.get(3),
                     },
-                    scope: (r.get(6), r.get(7)),
+                    scope: (None, None),
                 };
                 (r.get(0), row)
             })
-            .collect())
+            .collect();
+        // rows a record changed (or brings back): their status, step and scope
+        let changed: Vec<i64> = recs
+            .iter()
+            .filter_map(|rec| {
+                let row = rows.get(&*text_value(&rec.uid))?;
+                (row.stored.hash != rec.hash || row.stored.deleted).then_some(row.stored.rowid)
+            })
+            .collect();
+        if !changed.is_empty() {
+            let step = match self.res.jsonapi() {
+                Some(j) if j.step => "wf_step",
+                _ => "NULL::text",
+            };
+            let sql = format!(
+                "SELECT uid, status, {step}, {} FROM {t} WHERE id = ANY($1)",
+                scope_columns(self.res)
+            );
+            for r in self.tx.query(&sql, &[&changed]).await? {
+                if let Some(row) = rows.get_mut(r.get::<_, &str>(0)) {
+                    row.stored.status = r.get(1);
+                    row.stored.step = r.get(2);
+                    row.scope = (r.get(3), r.get(4));
+                }
+            }
+        }
+        Ok(rows)
     }
 
     /// Sends the pending inserts and updates, two statements at most; the rows
