@@ -417,10 +417,10 @@ async fn postgres_restarted_under_run_is_a_fault_and_nothing_is_lost_or_doubled(
     let synced = || {
         let migrated = env.query("SELECT to_regclass('sync_state') IS NOT NULL AS ok");
         let done = || {
-            env.query("SELECT count(DISTINCT resource) AS n FROM sync_state WHERE baseline_done")[0]
-                ["n"]
-                .as_i64()
-                == Some(5)
+            let r = env.query(
+                "SELECT count(DISTINCT resource) AS n, bool_and(baseline_done) AS all FROM sync_state",
+            );
+            r[0]["n"].as_i64() == Some(5) && r[0]["all"] == true
         };
         migrated[0]["ok"] == true && done()
     };
