@@ -27,6 +27,19 @@ pub struct PageOutcome {
     pub refused: u64,
 }
 
+impl PageOutcome {
+    /// Counts a decision; false for `Unchanged` (nothing more to write or say).
+    pub(crate) fn count(&mut self, decision: &Decision) -> bool {
+        match decision {
+            Decision::Unchanged => self.unchanged += 1,
+            Decision::Created => self.created += 1,
+            Decision::Updated => self.updated += 1,
+            Decision::StatusChanged { .. } => self.status_changed += 1,
+        }
+        *decision != Decision::Unchanged
+    }
+}
+
 /// Which exported archives an export listing queues for download (SPEC §5, `downloads.backfill`).
 #[derive(Debug, Clone, Copy)]
 pub struct QueueRule {

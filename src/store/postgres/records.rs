@@ -477,20 +477,13 @@ impl<'a> Apply<'a, '_> {
                 self.out.queued += self.queue_download(rec, wanted).await? as u64;
             }
         }
-        match decision {
-            Decision::Unchanged => {
-                self.out.unchanged += 1;
-                return Ok(());
-            }
-            Decision::Created if self.res == Resource::Datasets => {
-                self.out.created += 1;
-                // a dataset whose slug a new one took (SPEC §6), before its event
-                self.flush(rows, seen).await?;
-                self.replace_same_slug(rec, emit).await?;
-            }
-            Decision::Created => self.out.created += 1,
-            Decision::Updated => self.out.updated += 1,
-            Decision::StatusChanged { .. } => self.out.status_changed += 1,
+        if !self.out.count(decision) {
+            return Ok(());
+        }
+        if self.res == Resource::Datasets && *decision == Decision::Created {
+            // a dataset whose slug a new one took (SPEC §6), before its event
+            self.flush(rows, seen).await?;
+            self.replace_same_slug(rec, emit).await?;
         }
         if emit {
             let object = rec.value();

@@ -299,18 +299,11 @@ impl Apply<'_> {
                 self.out.queued += queue_download(self.conn, rec, wanted, self.now)? as u64;
             }
         }
-        match decision {
-            Decision::Unchanged => {
-                self.out.unchanged += 1;
-                return Ok(());
-            }
-            Decision::Created if self.res == Resource::Datasets => {
-                self.out.created += 1;
-                self.replace_same_slug(rec)?;
-            }
-            Decision::Created => self.out.created += 1,
-            Decision::Updated => self.out.updated += 1,
-            Decision::StatusChanged { .. } => self.out.status_changed += 1,
+        if !self.out.count(decision) {
+            return Ok(());
+        }
+        if self.res == Resource::Datasets && *decision == Decision::Created {
+            self.replace_same_slug(rec)?;
         }
         if (self.emit)(rec) {
             append_event(self.conn, self.res, rec, decision, moved, self.now)?;
