@@ -67,7 +67,7 @@ impl Advisory {
             )
             .await
             .map_err(|e| fail(describe(&e)))?
-            .map(|r| r.get(0));
+            .and_then(|r| r.get(0));
         let holder = holder.unwrap_or_default();
         // avala-mirror/<pid>/<command>@<host>
         let (pid, rest) = holder

@@ -305,8 +305,9 @@ impl Db {
             let rows = c
                 .query(
                     "SELECT export_uid, url, file_name, attempts FROM downloads
-                     WHERE status IN ('pending', 'downloading')
-                        OR (status = 'waiting_for_space' AND retry_at <= $1)
+                     WHERE (status IN ('pending', 'downloading')
+                            OR (status = 'waiting_for_space' AND retry_at <= $1))
+                       AND url IS NOT NULL AND file_name IS NOT NULL
                      ORDER BY created_at, export_uid",
                     &[&now],
                 )

@@ -592,16 +592,17 @@ impl<'a> Apply<'a, '_> {
         let ids = self.write(&new, Mode::Insert).await?;
         self.write(&changed, Mode::Update).await?;
         for w in new.iter().chain(&changed) {
-            let id = match w.id {
+            let id = match w.id.or_else(|| ids.get(&*text_value(&w.rec.uid)).copied()) {
                 Some(id) => id,
+                // every new row comes back from the INSERT; never panic if one did not
                 None => {
-                    let id = ids[&*text_value(&w.rec.uid)];
-                    if !seen.insert(id as u64) {
-                        self.out.duplicates += 1;
-                    }
-                    id
+                    tracing::warn!(uid = %w.rec.uid, "a row written was not returned");
+                    continue;
                 }
             };
+            if w.id.is_none() && !seen.insert(id as u64) {
+                self.out.duplicates += 1;
+            }
             let scope = (
                 w.rec.owner.as_deref().map(Into::into),
                 w.rec.dataset_slug.as_deref().map(Into::into),
