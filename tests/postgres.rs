@@ -761,3 +761,57 @@ async fn a_value_postgres_refuses_skips_only_its_record() {
         "an event for each record stored, none twice"
     );
 }
+
+/// An operator's open transaction that holds a table makes a sync wait for
+/// its lock a bounded time only (`lock_timeout`, 60 s unless the URL's
+/// `options` say): the scope fails and is tried again, nothing hangs.
+#[tokio::test]
+async fn a_lock_someone_holds_is_waited_out_for_a_bounded_time() {
+    let Some(env) = pg_env().await else { return };
+    env.sync().await.unwrap();
+    let cluster = env.pg.clone().unwrap();
+    let mut holder = cluster.session(
+        &env.pg_db(),
+        "LOCK TABLE avala_mirror.items IN ACCESS EXCLUSIVE MODE",
+    );
+    let held = || {
+        !env.query(
+            "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             WHERE c.relname = 'items' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+        )
+        .is_empty()
+    };
+    wait_until("the operator's lock", held).await;
+    let conninfo = format!(
+        "{} options='-c lock_timeout=1s'",
+        cluster.conninfo(&env.pg_db())
+    );
+    let cfg = pg_config_at(&env, &store_at(&conninfo), "");
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(format!("{out}{err}").contains("lock timeout"), "{out}{err}");
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "sync returned while the lock was still held"
+    );
+    assert!(held());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    cluster.psql(
+        &["-c", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()"],
+        None,
+    );
+    wait_until("the lock to go", || !held()).await;
+    let (code, out, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "sync"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -296,6 +296,22 @@ impl Cluster {
         );
     }
 
+    /// A psql session in `db` that runs `sql` and then stays (`pg_sleep`),
+    /// as a person's open transaction does; killed with the returned child.
+    pub fn session(&self, db: &str, sql: &str) -> std::process::Child {
+        Command::new(program("psql").expect("psql beside initdb"))
+            .arg(self.conninfo(db))
+            .args([
+                "-X",
+                "-q",
+                "-c",
+                &format!("BEGIN; {sql}; SELECT pg_sleep(120)"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs `sql` (statements, or a file with `-f`) through psql; its unaligned output.
     pub fn psql(&self, args: &[&str], options: Option<&str>) -> String {
         self.psql_in("postgres", args, options)

@@ -18,7 +18,7 @@ pub struct Reader {
     target: Target,
     client: tokio_postgres::Client,
     /// Notifications of the events channel, once [`Reader::listen`] was called.
-    woken: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    woken: Option<tokio::sync::mpsc::Receiver<()>>,
 }
 
 impl Reader {
@@ -122,7 +122,7 @@ async fn open(
     listen: bool,
 ) -> anyhow::Result<(
     tokio_postgres::Client,
-    Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    Option<tokio::sync::mpsc::Receiver<()>>,
 )> {
     let at = target.display();
     let (client, mut connection) = target.connect(&target.config).await.map_err(|e| {
@@ -137,13 +137,15 @@ async fn open(
             _ => anyhow::anyhow!("cannot read the PostgreSQL mirror at {at}: {why}"),
         }
     })?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // one wake-up pending is enough: the reader reads everything new at once
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(m) = messages.next().await {
             match m {
                 Ok(AsyncMessage::Notification(_)) => {
-                    if tx.send(()).is_err() {
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(())
+                    {
                         break;
                     }
                 }

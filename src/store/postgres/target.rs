@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use tokio_postgres::config::SslMode;
 
+/// The longest a statement waits for a lock, unless the URL's `options` say.
+pub const LOCK_TIMEOUT: &str = "-c lock_timeout=60s";
+
 /// A connection's driver half, over TLS or not.
 pub type Connection = tokio_postgres::Connection<
     tokio_postgres::Socket,
@@ -122,6 +125,12 @@ impl Target {
             load_roots(r)?;
         }
         config.application_name("avala-mirror");
+        // a lock someone holds (an operator's open transaction) is waited out
+        // for a minute at most: the batch then fails and is tried again at the
+        // next cycle, never hangs (options= in the URL sets your own)
+        if config.get_options().is_none() {
+            config.options(LOCK_TIMEOUT);
+        }
         config.connect_timeout(std::time::Duration::from_secs(10));
         Ok(Target {
             shown: without_password(url),
@@ -207,18 +216,21 @@ fn take_tls_options(url: &str) -> Result<(String, Option<String>, Option<PathBuf
     let (mut mode, mut root) = (None, None);
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let mut parsed = url::Url::parse(url).map_err(|e| format!("store.url: {e}"))?;
+        // the other parameters stay as written (re-encoding would turn a
+        // space into `+`, which libpq's URLs do not read as one)
         let mut kept = Vec::new();
-        for (k, v) in parsed.query_pairs() {
-            match &*k {
-                "sslmode" => mode = Some(v.into_owned()),
-                "sslrootcert" => root = Some(PathBuf::from(&*v)),
-                _ => kept.push((k.into_owned(), v.into_owned())),
+        for pair in parsed.query().unwrap_or_default().split('&') {
+            let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+            let value = || url::form_urlencoded::parse(pair.as_bytes()).next();
+            match k {
+                "sslmode" => mode = value().map(|(_, v)| v.into_owned()),
+                "sslrootcert" => root = value().map(|(_, v)| PathBuf::from(&*v)),
+                "" => {}
+                _ => kept.push(pair.to_string()),
             }
         }
-        parsed.set_query(None);
-        if !kept.is_empty() {
-            parsed.query_pairs_mut().extend_pairs(kept);
-        }
+        let query = kept.join("&");
+        parsed.set_query((!query.is_empty()).then_some(query.as_str()));
         return Ok((parsed.to_string(), mode, root));
     }
     let mut kept = Vec::new();
@@ -366,6 +378,14 @@ mod tests {
         let t = parse("postgresql://avala@db/m", &[("PGPASSWORD", "fromenv")]).unwrap();
         assert_eq!(t.config.get_password(), Some(&b"fromenv"[..]));
         assert_eq!(t.tls, Tls::Unverified);
+    }
+
+    #[test]
+    fn a_lock_is_waited_for_a_minute_at_most_unless_the_url_says() {
+        let t = parse("host=db user=a", &[]).unwrap();
+        assert_eq!(t.config.get_options(), Some(LOCK_TIMEOUT));
+        let t = parse("postgresql://a@db/m?options=-c%20lock_timeout%3D5s", &[]).unwrap();
+        assert_eq!(t.config.get_options(), Some("-c lock_timeout=5s"));
     }
 
     #[test]
