@@ -531,6 +531,15 @@ async fn a_refused_login_or_two_places_is_a_configuration_error() {
         err.contains("refused") && err.contains("nobody_here"),
         "{err}"
     );
+    // and so it is for the commands that only read
+    let (code, _, err) = run_binary(
+        &["--config", cfg.to_str().unwrap(), "status"],
+        &[],
+        env.dir.path(),
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("refused"), "{err}");
     let both = env.dir.path().join("both.toml");
     std::fs::write(
         &both,

@@ -71,12 +71,9 @@ impl Store {
 
     /// Opens (creating the schema if needed) and migrates a PostgreSQL mirror.
     pub async fn open_postgres(target: &postgres::Target) -> anyhow::Result<Store> {
-        let db = postgres::Db::open(target).await.map_err(|e| match e {
-            postgres::OpenError::Refused { .. } => {
-                anyhow::Error::new(crate::error::ConfigError(vec![format!("store.url: {e}")]))
-            }
-            e => e.into(),
-        })?;
+        let db = postgres::Db::open(target)
+            .await
+            .map_err(postgres::OpenError::into_error)?;
         Ok(Store {
             backend: Backend::Postgres(Arc::new(db)),
         })

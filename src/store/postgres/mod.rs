@@ -53,6 +53,29 @@ pub enum OpenError {
     Other { at: String, why: String },
 }
 
+impl OpenError {
+    /// Why connecting to `target` failed: refused (the role, the password, the
+    /// database: 28…, 3D000) or anything else.
+    fn of(target: &Target, e: &tokio_postgres::Error) -> OpenError {
+        let (at, why) = (target.display(), describe(e));
+        match e.code().map(|c| c.code()) {
+            Some(c) if c.starts_with("28") || c == "3D000" => OpenError::Refused { at, why },
+            _ => OpenError::Other { at, why },
+        }
+    }
+
+    /// The error a command ends with: a refused login is the configuration's
+    /// fault (exit 2), anything else a failure (exit 1).
+    pub fn into_error(self) -> anyhow::Error {
+        match self {
+            OpenError::Refused { .. } => {
+                crate::error::ConfigError(vec![format!("store.url: {self}")]).into()
+            }
+            e => e.into(),
+        }
+    }
+}
+
 impl Db {
     /// Connects, creates the schema if needed and applies its migrations.
     pub async fn open(target: &Target) -> Result<Db, OpenError> {
@@ -90,10 +113,12 @@ impl Db {
             }
         };
         if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = None;
+            let again = guard.take().is_some();
             match connect(&self.target).await {
                 Ok(c) => {
-                    tracing::info!(at = %self.target.display(), "connected to PostgreSQL again");
+                    if again {
+                        tracing::info!(at = %self.target.display(), "connected to PostgreSQL again");
+                    }
                     *guard = Some(c);
                 }
                 Err(e) => {
@@ -150,15 +175,10 @@ pub(super) async fn connect_with(
     target: &Target,
     config: &tokio_postgres::Config,
 ) -> Result<Client, OpenError> {
-    let at = target.display();
-    let (client, connection) = target.connect(config).await.map_err(|e| {
-        let why = describe(&e);
-        match e.code().map(|c| c.code()) {
-            // 28…: authorisation; 3D000: no such database
-            Some(c) if c.starts_with("28") || c == "3D000" => OpenError::Refused { at, why },
-            _ => OpenError::Other { at, why },
-        }
-    })?;
+    let (client, connection) = target
+        .connect(config)
+        .await
+        .map_err(|e| OpenError::of(target, &e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("PostgreSQL connection ended: {e}");

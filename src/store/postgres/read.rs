@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 
 use super::ops::{EVENTS_AFTER, event, like, seq_of, status};
-use super::{OpenError, Target, describe, known_version};
+use super::{OpenError, Target, known_version};
 use crate::store::downloads::Listed;
 use crate::store::events::Event;
 
@@ -125,18 +125,10 @@ async fn open(
     Option<tokio::sync::mpsc::Receiver<()>>,
 )> {
     let at = target.display();
-    let (client, mut connection) = target.connect(&target.config).await.map_err(|e| {
-        let why = describe(&e);
-        match e.code().map(|c| c.code()) {
-            Some(c) if c.starts_with("28") || c == "3D000" => {
-                anyhow::Error::new(OpenError::Refused {
-                    at: at.clone(),
-                    why,
-                })
-            }
-            _ => anyhow::anyhow!("cannot read the PostgreSQL mirror at {at}: {why}"),
-        }
-    })?;
+    let (client, mut connection) = target
+        .connect(&target.config)
+        .await
+        .map_err(|e| OpenError::of(target, &e).into_error())?;
     // one wake-up pending is enough: the reader reads everything new at once
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
